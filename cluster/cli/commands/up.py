@@ -1,0 +1,81 @@
+"""`rayfleet up -f FLEET.yaml`: start (or re-apply) a fleet and wait until its pools are ready."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import typer
+
+from cluster import gcs
+from cluster.cli.main import app
+from cluster.cli.output import console
+from cluster.cli.progress import wait_for_pools
+from cluster.connection import ray_driver, use_token
+from cluster.controller import start_controller
+from cluster.errors import BadInput
+from cluster.fleetdir import FleetDir, set_current_fleet
+from cluster.head import running_head, start_head
+from cluster.local_capacity import check_local_capacity
+from cluster.processes import write_json_atomic
+from cluster.spec import FleetSpec, load_fleet_spec
+from cluster.store import FleetStore
+
+
+@app.command()
+def up(
+    file: Path = typer.Option(..., "-f", "--file", help="fleet spec (YAML)"),
+    wait: bool = typer.Option(True, help="wait until every pool is ready"),
+    timeout: float = typer.Option(600.0, help="seconds to wait for the pools"),
+) -> None:
+    """Start the fleet's head and controller, or re-apply the spec to a running fleet.
+
+    Running it again is harmless: a running head and controller are reused, and a pool keeps a
+    manual `rayfleet scale` target unless the spec's own `nodes` for it changed.
+    """
+    spec = load_fleet_spec(file)
+    if spec.provider != "local":
+        raise BadInput(f"{file}: provider: {spec.provider} fleets are started by their platform; "
+                       f"use `rayfleet render {'k8s' if spec.provider == 'kubernetes' else 'aws'} -f {file}`")
+    fleet = FleetDir(spec.name)
+    with fleet.lock():
+        head = running_head(fleet)
+        if head is None:
+            nodes = sum(pool.desired + pool.hot_spares for pool in spec.pools)
+            check_local_capacity(nodes, f"{file}: pools[*].nodes + hot_spares")
+            with console.status("starting the Ray head"):
+                head = start_head(spec, fleet)
+            console.print(f"head up at {head.gcs_address}, dashboard {head.dashboard_url}")
+        else:
+            console.print(f"fleet {spec.name} is already up at {head.gcs_address}: applying the spec")
+        if Path(file).resolve() != fleet.spec_file.resolve():
+            shutil.copyfile(file, fleet.spec_file)
+        use_token(fleet.token_file)
+        store = FleetStore(gcs.client(head.gcs_address))
+        apply_spec(store, spec)
+        runtime = {"fleet_dir": str(fleet.path), "gcs_address": head.gcs_address,
+                   "dashboard_url": head.dashboard_url, "token_path": str(fleet.token_file),
+                   "temp_root": str(fleet.temp_root), "storage": spec.storage or str(fleet.storage_dir)}
+        store.put_runtime(runtime)
+        write_json_atomic(fleet.path / "runtime.json", runtime)
+        with console.status("starting the controller"), ray_driver(head.gcs_address):
+            start_controller(head.gcs_address)
+        set_current_fleet(spec.name)
+    if wait:
+        started = time.monotonic()
+        wait_for_pools(store, spec.name, timeout)
+        console.print(f"fleet {spec.name} ready in {time.monotonic() - started:.1f}s; "
+                      f"`rayfleet status` shows it, the Ray dashboard is at {head.dashboard_url}")
+
+
+def apply_spec(store: FleetStore, spec: FleetSpec) -> None:
+    """Store the spec; a pool whose declared `nodes` changed drops its manual target."""
+    old = store.spec()
+    targets = store.targets()
+    if old is not None and targets:
+        old_nodes = {pool.name: pool.nodes for pool in old.pools}
+        kept = {name: count for name, count in targets.items()
+                if name in spec.pool_names and old_nodes.get(name) == spec.pool(name).nodes}
+        if kept != targets:
+            store.put_targets(kept)
+    store.put_spec(spec)

@@ -1,0 +1,54 @@
+"""How a command reaches a running fleet: its folder, its head, its token, its store."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from cluster import gcs
+from cluster.errors import FleetNotRunning
+from cluster.fleetdir import FleetDir, resolve_fleet
+from cluster.store import FleetStore
+
+
+def use_token(token_path: Path) -> None:
+    """Token authentication for this process and what it starts (Ray reads these variables)."""
+    os.environ["RAY_AUTH_MODE"] = "token"
+    os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+
+
+@dataclass
+class Connection:
+    fleet: FleetDir
+    gcs_address: str
+    dashboard_url: str
+    client: Any
+    store: FleetStore
+
+
+def connect(fleet_name: str | None = None) -> Connection:
+    """Reach the named (or current) fleet; FleetNotRunning if its head is down."""
+    fleet = resolve_fleet(fleet_name)
+    head = fleet.read_head()
+    if head is None:
+        raise FleetNotRunning(f"fleet {fleet.name} is down; start it with `rayfleet up -f {fleet.spec_file}`")
+    use_token(fleet.token_file)
+    client = gcs.client(head["gcs_address"])
+    return Connection(fleet=fleet, gcs_address=head["gcs_address"], dashboard_url=head["dashboard_url"],
+                      client=client, store=FleetStore(client))
+
+
+@contextlib.contextmanager
+def ray_driver(gcs_address: str) -> Iterator[None]:
+    """A short-lived Ray driver for commands that must call actors (up, down)."""
+    import ray
+
+    ray.init(address=gcs_address, namespace="rayfleet", logging_level=logging.ERROR,
+             log_to_driver=False, configure_logging=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()

@@ -1,0 +1,95 @@
+"""Ray's GCS as rayfleet reads and writes it: node table, KV store, drain requests.
+
+All calls go through `ray._raylet.GcsClient` (what `ray status` and the autoscaler use): it needs
+no driver, answers in about a millisecond and keeps the CLI fast. Ray is imported lazily so that
+`rayfleet schema` and friends start instantly; token authentication must be configured in the
+environment before the first import (see `cluster.connection.use_token`).
+"""
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+from cluster.errors import FleetNotRunning
+from cluster.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL, RayNode
+
+NAMESPACE = b"rayfleet"
+ALIVE = 0  # GcsNodeInfo.GcsNodeState.ALIVE
+DRAINING_STATE = 2  # NodeSnapshot.State.DRAINING
+
+
+def reachable(address: str, timeout_s: float = 1.0) -> bool:
+    """A TCP connect to the GCS port: milliseconds, where Ray's client waits 12-40 s on a dead one."""
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def client(address: str, timeout_s: float = 10.0) -> Any:
+    """A GCS client; FleetNotRunning at once when nothing listens at `address`."""
+    if not reachable(address):
+        raise FleetNotRunning(f"the Ray head at {address} does not answer; is the fleet up? "
+                              "(`rayfleet up -f FLEET.yaml` starts it)")
+    from ray._raylet import InnerGcsClient
+
+    try:
+        return InnerGcsClient.standalone(address, None, int(timeout_s * 1000))
+    except Exception as error:  # ray raises its own RpcError; keep the CLI's message plain
+        raise FleetNotRunning(f"the Ray head at {address} did not answer within {timeout_s:.0f}s: {error}") from None
+
+
+def read_nodes(gcs: Any, fleet: str | None = None, timeout_s: float = 5.0) -> tuple[RayNode, ...]:
+    """Every Ray node the GCS knows (alive and recently dead), as RayNode values."""
+    nodes = []
+    for node_id, info in gcs.get_all_node_info(timeout=timeout_s).items():
+        labels = dict(info.labels)
+        if fleet is not None and labels.get(FLEET_LABEL, fleet) != fleet:
+            continue
+        resources = dict(info.resources_total)
+        snapshot = info.state_snapshot
+        nodes.append(RayNode(
+            node_id=node_id.hex(),
+            instance=labels.get(INSTANCE_LABEL),
+            pool=labels.get(POOL_LABEL),
+            alive=info.state == ALIVE,
+            address=info.node_manager_address,
+            draining=snapshot.state == DRAINING_STATE,
+            idle_ms=int(snapshot.idle_duration_ms),
+            death_reason=info.death_info.reason_message if info.HasField("death_info") else "",
+            resources=resources,
+            labels=labels,
+            is_head="node:__internal_head__" in resources,
+        ))
+    return tuple(nodes)
+
+
+def kv_get(gcs: Any, key: str, timeout_s: float = 5.0) -> bytes | None:
+    return gcs.internal_kv_get(key.encode(), NAMESPACE, timeout=timeout_s)
+
+
+def kv_put(gcs: Any, key: str, value: str | bytes, timeout_s: float = 5.0) -> None:
+    data = value.encode() if isinstance(value, str) else value
+    gcs.internal_kv_put(key.encode(), data, True, NAMESPACE, timeout=timeout_s)
+
+
+def kv_delete(gcs: Any, key: str, timeout_s: float = 5.0) -> None:
+    gcs.internal_kv_del(key.encode(), False, NAMESPACE, timeout=timeout_s)
+
+
+def drain(gcs: Any, node_id: str, message: str, deadline_s: float, preemption: bool,
+          now_ms: int, timeout_s: float = 5.0) -> tuple[bool, str]:
+    """Ask Ray to drain a node: no new work lands on it; running work has until the deadline.
+
+    PREEMPTION drains cannot be rejected (a failing node must go); IDLE_TERMINATION drains are
+    rejected by the raylet when the node is busy, which is what scale-down wants.
+    """
+    from ray.core.generated import autoscaler_pb2
+
+    reason = autoscaler_pb2.DRAIN_NODE_REASON_PREEMPTION if preemption \
+        else autoscaler_pb2.DRAIN_NODE_REASON_IDLE_TERMINATION
+    deadline_ms = now_ms + int(deadline_s * 1000)
+    accepted, rejection = gcs.drain_node(bytes.fromhex(node_id), reason, message, deadline_ms, timeout=timeout_s)
+    return bool(accepted), rejection or ""

@@ -1,0 +1,301 @@
+"""The planner: desired fleet from observed fleet, as a pure function.
+
+`plan(spec, state, view, now, targets)` takes values and returns values: the next remembered
+state, the actions to apply, and the events that explain them. No I/O, no clock, no randomness:
+the same function runs against real Ray and against the fleet simulator.
+
+It works in two passes, as autoscaler v2's reconciler does:
+1. sync: bring each node's record up to date with what the provider and Ray say (passive);
+2. step: decide launches, terminations and drains from the updated records (active).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Mapping, Union
+
+from cluster.events import Event
+from cluster.spec import FleetSpec, PoolSpec
+from cluster.state import FleetState, NodeRecord, NodeState
+from cluster.view import SPARE_LABEL, ClusterView, Instance, InstanceStatus, RayNode
+
+S = NodeState
+
+RELAUNCH_AFTER_S = 30.0
+"""A requested instance the provider still does not show after this long is asked for again.
+Launch is idempotent (client tokens), so asking twice never makes two."""
+
+TERMINATE_RETRY_S = 30.0
+"""A terminating instance still present after this long is asked to terminate again."""
+
+MAX_BACKOFF_S = 300.0
+"""Launch failures back off exponentially per pool (1, 2, 4 ... s), capped here."""
+
+
+@dataclass(frozen=True)
+class Launch:
+    pool: str
+    instance: str
+
+
+@dataclass(frozen=True)
+class Terminate:
+    pool: str
+    instance: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Drain:
+    pool: str
+    instance: str
+    node_id: str
+    reason: str
+    deadline_s: float   # seconds from now after which the node is force-stopped
+    preemption: bool    # a drain Ray may not reject (failed node, notice) vs one for idle scale-down
+
+
+Action = Union[Launch, Terminate, Drain]
+
+
+@dataclass(frozen=True)
+class Plan:
+    state: FleetState
+    actions: tuple[Action, ...]
+    events: tuple[Event, ...]
+
+
+def desired_nodes(pool: PoolSpec, targets: Mapping[str, int]) -> int:
+    """A manual target (rayfleet scale) wins over the spec's `nodes`; both lie within [min, max]."""
+    wanted = targets.get(pool.name, pool.desired)
+    return max(pool.min_nodes, min(pool.max_nodes, wanted))
+
+
+def instance_name(fleet: str, pool: str, number: int) -> str:
+    return f"{fleet}-{pool}-{number:04d}"
+
+
+_NUMBER = re.compile(r"-(\d+)$")
+
+
+def plan(spec: FleetSpec, state: FleetState, view: ClusterView, now: float,
+         targets: Mapping[str, int] | None = None) -> Plan:
+    """Decide what to do next. Pure: see the module docstring."""
+    builder = _Planner(spec, state, view, now, targets or {})
+    builder.sync()
+    builder.step()
+    return builder.result()
+
+
+class _Planner:
+    """One planning pass. Holds the working copies; `plan` is its only user."""
+
+    def __init__(self, spec: FleetSpec, state: FleetState, view: ClusterView, now: float,
+                 targets: Mapping[str, int]) -> None:
+        self.spec = spec
+        self.state = state
+        self.view = view
+        self.now = now
+        self.targets = targets
+        self.records: dict[str, NodeRecord] = dict(state.nodes)
+        self.sequence = dict(state.sequence)
+        self.failures = dict(state.pool_failures)
+        self.actions: list[Action] = []
+        self.events: list[Event] = []
+        self.pools = {pool.name: pool for pool in spec.pools}
+
+    # ---- helpers -------------------------------------------------------------------------
+    def event(self, kind: str, message: str, record: NodeRecord | None = None, reason: str = "",
+              pool: str | None = None) -> None:
+        self.events.append(Event(time=self.now, kind=kind, message=message,
+                                 pool=record.pool if record else pool,
+                                 instance=record.instance if record else None, reason=reason))
+
+    def move(self, record: NodeRecord, state: NodeState, reason: str, **changes: object) -> NodeRecord:
+        moved = record.to(state, self.now, reason, **changes)
+        self.records[record.instance] = moved
+        return moved
+
+    def fail_launch(self, record: NodeRecord, reason: str) -> None:
+        count, _ = self.failures.get(record.pool, (0, 0.0))
+        self.failures[record.pool] = (count + 1, self.now)
+        self.move(record, S.UNHEALTHY, reason)
+        self.event("failed", f"{record.instance} failed to start: {reason}", record, reason="launch")
+
+    # ---- 1. sync -------------------------------------------------------------------------
+    def sync(self) -> None:
+        instances = self.view.instances_by_id() if self.view.instances is not None else None
+        ray = self.view.ray_by_instance() if self.view.ray_nodes is not None else None
+        for record in list(self.records.values()):
+            instance = instances.get(record.instance) if instances is not None else None
+            node = ray.get(record.instance) if ray is not None else None
+            self.sync_one(record, instance, node, instances is not None, ray is not None)
+        if instances is not None:
+            self.adopt(instances, ray or {})
+
+    def sync_one(self, record: NodeRecord, instance: Instance | None, node: RayNode | None,
+                 know_instances: bool, know_ray: bool) -> None:
+        gone = know_instances and (instance is None or instance.status is InstanceStatus.TERMINATED)
+        gone_detail = (instance.detail if instance is not None else "") or "the provider no longer lists it"
+        joined = node is not None and node.alive
+        error = self.view.launch_errors.get(record.instance)
+        state = record.state
+
+        if state is S.TERMINATING:
+            if gone:
+                self.move(record, S.TERMINATED, "terminated")
+                self.event("terminated", f"{record.instance} terminated", record, reason=record.reason)
+            return
+        if state is S.REQUESTED:
+            if error:
+                self.fail_launch(record, error)
+            elif joined:
+                self.joined(record, node)
+            elif know_instances and instance is not None and instance.status is not InstanceStatus.TERMINATED:
+                self.move(record, S.BOOTING, "instance up, waiting for Ray to join",
+                          launched_at=instance.launched_at or record.launched_at)
+            elif gone and instance is not None:
+                self.fail_launch(record, gone_detail)
+            elif self.now - record.since > self.spec.scaling.boot_timeout_s:
+                self.fail_launch(record, f"the provider did not show it within {self.spec.scaling.boot_timeout_s:.0f}s")
+            return
+        if state is S.BOOTING:
+            if gone:
+                self.fail_launch(record, f"instance gone while booting: {gone_detail}")
+            elif joined:
+                self.joined(record, node)
+            elif self.now - record.launched_at > self.spec.scaling.boot_timeout_s:
+                self.fail_launch(record, f"did not join Ray within {self.spec.scaling.boot_timeout_s:.0f}s")
+            return
+        if state in (S.READY, S.SUSPECT, S.DEGRADED, S.DRAINING, S.QUARANTINED):
+            if gone:
+                self.lost(record, f"instance gone: {gone_detail}")
+            elif know_ray and node is not None and not node.alive:
+                self.lost(record, f"Ray marked the node dead: {node.death_reason or 'no reason given'}")
+            elif know_ray and node is None:
+                self.lost(record, "its Ray node is no longer registered")
+            elif joined and node.node_id != record.node_id:
+                # The same instance rejoined with a new raylet (e.g. after a head restart).
+                self.records[record.instance] = dataclasses.replace(record, node_id=node.node_id,
+                                                                    address=node.address)
+
+    def joined(self, record: NodeRecord, node: RayNode) -> None:
+        self.move(record, S.READY, "joined Ray", node_id=node.node_id, address=node.address)
+        self.failures.pop(record.pool, None)
+        kind = "spare" if record.spare else "pool"
+        self.event("joined", f"{record.instance} joined Ray as node {node.node_id[:12]} ({kind})", record)
+
+    def lost(self, record: NodeRecord, reason: str) -> None:
+        self.move(record, S.UNHEALTHY, reason)
+        self.event("lost", f"{record.instance} lost: {reason}", record, reason="liveness")
+
+    def adopt(self, instances: Mapping[str, Instance], ray: Mapping[str, RayNode]) -> None:
+        """Instances of this fleet the controller does not remember (it restarted without its
+        state, or a launch raced a crash) are adopted, never launched again."""
+        for instance in instances.values():
+            if instance.id in self.records or instance.status is InstanceStatus.TERMINATED:
+                continue
+            match = _NUMBER.search(instance.id)
+            if match:
+                self.sequence[instance.pool] = max(self.sequence.get(instance.pool, 0), int(match.group(1)))
+            if instance.pool not in self.pools:
+                record = NodeRecord(instance.id, instance.pool, S.TERMINATING, self.now,
+                                    "its pool is no longer in the spec", launched_at=instance.launched_at,
+                                    last_action_at=self.now)
+                self.records[instance.id] = record
+                self.actions.append(Terminate(instance.pool, instance.id, record.reason))
+                self.event("terminate", f"{instance.id} terminated: pool {instance.pool} left the spec",
+                           record, reason="spec")
+                continue
+            node = ray.get(instance.id)
+            alive = node is not None and node.alive
+            spare = bool(node is not None and node.labels.get(SPARE_LABEL) == "true")
+            record = NodeRecord(instance.id, instance.pool, S.READY if alive else S.BOOTING, self.now,
+                                "adopted", launched_at=instance.launched_at or self.now,
+                                node_id=node.node_id if alive else None,
+                                address=node.address if alive else None, spare=spare)
+            self.records[instance.id] = record
+            self.event("adopt", f"adopted {instance.id} ({record.state.value}); it was running already",
+                       record, reason="restart")
+
+    # ---- 2. step -------------------------------------------------------------------------
+    def step(self) -> None:
+        for record in list(self.records.values()):
+            if record.state is S.UNHEALTHY:
+                self.replace(record)
+            elif record.state is S.REQUESTED and self.now - record.last_action_at >= RELAUNCH_AFTER_S:
+                self.records[record.instance] = dataclasses.replace(
+                    record, last_action_at=self.now, launch_attempts=record.launch_attempts + 1)
+                self.actions.append(Launch(record.pool, record.instance))
+            elif record.state is S.TERMINATING and self.now - record.last_action_at >= TERMINATE_RETRY_S:
+                self.records[record.instance] = dataclasses.replace(record, last_action_at=self.now)
+                self.actions.append(Terminate(record.pool, record.instance, record.reason))
+        for pool in self.spec.pools:
+            self.size_pool(pool, spare=False, want=desired_nodes(pool, self.targets))
+            self.size_pool(pool, spare=True, want=pool.hot_spares)
+
+    def replace(self, record: NodeRecord) -> None:
+        """A failed node is terminated; `size_pool` launches its replacement in the same pass."""
+        self.move(record, S.TERMINATING, record.reason, last_action_at=self.now)
+        self.actions.append(Terminate(record.pool, record.instance, record.reason))
+        self.event("replace", f"{record.instance} terminated for replacement: {record.reason}", record,
+                   reason=record.reason)
+
+    def size_pool(self, pool: PoolSpec, spare: bool, want: int) -> None:
+        members = [r for r in self.records.values()
+                   if r.pool == pool.name and r.spare == spare and r.state.counts_as_capacity]
+        have = len(members)
+        if have < want:
+            self.grow(pool, want - have, spare)
+        elif have > want:
+            self.shrink(pool, members, have - want, spare)
+
+    def grow(self, pool: PoolSpec, count: int, spare: bool) -> None:
+        failures, last = self.failures.get(pool.name, (0, 0.0))
+        if failures:
+            wait = min(MAX_BACKOFF_S, 2.0 ** (failures - 1))
+            if self.now - last < wait:
+                return
+        count = min(count, self.spec.scaling.upscaling_speed)
+        what = "hot spare" if spare else "node"
+        for _ in range(count):
+            number = self.sequence.get(pool.name, 0) + 1
+            self.sequence[pool.name] = number
+            name = instance_name(self.spec.name, pool.name, number)
+            record = NodeRecord(name, pool.name, S.REQUESTED, self.now, f"launching {what}",
+                                launched_at=self.now, spare=spare, launch_attempts=1,
+                                last_action_at=self.now)
+            self.records[name] = record
+            self.actions.append(Launch(pool.name, name))
+            self.event("launch", f"launching {what} {name} for pool {pool.name}", record,
+                       reason=self.growth_reason(pool, spare))
+
+    def growth_reason(self, pool: PoolSpec, spare: bool) -> str:
+        if spare:
+            return f"hot_spares={pool.hot_spares}"
+        if pool.name in self.targets:
+            return f"manual target {self.targets[pool.name]}"
+        return f"spec nodes={pool.desired}"
+
+    def shrink(self, pool: PoolSpec, members: list[NodeRecord], count: int, spare: bool) -> None:
+        busy = self.view.busy_nodes
+
+        def cost(record: NodeRecord) -> tuple[int, int, float]:
+            # Cheapest first: not yet started, then idle, then newest. Busy nodes last of all.
+            return (0 if record.state.starting else 1, 1 if record.node_id in busy else 0, -record.launched_at)
+
+        for record in sorted(members, key=cost)[:count]:
+            reason = (f"scale down to {desired_nodes(pool, self.targets)}" if not spare
+                      else f"hot_spares={pool.hot_spares}")
+            if record.node_id and record.state is S.READY:
+                self.actions.append(Drain(pool.name, record.instance, record.node_id, reason,
+                                          deadline_s=30.0, preemption=False))
+            self.move(record, S.TERMINATING, reason, last_action_at=self.now)
+            self.actions.append(Terminate(pool.name, record.instance, reason))
+            self.event("scale", f"{record.instance} removed: {reason}", record, reason=reason)
+
+    def result(self) -> Plan:
+        nodes = {key: value for key, value in self.records.items() if value.state is not S.TERMINATED}
+        state = dataclasses.replace(self.state, nodes=nodes, sequence=self.sequence, pool_failures=self.failures)
+        return Plan(state=state, actions=tuple(self.actions), events=tuple(self.events))

@@ -1,0 +1,77 @@
+"""The fleet's durable record in Ray's GCS KV store (namespace `rayfleet`).
+
+| key      | written by            | holds                                                   |
+|----------|-----------------------|---------------------------------------------------------|
+| spec     | `rayfleet up`         | the validated fleet spec (JSON)                         |
+| runtime  | `rayfleet up`         | where the fleet lives: fleet dir, GCS address, token    |
+| targets  | `rayfleet scale`      | manual node targets per pool (user intent)              |
+| state    | the controller        | its FleetState: node records, sequences, backoffs       |
+| status   | the controller        | the status document `rayfleet status` prints            |
+| events   | the controller        | the newest decisions with their reasons                 |
+
+Each key has one writer, so no read-modify-write races between the CLI and the controller.
+With head fault tolerance on, the GCS keeps these in Redis and they outlive a head restart.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any, Iterable
+
+from cluster import gcs
+from cluster.events import Event, bounded
+from cluster.spec import FleetSpec, fleet_spec_from_json
+from cluster.state import FleetState
+
+EVENTS_KEPT = 2000
+
+
+class FleetStore:
+    def __init__(self, client: Any) -> None:
+        self.client = client
+
+    # --- written by the CLI -----------------------------------------------------------------
+    def put_spec(self, spec: FleetSpec) -> None:
+        gcs.kv_put(self.client, "spec", spec.model_dump_json())
+
+    def spec(self) -> FleetSpec | None:
+        raw = gcs.kv_get(self.client, "spec")
+        return fleet_spec_from_json(raw.decode()) if raw else None
+
+    def put_runtime(self, runtime: dict[str, Any]) -> None:
+        gcs.kv_put(self.client, "runtime", json.dumps(runtime, sort_keys=True))
+
+    def runtime(self) -> dict[str, Any]:
+        return self._json("runtime", {})
+
+    def put_targets(self, targets: dict[str, int]) -> None:
+        gcs.kv_put(self.client, "targets", json.dumps(targets, sort_keys=True))
+
+    def targets(self) -> dict[str, int]:
+        return {pool: int(count) for pool, count in self._json("targets", {}).items()}
+
+    # --- written by the controller ------------------------------------------------------------
+    def put_state(self, state: FleetState) -> None:
+        gcs.kv_put(self.client, "state", state.to_json())
+
+    def state(self) -> FleetState:
+        return FleetState.from_json(gcs.kv_get(self.client, "state"))
+
+    def put_status(self, status: dict[str, Any]) -> None:
+        gcs.kv_put(self.client, "status", json.dumps(status, sort_keys=True))
+
+    def status(self) -> dict[str, Any] | None:
+        return self._json("status", None)
+
+    def append_events(self, new: Iterable[Event]) -> None:
+        new = list(new)
+        if not new:
+            return
+        kept = bounded([*self.events(), *new], EVENTS_KEPT)
+        gcs.kv_put(self.client, "events", json.dumps([event.to_json() for event in kept]))
+
+    def events(self) -> list[Event]:
+        return [Event.from_json(item) for item in self._json("events", [])]
+
+    def _json(self, key: str, default: Any) -> Any:
+        raw = gcs.kv_get(self.client, key)
+        return json.loads(raw) if raw else default

@@ -104,6 +104,7 @@ class _Planner:
         self.actions: list[Action] = []
         self.events: list[Event] = []
         self.pools = {pool.name: pool for pool in spec.pools}
+        self.failed_pools: set[str] = set()
 
     # ---- helpers -------------------------------------------------------------------------
     def event(self, kind: str, message: str, record: NodeRecord | None = None, reason: str = "",
@@ -118,8 +119,11 @@ class _Planner:
         return moved
 
     def fail_launch(self, record: NodeRecord, reason: str) -> None:
-        count, _ = self.failures.get(record.pool, (0, 0.0))
-        self.failures[record.pool] = (count + 1, self.now)
+        # One step of backoff per pass, however many launches of the batch failed together.
+        if record.pool not in self.failed_pools:
+            self.failed_pools.add(record.pool)
+            count, _ = self.failures.get(record.pool, (0, 0.0))
+            self.failures[record.pool] = (count + 1, self.now)
         self.move(record, S.UNHEALTHY, reason)
         self.event("failed", f"{record.instance} failed to start: {reason}", record, reason="launch")
 
@@ -285,7 +289,8 @@ class _Planner:
             # Cheapest first: not yet started, then idle, then newest. Busy nodes last of all.
             return (0 if record.state.starting else 1, 1 if record.node_id in busy else 0, -record.launched_at)
 
-        for record in sorted(members, key=cost)[:count]:
+        newest_first = sorted(members, key=lambda record: record.instance, reverse=True)
+        for record in sorted(newest_first, key=cost)[:count]:
             reason = (f"scale down to {desired_nodes(pool, self.targets)}" if not spare
                       else f"hot_spares={pool.hot_spares}")
             if record.node_id and record.state is S.READY:

@@ -1,0 +1,43 @@
+# rayfleet: `make demo` runs a local fleet with an MoE training job; `make test` runs the tests.
+# Both build .venv and install everything they need first, Debian packages included.
+
+PYTHON ?= $(shell command -v python3.11 2>/dev/null || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
+# Debian packages the tests and demo use (command to look for = package that provides it).
+DEBS   := redis-server=redis-server chromium=chromium chromedriver=chromium-driver stress-ng=stress-ng
+PYTEST_ARGS ?=
+
+.PHONY: demo test install system-deps bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(MAKE) --no-print-directory system-deps
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+system-deps:
+	@missing=""; for pair in $(DEBS); do cmd=$${pair%%=*}; pkg=$${pair#*=}; \
+	  command -v $$cmd >/dev/null 2>&1 || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+demo: install
+	$(BIN)/rayfleet demo
+
+test: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+bench: install
+	$(BIN)/python bench/fleet_up.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

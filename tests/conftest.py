@@ -1,0 +1,50 @@
+"""Shared test helpers: run the real CLI, wait on conditions with deadlines, find our processes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, TypeVar
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+RAYFLEET = str(Path(sys.executable).with_name("rayfleet"))
+T = TypeVar("T")
+
+
+def rayfleet(*args: str, home: Path | None = None, timeout: float = 600, env: dict | None = None,
+             ) -> subprocess.CompletedProcess[str]:
+    """Run the `rayfleet` console script as a user would."""
+    full_env = {**os.environ, **(env or {})}
+    if home is not None:
+        full_env["RAYFLEET_HOME"] = str(home)
+    return subprocess.run([RAYFLEET, *args], capture_output=True, text=True, timeout=timeout,
+                          env=full_env, cwd=ROOT)
+
+
+def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:
+    """Poll `predicate` until it returns something truthy; fail naming `what` at the deadline."""
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as error:  # keep polling; report the last error if we time out
+            last_error = error
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}"
+                         + (f" (last error: {last_error!r})" if last_error else ""))
+
+
+def ray_daemon_pids() -> set[int]:
+    """raylet and gcs_server processes on this machine (any cluster's)."""
+    found = set()
+    for process in psutil.process_iter(["pid", "name"]):
+        if process.info["name"] in ("raylet", "gcs_server"):
+            found.add(process.info["pid"])
+    return found

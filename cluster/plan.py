@@ -212,6 +212,8 @@ class _Planner:
                 self.event("terminate", f"{instance.id} terminated: pool {instance.pool} left the spec",
                            record, reason="spec")
                 continue
+            if not self.ours(instance.id):
+                self.consume_request(instance.pool)
             node = ray.get(instance.id)
             alive = node is not None and node.alive
             spare = bool(node is not None and node.labels.get(SPARE_LABEL) == "true")
@@ -222,6 +224,23 @@ class _Planner:
             self.records[instance.id] = record
             self.event("adopt", f"adopted {instance.id} ({record.state.value}); it was running already",
                        record, reason="restart")
+
+    def ours(self, name: str) -> bool:
+        """Named by this planner (`instance_name`): FLEET-POOL-NNNN with a pool of the spec."""
+        prefix = f"{self.spec.name}-"
+        if not name.startswith(prefix):
+            return False
+        pool, _, number = name[len(prefix):].rpartition("-")
+        return pool in self.pools and number.isdigit() and len(number) >= 4
+
+    def consume_request(self, pool: str) -> None:
+        """A provider that names its own machines (KubeRay names pods) answers a launch with an
+        instance of another name: it fulfils the oldest request of its pool, which is dropped."""
+        waiting = [r for r in self.records.values()
+                   if r.pool == pool and r.state is S.REQUESTED and self.ours(r.instance)]
+        if waiting:
+            oldest = min(waiting, key=lambda r: (r.since, r.instance))
+            del self.records[oldest.instance]
 
     # ---- 2. step -------------------------------------------------------------------------
     def step(self) -> None:

@@ -11,7 +11,7 @@ from cluster.plan import RELAUNCH_AFTER_S, Drain, Launch, Terminate, desired_nod
 from cluster.simulate import SimulatedCloud, SimulatedController
 from cluster.spec import FleetSpec
 from cluster.state import FleetState, IllegalTransition, NodeRecord, NodeState
-from cluster.view import ClusterView
+from cluster.view import ClusterView, Instance, InstanceStatus
 
 
 def make_spec(**pools: dict) -> FleetSpec:
@@ -221,3 +221,14 @@ def test_any_sequence_of_faults_and_targets_converges_to_the_desired_fleet(steps
         assert ready(controller, pool.name) == desired_nodes(pool, controller.targets)
     machines = len(controller.cloud.nodes)
     assert machines == sum(desired_nodes(p, controller.targets) + p.hot_spares for p in spec.pools)
+
+
+def test_instances_named_by_the_provider_fulfil_pending_requests_of_their_pool() -> None:
+    """KubeRay names pods itself: a pod of the pool answers the oldest request, not an extra node."""
+    spec = make_spec(a100={"nodes": 0})
+    first = plan(spec, FleetState(), ClusterView(ray_nodes=(), instances=()), now=0.0)
+    assert sorted(first.state.nodes) == ["t-h100-0001", "t-h100-0002"]
+    pods = (Instance("t-head-h100-worker-x7k2p", "h100", InstanceStatus.RUNNING, 0.5),)
+    second = plan(spec, first.state, ClusterView(ray_nodes=(), instances=pods), now=1.0)
+    assert sorted(second.state.nodes) == ["t-h100-0002", "t-head-h100-worker-x7k2p"]
+    assert not any(isinstance(a, Launch) for a in second.actions)

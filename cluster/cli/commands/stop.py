@@ -1,0 +1,23 @@
+"""`rayfleet stop ID`: stop a job (its checkpoints stay: submitting the name again continues it)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from cluster.cli.main import app
+from cluster.cli.output import console
+from cluster.connection import connect
+
+
+@app.command()
+def stop(
+    ident: str = typer.Argument(..., help="job name (its newest submission) or submission id"),
+    fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)"),
+) -> None:
+    """Stop a running job."""
+    from jobs.submit import stop as stop_job
+
+    job = stop_job(connect(fleet_name), ident)
+    console.print(f"stopped {job['job']} ({job['submission_id']}); submit it again to continue from its "
+                  "newest checkpoint")

@@ -1,0 +1,74 @@
+"""The job's driver, run by Ray Jobs: `python -m jobs.entrypoint`.
+
+It reads the job spec and run info from the environment (set by `rayfleet submit` through the
+job's runtime_env), builds a `TorchTrainer` whose workers land on the job's pool (a label
+selector on `rayfleet.io/pool`), and records the outcome in the job's durable history.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from typing import Any
+
+SPEC_ENV = "RAYFLEET_JOB_SPEC"
+RUN_ENV = "RAYFLEET_JOB_RUN"
+
+
+def build_trainer(spec: Any, run: dict[str, Any]) -> Any:
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from jobs.history import run_dir
+    from jobs.loop import train_worker
+
+    low, high = spec.worker_range
+    gpus = run["gpus_per_worker"]
+    resources = {"CPU": spec.resources.cpus, **({"GPU": gpus} if gpus else {})}
+    scaling = ScalingConfig(
+        num_workers=low if low == high else (low, high),
+        use_gpu=bool(gpus),
+        resources_per_worker=resources,
+        label_selector={"rayfleet.io/pool": spec.pool},
+    )
+    storage = run_dir(run["storage"], spec.name)
+    config = RunConfig(
+        name=storage.name,
+        storage_path=str(storage.parent),
+        failure_config=FailureConfig(max_failures=spec.failure.max_restarts),
+        checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+    )
+    # gloo where the GPUs are simulated (a CPU machine advertising GPU resources), NCCL on real ones.
+    torch_config = TorchConfig(backend="nccl" if run["device"] == "cuda" else "gloo")
+    worker_run = {key: run[key] for key in ("submission_id", "storage", "device", "peak_tflops")}
+    return TorchTrainer(train_worker, train_loop_config={"spec": spec.model_dump(mode="json"), "run": worker_run},
+                        scaling_config=scaling, run_config=config, torch_config=torch_config)
+
+
+def main() -> int:
+    from jobs import history
+    from jobs.spec import JobSpec
+
+    spec = JobSpec.model_validate_json(os.environ[SPEC_ENV])
+    run = json.loads(os.environ[RUN_ENV])
+    import ray
+
+    ray.init(logging_level="WARNING")
+    try:
+        result = build_trainer(spec, run).fit()
+    except Exception as error:  # the job failed for good: record why, exit non-zero
+        history.record(run["storage"], spec.name, "finished", submission_id=run["submission_id"],
+                       state="FAILED", error=f"{type(error).__name__}: {error}"[:2000])
+        traceback.print_exc()
+        return 1
+    metrics = result.metrics or {}
+    history.record(run["storage"], spec.name, "finished", submission_id=run["submission_id"],
+                   state="SUCCEEDED", step=metrics.get("step"), loss=metrics.get("loss"))
+    print(f"[rayfleet] job {spec.name} finished at step {metrics.get('step')} "
+          f"with loss {metrics.get('loss')}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

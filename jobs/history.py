@@ -1,0 +1,73 @@
+"""Durable job history: an append-only JSON-lines file per job in the fleet's storage path.
+
+It lives beside the job's checkpoints (`<storage>/jobs/<name>/history.jsonl`), not in Ray, so it
+outlives a head restart and a `down`/`up` of the fleet. Each line is one event: submitted, started
+(an attempt, with the step it resumed from), finished (with the final state, step and loss).
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+FILE = "history.jsonl"
+
+
+def run_dir(storage: str | Path, name: str) -> Path:
+    """The job's folder: Ray Train's run directory, our checkpoints and the history."""
+    return Path(storage) / "jobs" / name
+
+
+def record(storage: str | Path, name: str, event: str, **fields: Any) -> None:
+    path = run_dir(storage, name) / FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    line = json.dumps({"time": time.time(), "event": event, "job": name, **fields}, default=str) + "\n"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, line.encode())  # one write with O_APPEND: lines from several processes never interleave
+    finally:
+        os.close(fd)
+
+
+def events(storage: str | Path, name: str) -> list[dict[str, Any]]:
+    path = run_dir(storage, name) / FILE
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a line cut by a crash mid-write
+    return out
+
+
+def job_names(storage: str | Path) -> Iterator[str]:
+    root = Path(storage) / "jobs"
+    if root.is_dir():
+        for folder in sorted(root.iterdir()):
+            if (folder / FILE).exists():
+                yield folder.name
+
+
+def summary(storage: str | Path, name: str) -> dict[str, Any]:
+    """The latest submission of a job, folded from its history."""
+    latest: dict[str, Any] = {"job": name, "submissions": 0, "restarts": 0}
+    for event in events(storage, name):
+        kind = event["event"]
+        if kind == "submitted":
+            latest.update(submission_id=event["submission_id"], submitted_at=event["time"],
+                          pool=event.get("pool"), strategy=event.get("strategy"), steps=event.get("steps"),
+                          state="PENDING", restarts=0, attempts=0, final_step=None)
+            latest["submissions"] += 1
+        elif kind == "started" and event.get("submission_id") == latest.get("submission_id"):
+            latest["attempts"] = latest.get("attempts", 0) + 1
+            latest["restarts"] = max(0, latest["attempts"] - 1)
+            latest["state"] = "RUNNING"
+            latest["resumed_from"] = event.get("from_step")
+        elif kind == "finished" and event.get("submission_id") == latest.get("submission_id"):
+            latest.update(state=event["state"], final_step=event.get("step"), loss=event.get("loss"),
+                          finished_at=event["time"], error=event.get("error"))
+    return latest

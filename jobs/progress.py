@@ -1,0 +1,62 @@
+"""Live training progress: published by rank 0 every logged step.
+
+Three readers: `rayfleet submit --follow` / `rayfleet jobs` read the GCS KV key
+`job/<name>/progress`; the Ray dashboard's metrics view reads the `rayfleet_job_*` gauges; people
+read the log line. Per-step figures go here rather than through `ray.train.report`, which waits
+for Ray Train's controller (measured: it held a 0.5 s step to ~2 s when called every step).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from cluster import gcs
+
+log = logging.getLogger("rayfleet.job")
+NAMESPACE = gcs.NAMESPACE.decode()
+
+
+def progress_key(job: str) -> str:
+    return f"job/{job}/progress"
+
+
+class Progress:
+    def __init__(self, job: str, submission_id: str, steps: int, pool: str, strategy: str) -> None:
+        self.job = job
+        self.submission_id = submission_id
+        self.steps = steps
+        self.tags = {"job": job, "pool": pool, "strategy": strategy}
+        self._gauges: dict[str, Any] = {}
+        self._last_kv = 0.0
+        try:
+            from ray.util.metrics import Gauge
+
+            for name, doc in (("step", "training step"), ("loss", "training loss"),
+                              ("tokens_per_second", "training throughput"), ("mfu", "model FLOPs utilisation"),
+                              ("restarts", "times the job resumed from a checkpoint")):
+                self._gauges[name] = Gauge(f"rayfleet_job_{name}", doc, tag_keys=("job", "pool", "strategy"))
+        except Exception as error:  # metrics are a convenience; training goes on without them
+            log.info("metrics unavailable: %s", error)
+
+    def publish(self, step: int, loss: float, tokens_per_s: float, mfu: float | None, restarts: int,
+                checkpoint_step: int | None) -> None:
+        doc = {"job": self.job, "submission_id": self.submission_id, "step": step, "steps": self.steps,
+               "loss": loss, "tokens_per_s": tokens_per_s, "mfu": mfu, "restarts": restarts,
+               "checkpoint_step": checkpoint_step, "time": time.time()}
+        print(f"[rayfleet] step {step}/{self.steps} loss {loss:.4f} tok/s {tokens_per_s:,.0f}"
+              + (f" mfu {mfu:.1%}" if mfu is not None else ""), flush=True)
+        for name, value in (("step", step), ("loss", loss), ("tokens_per_second", tokens_per_s),
+                            ("mfu", mfu), ("restarts", restarts)):
+            if name in self._gauges and value is not None:
+                self._gauges[name].set(float(value), tags=self.tags)
+        now = time.monotonic()
+        if now - self._last_kv >= 0.25 or step == self.steps:  # at most 4 GCS writes a second
+            self._last_kv = now
+            try:
+                from ray.experimental.internal_kv import _internal_kv_put
+
+                _internal_kv_put(progress_key(self.job), json.dumps(doc), overwrite=True, namespace=NAMESPACE)
+            except Exception as error:
+                log.debug("progress not published: %s", error)

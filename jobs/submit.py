@@ -1,0 +1,138 @@
+"""Submitting and controlling jobs through Ray's Job Submission API.
+
+A job is submitted with metadata (`rayfleet.io/job`, pool, strategy, workers) so the dashboard's
+Jobs view shows what it is, and with its spec and run info in the runtime_env. Submission ids are
+`<name>-<time>-<random>`: a name can be submitted many times; each submission continues from the
+name's newest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from cluster import gcs
+from cluster.connection import Connection
+from cluster.errors import BadInput, FleetNotRunning, NotFound
+from cluster.spec import ACCELERATOR_PEAK_TFLOPS, FleetSpec
+from jobs import history
+from jobs.entrypoint import RUN_ENV, SPEC_ENV
+from jobs.progress import progress_key
+from jobs.spec import JobSpec, check_against_fleet, gpus_per_worker, validate_model
+
+JOB_KEY = "rayfleet.io/job"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def job_client(conn: Connection) -> Any:
+    from ray.job_submission import JobSubmissionClient
+
+    try:
+        return JobSubmissionClient(conn.dashboard_url)
+    except Exception as error:
+        raise FleetNotRunning(f"the job API at {conn.dashboard_url} does not answer: {error}") from None
+
+
+def local_gpus_are_real() -> bool:
+    """Whether this machine has NVIDIA GPUs (a local fleet otherwise simulates them)."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def resolve_device(spec: JobSpec, fleet: FleetSpec) -> str:
+    if spec.device != "auto":
+        return spec.device
+    if fleet.pool(spec.pool).gpus_per_node == 0:
+        return "cpu"
+    if fleet.provider == "local" and not local_gpus_are_real():
+        return "cpu"
+    return "cuda"
+
+
+def storage_of(conn: Connection) -> str:
+    runtime = conn.store.runtime()
+    return runtime.get("storage") or str(conn.fleet.storage_dir)
+
+
+def submit(conn: Connection, spec: JobSpec, path: str | Path) -> str:
+    """Check the job against the running fleet, then submit it; returns the submission id."""
+    fleet = conn.store.spec()
+    if fleet is None:
+        raise FleetNotRunning(f"fleet {conn.fleet.name} has no spec stored; run `rayfleet up -f FLEET.yaml`")
+    check_against_fleet(spec, fleet, path)
+    validate_model(spec, path)
+    client = job_client(conn)
+    running = [job for job in rayfleet_jobs(client) if job["job"] == spec.name and job["status"] not in TERMINAL]
+    if running:
+        raise BadInput(f"{path}: name: job {spec.name} is already running as {running[0]['submission_id']}; "
+                       f"`rayfleet stop {spec.name}` first, or give this job another name")
+    device = resolve_device(spec, fleet)
+    storage = storage_of(conn)
+    submission_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    run = {"submission_id": submission_id, "storage": storage, "device": device,
+           "gpus_per_worker": gpus_per_worker(spec, fleet),
+           "peak_tflops": ACCELERATOR_PEAK_TFLOPS.get(fleet.pool(spec.pool).accelerator or "")
+           if device == "cuda" else None}
+    python = sys.executable if fleet.provider == "local" else "python"
+    client.submit_job(
+        entrypoint=f"{python} -m jobs.entrypoint",
+        submission_id=submission_id,
+        runtime_env={"env_vars": {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run)}},
+        metadata={JOB_KEY: spec.name, "pool": spec.pool, "strategy": spec.parallelism.strategy,
+                  "workers": str(spec.workers if isinstance(spec.workers, int) else
+                                 f"{spec.workers.min}-{spec.workers.max}"),
+                  "model": spec.model.preset, "steps": str(spec.steps)},
+        entrypoint_num_cpus=0,
+    )
+    history.record(storage, spec.name, "submitted", submission_id=submission_id, pool=spec.pool,
+                   strategy=spec.parallelism.strategy, steps=spec.steps, spec=spec.model_dump(mode="json"),
+                   user=os.environ.get("USER", ""))
+    return submission_id
+
+
+def rayfleet_jobs(client: Any) -> list[dict[str, Any]]:
+    """Ray's jobs that rayfleet submitted, newest first."""
+    out = []
+    for info in client.list_jobs():
+        metadata = info.metadata or {}
+        if JOB_KEY not in metadata:
+            continue
+        out.append({"job": metadata[JOB_KEY], "submission_id": info.submission_id, "status": str(info.status.value),
+                    "pool": metadata.get("pool"), "strategy": metadata.get("strategy"),
+                    "workers": metadata.get("workers"), "steps": int(metadata.get("steps", 0) or 0),
+                    "start_time": (info.start_time or 0) / 1000, "end_time": (info.end_time or 0) / 1000 or None,
+                    "message": info.message})
+    return sorted(out, key=lambda job: job["start_time"], reverse=True)
+
+
+def progress(conn: Connection, name: str) -> dict[str, Any] | None:
+    """The newest progress rank 0 published for job `name`."""
+    raw = gcs.kv_get(conn.client, progress_key(name))
+    return json.loads(raw) if raw else None
+
+
+def resolve_submission(client: Any, ident: str) -> dict[str, Any]:
+    """A job name (its newest submission) or a submission id -> that submission."""
+    jobs = rayfleet_jobs(client)
+    for job in jobs:
+        if job["submission_id"] == ident:
+            return job
+    named = [job for job in jobs if job["job"] == ident]
+    if named:
+        return named[0]
+    known = sorted({job["job"] for job in jobs})
+    raise NotFound(f"no job or submission {ident!r}; jobs: {', '.join(known) or 'none'} (`rayfleet jobs`)")
+
+
+def stop(conn: Connection, ident: str) -> dict[str, Any]:
+    client = job_client(conn)
+    job = resolve_submission(client, ident)
+    if job["status"] in TERMINAL:
+        return job
+    client.stop_job(job["submission_id"])
+    history.record(storage_of(conn), job["job"], "finished", submission_id=job["submission_id"], state="STOPPED",
+                   step=(progress(conn, job["job"]) or {}).get("step"))
+    return job

@@ -18,7 +18,7 @@ from .moe import MoE
 
 
 class RMSNorm(nn.Module):
-    """x / rms(x) * weight, computed in float32 (``F.rms_norm`` when torch has it)."""
+    """x / rms(x) * weight, computed in at least float32 (``F.rms_norm`` when torch has it)."""
 
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
@@ -27,11 +27,12 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalise the last dimension of ``x``."""
-        xf = x.float()
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
+        w = self.weight.to(xf.dtype)
         if hasattr(F, "rms_norm"):
-            out = F.rms_norm(xf, (xf.shape[-1],), self.weight.float(), self.eps)
+            out = F.rms_norm(xf, (xf.shape[-1],), w, self.eps)
         else:  # torch < 2.4
-            out = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps) * self.weight.float()
+            out = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps) * w
         return out.to(x.dtype)
 
 

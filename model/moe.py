@@ -49,8 +49,9 @@ class Router(nn.Module):
         """Route tokens ``x`` (N, D)."""
         # The router runs in fp32 even under autocast: its softmax/top-k are precision
         # sensitive ("selective precision", ST-MoE, Zoph et al. 2022).
+        dtype = torch.promote_types(x.dtype, torch.float32)
         with torch.autocast(x.device.type, enabled=False):
-            logits = F.linear(x.float(), self.gate.weight.float())
+            logits = F.linear(x.to(dtype), self.gate.weight.to(dtype))
         probs = logits.softmax(dim=-1)
         scores = probs + self.expert_bias if self.bias_balancing else probs
         indices = scores.topk(self.top_k, dim=-1).indices

@@ -155,7 +155,10 @@ class Transformer(nn.Module):
         """
         if self.config.memory_tokens > 0:
             raise ValueError("generate() does not support recurrent memory (memory_tokens > 0)")
-        caches = self.new_caches(tokens.shape[1] + max_new_tokens)
+        total = tokens.shape[1] + max_new_tokens
+        if self.config.positions == "learned" and total > self.config.max_seq_len:
+            raise ValueError(f"learned positions: {total} tokens exceed max_seq_len={self.config.max_seq_len}")
+        caches = self.new_caches(total)
         out, start, chunk = [tokens], 0, tokens
         for _ in range(max_new_tokens):
             logits = self.decode(chunk, start, caches)[:, -1].float()

@@ -45,6 +45,15 @@ class Router(nn.Module):
         self.register_buffer("expert_bias", torch.zeros(config.n_experts))
         self.register_buffer("tokens_per_expert", torch.zeros(config.n_experts), persistent=False)
 
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        """Follow device moves, but keep the balancing state in float32: a bf16 bias would
+        swallow updates of size u, bf16 counts stop being exact at 256."""
+        saved = {"expert_bias": self.expert_bias, "tokens_per_expert": self.tokens_per_expert}
+        super()._apply(fn, recurse)
+        for name, value in saved.items():
+            setattr(self, name, value.to(getattr(self, name).device, torch.float32))
+        return self
+
     def forward(self, x: Tensor) -> RouterOutput:
         """Route tokens ``x`` (N, D)."""
         # The router runs in fp32 even under autocast: its softmax/top-k are precision
@@ -79,7 +88,7 @@ def load_balancing_loss(probs: Tensor, counts: Tensor) -> Tensor:
     may be summed over several ranks), P_i = mean router probability of expert i over
     the local tokens. Equals 1 under perfectly uniform routing.
     """
-    f = counts.float() / counts.sum().clamp(min=1)
+    f = counts.to(probs.dtype) / counts.sum().clamp(min=1)
     return probs.shape[-1] * (f.detach() * probs.mean(dim=0)).sum()
 
 

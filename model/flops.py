@@ -72,6 +72,6 @@ def flops_per_token(c: ModelConfig, seq_len: int) -> int:
         ctx = min(seq_len, c.segment_len) + 2 * c.memory_tokens
         ratio = (c.segment_len + 2 * c.memory_tokens) / c.segment_len
     if c.window is not None:
-        ctx = min(ctx, c.window + c.sinks + (c.memory_tokens if c.memory_tokens else 0))
+        ctx = min(ctx, c.window + c.sinks + c.memory_tokens)  # read memory = sinks
     attn = 12 * c.n_layers * c.n_heads * c.head_dim * ctx
     return round(ratio * (6 * blocks + attn) + 6 * head)

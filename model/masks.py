@@ -10,7 +10,9 @@ Query at absolute position q may attend to key position k iff
 i.e. the window holds the W most recent tokens including the query itself, and the
 first S tokens ("attention sinks", Xiao et al. 2023, StreamingLLM) stay visible. Sinks
 only matter together with a window: with full causal attention everything is visible.
-Negative key positions mark empty cache slots and are never visible.
+Negative key positions mark empty cache slots and are never visible. Queries at
+positions >= ``global_from`` ignore the window (the write-memory tokens of a recurrent
+memory segment must summarise the whole segment, see memory.py).
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from torch import Tensor
 
 @dataclass(frozen=True)
 class MaskSpec:
-    """The static part of a mask: window W (None = unbounded) and sinks S."""
+    """The static part of a mask: window W (None = unbounded), sinks S, global queries."""
 
     window: int | None = None
     sinks: int = 0
+    global_from: int | None = None  # queries at positions >= this see all earlier keys
 
     @property
     def is_causal_only(self) -> bool:
@@ -51,6 +54,8 @@ def visible(q_pos: Tensor, k_pos: Tensor, spec: MaskSpec) -> Tensor:
         in_window = (q_pos - k_pos) < spec.window
         if spec.sinks > 0:
             in_window = in_window | (k_pos < spec.sinks)
+        if spec.global_from is not None:
+            in_window = in_window | (q_pos >= spec.global_from)
         ok = ok & in_window
     return ok
 

@@ -9,8 +9,9 @@ segment. The final-norm outputs at the write positions become the next segment's
 memory (normalised, so its scale stays bounded however many segments are chained).
 The first segment's memory is a learned parameter (``Transformer.memory_init``).
 
-Positions restart at 0 in each segment (read memory at 0..M-1), and with a sliding
-window the read memory counts as attention sinks, so every token can always read it.
+Positions restart at 0 in each segment (read memory at 0..M-1). With a sliding window
+the read memory counts as attention sinks, so every token can always read it, and the
+write memory ignores the window, so it can summarise the whole segment.
 
 Truncated back-propagation through time: the memory entering segment i is detached
 when i is a positive multiple of ``bptt_segments``. Segments are thus trained in blocks
@@ -22,6 +23,7 @@ across calls (no gradient crosses calls).
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING
 
 import torch
@@ -33,10 +35,11 @@ if TYPE_CHECKING:  # imported for type hints only: transformer.py imports this m
 
 def segment_forward(model: Transformer, tokens: Tensor, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One segment: returns (final hidden of the tokens, new memory, weighted aux loss)."""
-    m = memory.shape[1]
+    m, t = memory.shape[1], tokens.shape[1]
     x = model.tok_embeddings(tokens)
     mem = memory.to(x.dtype)
-    h, aux = model.run_blocks(torch.cat((mem, x, mem), dim=1))
+    spec = dataclasses.replace(model.spec, global_from=m + t)  # write memory sees all
+    h, aux = model.run_blocks(torch.cat((mem, x, mem), dim=1), spec=spec)
     return h[:, m:-m], h[:, -m:], aux
 
 

@@ -102,10 +102,11 @@ class Transformer(nn.Module):
         h, aux = self.run_blocks(self.tok_embeddings(tokens))
         return self.head(h, targets, aux)
 
-    def run_blocks(self, x: Tensor, start: int = 0,
-                   caches: list[KVCache] | None = None) -> tuple[Tensor, Tensor]:
+    def run_blocks(self, x: Tensor, start: int = 0, caches: list[KVCache] | None = None,
+                   spec: MaskSpec | None = None) -> tuple[Tensor, Tensor]:
         """Positions + blocks + final norm over embedded inputs ``x`` (B, T, dim) that sit
-        at absolute positions start .. start+T-1. Returns (hidden, weighted aux loss)."""
+        at absolute positions start .. start+T-1, under mask ``spec`` (default: the
+        config's). Returns (hidden, weighted aux loss)."""
         cfg, t = self.config, x.shape[1]
         if cfg.positions == "learned" and start + t > cfg.max_seq_len:
             raise ValueError(f"learned positions: sequence of {start + t} tokens exceeds "
@@ -115,7 +116,7 @@ class Transformer(nn.Module):
         if additive is not None:
             x = x + additive.to(x.dtype)
         x = self.dropout(x)
-        ctx = attention_context(cfg, self.positions, pos, self.spec, x.dtype, start,
+        ctx = attention_context(cfg, self.positions, pos, spec or self.spec, x.dtype, start,
                                 cached=caches is not None)
         aux = torch.zeros((), device=x.device)
         for i, layer in enumerate(self.layers):

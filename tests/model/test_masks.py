@@ -88,3 +88,11 @@ def test_additive_mask_puts_bias_where_visible_and_minus_inf_elsewhere() -> None
     out = additive_mask(mask, bias, torch.float32)
     assert out[0, 0] == 0.5 and out[0, 1] == float("-inf") and out[1, 0] == -1.0
     assert torch.equal(additive_mask(mask, None, torch.float32).isinf(), ~mask)
+
+
+def test_global_queries_ignore_the_window() -> None:
+    # RMT write memory: queries from position 5 on see every earlier key despite W=2
+    pos = torch.arange(7)
+    m = dense_mask(pos, pos, MaskSpec(window=2, sinks=1, global_from=5))
+    assert torch.equal(m[5:], torch.ones(7, 7, dtype=torch.bool).tril()[5:])
+    assert torch.equal(m[:5], dense_mask(pos, pos, MaskSpec(window=2, sinks=1))[:5])

@@ -10,6 +10,7 @@ that names the offending field(s).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 POSITIONS = ("sinusoidal", "learned", "rope", "alibi", "none")
@@ -71,7 +72,7 @@ class ModelConfig:
     # --- embeddings, init, regularisation, loss --------------------------------------
     tie_embeddings: bool = True
     init_std: float = 0.02  # GPT-2 (Radford et al. 2019)
-    dropout: float = 0.0
+    dropout: float = 0.0  # on embeddings and residual branches (nanoGPT placement)
     loss_chunk_tokens: int = 2048  # tokens per chunk of the fused head + cross-entropy
 
     def __post_init__(self) -> None:
@@ -139,7 +140,8 @@ def _check_types(cfg: ModelConfig) -> None:
             raise ValueError(f"invalid ModelConfig: {f.name}={value!r} must be of type {f.type}")
 
 
-def _semantic_errors(c: ModelConfig):  # -> Iterator[str]
+def _semantic_errors(c: ModelConfig) -> Iterator[str]:
+    """Every problem with the field combination, as readable messages."""
     for name in ("vocab_size", "dim", "n_layers", "n_heads", "max_seq_len", "mlp_multiple_of",
                  "bptt_segments", "top_k", "moe_every", "loss_chunk_tokens"):
         if getattr(c, name) < 1:

@@ -16,7 +16,7 @@ Only the loop fallback and the expert-parallel split sizes need host values.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Protocol
+from typing import Callable, NamedTuple, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -45,7 +45,7 @@ class Router(nn.Module):
         self.register_buffer("expert_bias", torch.zeros(config.n_experts))
         self.register_buffer("tokens_per_expert", torch.zeros(config.n_experts), persistent=False)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Router:
         """Follow device moves, but keep the balancing state in float32: a bf16 bias would
         swallow updates of size u, bf16 counts stop being exact at 256."""
         saved = {"expert_bias": self.expert_bias, "tokens_per_expert": self.tokens_per_expert}

@@ -8,6 +8,7 @@ cache length) and recurrent-memory segments.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -129,7 +130,7 @@ class Positions(nn.Module):
         self.register_buffer("inv_freq", rope_inv_freq(*self._rope_args), persistent=False)
         self.register_buffer("slopes", alibi_slopes(config.n_heads), persistent=False)
 
-    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Positions:
         """Follow device moves, but never let ``.to(bfloat16)`` round the constants."""
         super()._apply(fn, recurse)
         device = self.inv_freq.device

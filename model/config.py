@@ -48,7 +48,7 @@ class ModelConfig:
 
     # --- attention masks -------------------------------------------------------------
     window: int | None = None  # sliding window: query i sees keys i-W+1 .. i
-    sinks: int = 0  # first S tokens always visible (StreamingLLM, Xiao et al. 2023)
+    sinks: int = 0  # first S tokens always visible (StreamingLLM, Xiao et al. 2023); needs a window to matter
     attn_backend: str = "auto"  # auto: flex_attention on CUDA, explicit-mask SDPA on CPU
 
     # --- recurrent memory (Bulatov et al. 2022) --------------------------------------

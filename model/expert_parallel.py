@@ -95,8 +95,9 @@ class ExpertParallel:
 def apply_expert_parallel(model: nn.Module, group: dist.ProcessGroup) -> nn.Module:
     """Shard every MoE layer of ``model`` over ``group`` in place and return the model.
 
-    Call it after building (and seeding) the full model identically on every rank; the
-    rank keeps its contiguous slice of each expert stack.
+    Call it after building (and seeding) the full model identically on every rank and
+    before creating the optimiser (the expert weights become new, smaller Parameters);
+    the rank keeps its contiguous slice of each expert stack.
     """
     world, rank = dist.get_world_size(group), dist.get_rank(group)
     for moe in moe_layers(model):
@@ -144,8 +145,9 @@ def reduce_expert_gradients(model: nn.Module, replica_group: dist.ProcessGroup |
             if p.grad is None:
                 continue
             p.grad.div_(world)
-            if replica_group is not None:
-                dist.all_reduce(p.grad, op=dist.ReduceOp.AVG, group=replica_group)
+            if replica_group is not None:  # SUM then divide: gloo has no ReduceOp.AVG
+                dist.all_reduce(p.grad, group=replica_group)
+                p.grad.div_(dist.get_world_size(replica_group))
 
 
 def load_full_state_dict(model: nn.Module, state: dict[str, Tensor], strict: bool = True) -> None:
@@ -163,15 +165,13 @@ def load_full_state_dict(model: nn.Module, state: dict[str, Tensor], strict: boo
 def gather_full_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The unsharded state dict, assembled on every rank of each EP group (collective)."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    for name, mod in model.named_modules():
-        if not isinstance(mod, GroupedExperts):
+    for name, moe in model.named_modules():
+        if not isinstance(getattr(moe, "ep", None), ExpertParallel):
             continue
-        moe_ep = next((m.ep for m in moe_layers(model) if m.experts is mod), None)
-        if not isinstance(moe_ep, ExpertParallel):
-            continue
+        ep = moe.ep
         for w in _EXPERT_WEIGHTS:
-            shard = getattr(mod, w).detach().contiguous()
-            parts = [torch.empty_like(shard) for _ in range(moe_ep.world)]
-            dist.all_gather(parts, shard, group=moe_ep.group)
-            state[f"{name}.{w}"] = torch.cat(parts)
+            shard = getattr(moe.experts, w).detach().contiguous()
+            parts = [torch.empty_like(shard) for _ in range(ep.world)]
+            dist.all_gather(parts, shard, group=ep.group)
+            state[f"{name}.experts.{w}"] = torch.cat(parts)
     return state

@@ -8,6 +8,8 @@ so cached decoding reproduces the full pass for causal, window and sink masks al
 With a window W and S sinks only S + W slots are needed (StreamingLLM, Xiao et al.
 2023): positions p < S live in slot p forever, later positions share a ring of W slots
 (slot S + (p - S) mod W). Without a window the cache holds every position (slot p).
+Unlike StreamingLLM we do not re-number positions inside the cache: keys keep their
+true positions, which is what makes decoding equal to the full forward pass.
 """
 
 from __future__ import annotations

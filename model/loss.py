@@ -58,6 +58,8 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk: int 
     h: (N, D) hidden states, weight: (V, D) output head, targets: (N,) with
     ``IGNORE_INDEX`` for positions that do not count. Mean over counted positions
     (0 if there are none). Equal to ``F.cross_entropy(h @ weight.T, targets)``.
+    With grad enabled the gradient work happens here, in the forward pass: evaluate
+    under ``torch.no_grad()`` to skip it.
     """
     if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
         return _LinearCrossEntropy.apply(h, weight, targets, chunk)

@@ -4,6 +4,7 @@ forward outputs, losses, and gradients after the documented reduction rule."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import os
 import socket
 
@@ -44,6 +45,8 @@ def worker(rank: int, world: int, port: int) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         check_equivalence(rank, world)
+        if world == 4:
+            check_data_parallel_times_expert_parallel(rank)
     finally:
         dist.destroy_process_group()
 
@@ -98,6 +101,36 @@ def check_equivalence(rank: int, world: int) -> None:
     load_full_state_dict(fresh, full.state_dict())
     with torch.no_grad():
         close(fresh(tokens[local]).logits, ref_logits[local], "reloaded logits")
+
+
+def check_data_parallel_times_expert_parallel(rank: int) -> None:
+    """4 ranks = 2 EP groups {0,1}, {2,3} of 2 ranks; ranks {0,2} and {1,3} hold the same
+    expert shard (replica groups). The documented rule: DDP-average the replicated params
+    over all 4 ranks, divide expert grads by the EP size and average over the replicas.
+    The load-balancing statistic is pooled per EP group, so aux_loss_coef is 0 here."""
+    cfg = dataclasses.replace(CONFIG, aux_loss_coef=0.0)
+    ep_groups = [dist.new_group([0, 1]), dist.new_group([2, 3])]
+    replica_groups = [dist.new_group([0, 2]), dist.new_group([1, 3])]
+    torch.manual_seed(0)
+    full = Transformer(cfg).double()
+    tokens = torch.randint(0, 64, (4 * PER_RANK, 12))
+    ref = full(tokens, tokens)
+    (ref.loss + ref.aux_loss).backward()
+
+    model = apply_expert_parallel(copy.deepcopy(full), ep_groups[rank // 2])
+    model.zero_grad()
+    local = slice(rank * PER_RANK, (rank + 1) * PER_RANK)
+    out = model(tokens[local], tokens[local])
+    (out.loss + out.aux_loss).backward()
+    for p in non_expert_parameters(model):
+        dist.all_reduce(p.grad)
+        p.grad /= 4
+    reduce_expert_gradients(model, replica_group=replica_groups[rank % 2])
+    full_grads = {n: p.grad for n, p in full.named_parameters()}
+    expert_ids = {id(p) for p in expert_parameters(model)}
+    shard = slice((rank % 2) * 4, (rank % 2 + 1) * 4)
+    for name, p in model.named_parameters():
+        close(p.grad, full_grads[name][shard] if id(p) in expert_ids else full_grads[name], name)
 
 
 @pytest.mark.parametrize("world", [2, 4])

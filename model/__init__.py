@@ -7,6 +7,7 @@ that the caller created.
 from .config import ModelConfig
 from .expert_parallel import (
     apply_expert_parallel,
+    expert_parameter_names,
     expert_parameters,
     gather_full_state_dict,
     load_full_state_dict,
@@ -29,6 +30,7 @@ __all__ = [
     "Transformer",
     "apply_expert_parallel",
     "dense_124m",
+    "expert_parameter_names",
     "expert_parameters",
     "flops_per_token",
     "gather_full_state_dict",

@@ -21,11 +21,15 @@ with R replicas of each expert shard). Then
   the EP group instead would mix different experts; skipping the division by W would
   scale the expert learning rate by W.
 ``reduce_expert_gradients`` does exactly the expert part; ``expert_parameters`` /
-``non_expert_parameters`` split the parameters for the trainer.
+``non_expert_parameters`` split the parameters for the trainer. When wrapping in
+DistributedDataParallel, keep DDP off the expert shards (it would average different
+experts): ``DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model,
+expert_parameter_names(model))``.
 
 The load-balancing loss uses expert counts summed over the EP group, so with equal
 token counts per rank the mean of the per-rank aux losses equals the single-process
-aux loss on the concatenated batch, and so do its (DDP-averaged) gradients.
+aux loss on the concatenated batch, and so do its (DDP-averaged) gradients. With data
+parallelism beyond the EP group the statistic is pooled per EP group.
 """
 
 from __future__ import annotations
@@ -123,6 +127,12 @@ def expert_parameters(model: nn.Module) -> Iterator[nn.Parameter]:
     """Parameters of the experts (sharded under expert parallelism)."""
     ids = _expert_param_ids(model)
     return (p for p in model.parameters() if id(p) in ids)
+
+
+def expert_parameter_names(model: nn.Module) -> list[str]:
+    """Qualified names of the expert parameters (e.g. for DDP's ignore list)."""
+    ids = _expert_param_ids(model)
+    return [name for name, p in model.named_parameters() if id(p) in ids]
 
 
 def non_expert_parameters(model: nn.Module) -> Iterator[nn.Parameter]:

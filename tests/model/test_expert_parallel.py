@@ -17,6 +17,7 @@ from model import (
     ModelConfig,
     Transformer,
     apply_expert_parallel,
+    expert_parameter_names,
     expert_parameters,
     gather_full_state_dict,
     load_full_state_dict,
@@ -145,3 +146,5 @@ def test_expert_and_non_expert_parameters_partition_the_model() -> None:
     assert len(experts) == 3 * CONFIG.n_layers
     assert {id(p) for p in experts}.isdisjoint({id(p) for p in others})
     assert sum(p.numel() for p in experts + others) == sum(p.numel() for p in model.parameters())
+    names = expert_parameter_names(model)
+    assert names == [f"layers.{i}.ffn.experts.{w}" for i in range(CONFIG.n_layers) for w in ("w1", "w3", "w2")]

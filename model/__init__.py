@@ -1,0 +1,47 @@
+"""rayfleet transformer library: plain PyTorch, driven by one ``ModelConfig``.
+
+No Ray and no torch.distributed setup in here; expert parallelism takes a process group
+that the caller created.
+"""
+
+from .config import ModelConfig
+from .expert_parallel import (
+    apply_expert_parallel,
+    expert_parameter_names,
+    expert_parameters,
+    gather_full_state_dict,
+    load_full_state_dict,
+    non_expert_parameters,
+    reduce_expert_gradients,
+)
+from .flops import flops_per_token, param_counts
+from .loss import linear_cross_entropy
+from .masks import MaskSpec
+from .moe import MoE, update_expert_bias
+from .presets import PRESETS, dense_124m, get_preset, moe_8x, tiny, tiny_moe
+from .transformer import LMOutput, Transformer
+
+__all__ = [
+    "PRESETS",
+    "LMOutput",
+    "MaskSpec",
+    "MoE",
+    "ModelConfig",
+    "Transformer",
+    "apply_expert_parallel",
+    "dense_124m",
+    "expert_parameter_names",
+    "expert_parameters",
+    "flops_per_token",
+    "gather_full_state_dict",
+    "get_preset",
+    "linear_cross_entropy",
+    "load_full_state_dict",
+    "moe_8x",
+    "non_expert_parameters",
+    "param_counts",
+    "reduce_expert_gradients",
+    "tiny",
+    "tiny_moe",
+    "update_expert_bias",
+]

@@ -1,0 +1,244 @@
+"""Mixture of Experts: top-k token-choice router, SwiGLU experts on a grouped GEMM.
+
+Flow of ``MoE.forward`` (tokens flattened to (N, D)):
+1. route: fp32 router logits -> softmax probabilities -> top-k experts per token
+   (selection may add a balancing bias, gate weights never do);
+2. permute: assignments sorted by expert with a stable argsort, per-expert counts by
+   scatter-add on device (no host sync); with a capacity factor the overflow
+   assignments go to a virtual expert E that sorts last and is never computed;
+3. experts: one grouped GEMM per projection (``torch._grouped_mm``) on CUDA bf16 sm90+,
+   else a loop over experts; in expert-parallel mode the sorted rows travel to the
+   experts' ranks with all_to_all (see ``expert_parallel.py``);
+4. combine: un-permute and sum the k outputs weighted by the gates.
+Only the loop fallback and the expert-parallel split sizes need host values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable, NamedTuple, Protocol
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .config import ModelConfig
+
+
+class RouterOutput(NamedTuple):
+    indices: Tensor  # (N, k) chosen experts
+    weights: Tensor  # (N, k) fp32 gate weights
+    probs: Tensor  # (N, E) fp32 softmax of the logits
+    logits: Tensor  # (N, E) fp32
+
+
+class Router(nn.Module):
+    """Token-choice top-k router (Shazeer et al. 2017; Fedus et al. 2021)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.top_k, self.renormalize = config.top_k, config.router_renormalize
+        self.bias_balancing, self.bias_update_rate = config.bias_balancing, config.bias_update_rate
+        self.gate = nn.Linear(config.dim, config.n_experts, bias=False)
+        # Auxiliary-loss-free balancing (Wang et al. 2024; DeepSeek-V3): a per-expert bias
+        # that only affects which experts are selected. It is state, not a parameter.
+        self.register_buffer("expert_bias", torch.zeros(config.n_experts))
+        self.register_buffer("tokens_per_expert", torch.zeros(config.n_experts), persistent=False)
+
+    def _apply(self, fn: Callable[[Tensor], Tensor], recurse: bool = True) -> Router:
+        """Follow device moves, but keep the balancing state in float32: a bf16 bias would
+        swallow updates of size u, bf16 counts stop being exact at 256."""
+        saved = {"expert_bias": self.expert_bias, "tokens_per_expert": self.tokens_per_expert}
+        super()._apply(fn, recurse)
+        for name, value in saved.items():
+            setattr(self, name, value.to(getattr(self, name).device, torch.float32))
+        return self
+
+    def forward(self, x: Tensor) -> RouterOutput:
+        """Route tokens ``x`` (N, D)."""
+        # The router runs in fp32 even under autocast: its softmax/top-k are precision
+        # sensitive ("selective precision", ST-MoE, Zoph et al. 2022).
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(x.device.type, enabled=False):
+            logits = F.linear(x.to(dtype), self.gate.weight.to(dtype))
+        probs = logits.softmax(dim=-1)
+        scores = probs + self.expert_bias if self.bias_balancing else probs
+        indices = scores.topk(self.top_k, dim=-1).indices
+        weights = probs.gather(-1, indices)
+        if self.renormalize:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        if self.bias_balancing and self.training:
+            with torch.no_grad():
+                self.tokens_per_expert += expert_counts(indices, probs.shape[-1]).float()
+        return RouterOutput(indices, weights, probs, logits)
+
+
+def expert_counts(indices: Tensor, n_experts: int) -> Tensor:
+    """Assignments per expert (int64, length ``n_experts``); indices >= n_experts are ignored."""
+    flat = indices.reshape(-1)
+    counts = torch.zeros(n_experts + 1, dtype=torch.long, device=flat.device)
+    counts.scatter_add_(0, flat.clamp(max=n_experts), torch.ones_like(flat))
+    return counts[:n_experts]
+
+
+def load_balancing_loss(probs: Tensor, counts: Tensor) -> Tensor:
+    """Switch Transformer auxiliary loss (Fedus et al. 2021, eq. 4): E * sum_i f_i * P_i.
+
+    f_i = fraction of the N*k assignments sent to expert i (``counts`` / total; counts
+    may be summed over several ranks), P_i = mean router probability of expert i over
+    the local tokens. Equals 1 under perfectly uniform routing.
+    """
+    f = counts.to(probs.dtype) / counts.sum().clamp(min=1)
+    return probs.shape[-1] * (f.detach() * probs.mean(dim=0)).sum()
+
+
+def router_z_loss(logits: Tensor) -> Tensor:
+    """ST-MoE router z-loss (Zoph et al. 2022, eq. 5): mean over tokens of logsumexp(x)^2."""
+    return torch.logsumexp(logits, dim=-1).square().mean()
+
+
+def capacity_keep(indices: Tensor, n_experts: int, capacity: int) -> Tensor:
+    """Which assignments fit in an expert capacity of ``capacity`` tokens.
+
+    Priority as in GShard (Lepikhin et al. 2020): every token's first choice before any
+    second choice, then token order. Returns a bool mask shaped like ``indices``.
+    """
+    n, k = indices.shape
+    by_priority = indices.t().reshape(-1)  # choice-major
+    onehot = F.one_hot(by_priority, n_experts)
+    slot = (onehot.cumsum(dim=0) * onehot).sum(dim=-1) - 1  # position in its expert's queue
+    return (slot < capacity).view(k, n).t()
+
+
+def swiglu(x: Tensor, w1: Tensor, w3: Tensor, w2: Tensor) -> Tensor:
+    """SwiGLU MLP (Shazeer 2020) with weights in nn.Linear layout (out, in)."""
+    return F.linear(F.silu(F.linear(x, w1)) * F.linear(x, w3), w2)
+
+
+def grouped_mm_supported(x: Tensor) -> bool:
+    """True where ``torch._grouped_mm`` has a fast kernel: CUDA, bf16 compute, sm90+ (Hopper)."""
+    if not (hasattr(torch, "_grouped_mm") and x.is_cuda):
+        return False
+    dtype = torch.get_autocast_dtype("cuda") if torch.is_autocast_enabled("cuda") else x.dtype
+    try:
+        return dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (9, 0)
+    except (RuntimeError, AssertionError):
+        return False
+
+
+class GroupedExperts(nn.Module):
+    """E SwiGLU experts stored as stacked weights (E, out, in), possibly a shard of them."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        e, d, h = config.n_experts, config.dim, config.moe_hidden
+        self.backend = config.expert_backend
+        self.n_total, self.first = e, 0  # global expert count; first global id held here
+        self.w1 = nn.Parameter(torch.empty(e, h, d))
+        self.w3 = nn.Parameter(torch.empty(e, h, d))
+        self.w2 = nn.Parameter(torch.empty(e, d, h))
+
+    def forward(self, x: Tensor, counts: Tensor) -> Tensor:
+        """Rows of ``x`` are grouped by expert with ``counts`` rows per local expert; rows
+        past ``counts.sum()`` (dropped assignments) come back as zeros."""
+        if self.backend == "grouped_mm" or (self.backend == "auto" and grouped_mm_supported(x)):
+            return self._grouped(x, counts)
+        return self._loop(x, counts)
+
+    def _grouped(self, x: Tensor, counts: Tensor) -> Tensor:
+        dtype = torch.get_autocast_dtype("cuda") if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
+        offs = counts.cumsum(0).to(torch.int32)
+        xc = x.to(dtype)
+
+        def gmm(a: Tensor, w: Tensor) -> Tensor:  # per group g: a_g @ w[g].T
+            return torch._grouped_mm(a, w.to(dtype).transpose(-2, -1), offs=offs)
+
+        h = F.silu(gmm(xc, self.w1)) * gmm(xc, self.w3)
+        y = gmm(h, self.w2)
+        valid = torch.arange(x.shape[0], device=x.device) < offs[-1]
+        return torch.where(valid[:, None], y, torch.zeros((), dtype=y.dtype, device=y.device)).to(x.dtype)
+
+    def _loop(self, x: Tensor, counts: Tensor) -> Tensor:
+        sizes = counts.tolist()  # host sync: the fallback path only
+        outs, start = [], 0
+        for e, n in enumerate(sizes):
+            outs.append(swiglu(x[start:start + n], self.w1[e], self.w3[e], self.w2[e]))
+            start += n
+        outs.append(x.new_zeros(x.shape[0] - start, x.shape[1]))
+        return torch.cat(outs).to(x.dtype)
+
+
+class ExpertDispatcher(Protocol):
+    """What the MoE layer needs from an expert-parallel implementation."""
+
+    def global_counts(self, counts: Tensor) -> Tensor: ...
+
+    def run(self, experts: GroupedExperts, xs: Tensor, counts: Tensor) -> Tensor: ...
+
+
+class MoE(nn.Module):
+    """Mixture-of-experts feed-forward layer; ``forward`` returns (output, weighted aux loss)."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.n_experts, self.top_k = config.n_experts, config.top_k
+        self.capacity_factor = config.capacity_factor
+        self.aux_coef, self.z_coef = config.aux_loss_coef, config.z_loss_coef
+        self.router = Router(config)
+        self.experts = GroupedExperts(config)
+        self.ep: ExpertDispatcher | None = None  # set by expert_parallel.apply_expert_parallel
+
+    def capacity(self, n_tokens: int) -> int | None:
+        """Per-expert capacity ceil(cf * N * k / E) (Fedus et al. 2021), None when dropless."""
+        if self.capacity_factor is None:
+            return None
+        return math.ceil(self.capacity_factor * n_tokens * self.top_k / self.n_experts)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Apply the experts to ``x`` (..., D)."""
+        shape = x.shape
+        x = x.reshape(-1, shape[-1])
+        n, k, e = x.shape[0], self.top_k, self.n_experts
+        r = self.router(x)
+        routed = expert_counts(r.indices, e)
+        if self.ep is not None:  # balance statistics over the whole expert-parallel group
+            routed = self.ep.global_counts(routed)
+        aux = self.aux_coef * load_balancing_loss(r.probs, routed) + self.z_coef * router_z_loss(r.logits)
+
+        flat = r.indices.reshape(-1)
+        cap = self.capacity(n)
+        if cap is not None:  # overflow goes to virtual expert e: sorted last, never computed
+            flat = torch.where(capacity_keep(r.indices, e, cap).reshape(-1), flat, e)
+        order = flat.argsort(stable=True)
+        counts = expert_counts(flat, e)
+        xs = x[order // k]
+        ys = self.experts(xs, counts) if self.ep is None else self.ep.run(self.experts, xs, counts)
+        unsorted = torch.empty_like(ys).index_copy_(0, order, ys).view(n, k, -1)
+        out = (unsorted * r.weights.unsqueeze(-1).to(unsorted.dtype)).sum(dim=1)
+        return out.to(x.dtype).view(shape), aux
+
+
+def moe_layers(model: nn.Module) -> list[MoE]:
+    """All MoE layers of ``model``, in module order."""
+    return [m for m in model.modules() if isinstance(m, MoE)]
+
+
+@torch.no_grad()
+def update_expert_bias(model: nn.Module, group: object | None = None) -> None:
+    """Apply the aux-loss-free bias update after an optimiser step and reset the counts.
+
+    b_i += u * sign(mean_load - load_i) (Wang et al. 2024, DeepSeek-V3 section 2.1.2):
+    overloaded experts become less attractive, under-used ones more. Pass the process
+    group spanning all data-parallel ranks so every rank applies the same update.
+    """
+    for moe in moe_layers(model):
+        router = moe.router
+        if not router.bias_balancing:
+            continue
+        load = router.tokens_per_expert.clone()
+        if group is not None:
+            import torch.distributed as dist
+
+            dist.all_reduce(load, group=group)  # type: ignore[arg-type]
+        router.expert_bias += router.bias_update_rate * torch.sign(load.mean() - load)
+        router.tokens_per_expert.zero_()

@@ -1,0 +1,196 @@
+"""Mixture of experts: dropless layer = per-expert loop reference (forward and grads),
+aux losses = their published formulas, capacity drops, bias balancing."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from model import ModelConfig, Transformer, update_expert_bias
+from model.moe import MoE, Router, capacity_keep
+
+from .reference import ref_moe, reference_forward
+
+
+def moe_config(**overrides: object) -> ModelConfig:
+    base = ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=4, max_seq_len=32,
+                       n_experts=4, top_k=2, expert_hidden=24, init_std=0.2)
+    return dataclasses.replace(base, **overrides)
+
+
+def make_moe(dtype: torch.dtype = torch.float64, **overrides: object) -> MoE:
+    cfg = moe_config(**overrides)
+    model = Transformer(cfg)  # initialises the experts like the real model
+    moe = model.layers[0].ffn
+    assert isinstance(moe, MoE)
+    return moe.to(dtype)
+
+
+def moe_params(moe: MoE) -> dict[str, torch.Tensor]:
+    return {"gate": moe.router.gate.weight, "w1": moe.experts.w1, "w3": moe.experts.w3, "w2": moe.experts.w2}
+
+
+@pytest.mark.parametrize("backend,dtype,tol", [
+    ("loop", torch.float64, 1e-10),
+    ("grouped_mm", torch.float32, 1e-5),  # torch._grouped_mm; on CPU it runs in float32
+])
+@pytest.mark.parametrize("renormalize", [True, False])
+def test_dropless_moe_equals_per_expert_loop(backend: str, dtype: torch.dtype, tol: float,
+                                             renormalize: bool) -> None:
+    moe = make_moe(dtype, expert_backend=backend, router_renormalize=renormalize)
+    x = torch.randn(3, 7, 32, dtype=dtype, requires_grad=True)
+    out, _ = moe(x)
+    g = torch.randn_like(out)
+    out.backward(g)
+    got = {"x": x.grad.clone(), **{k: v.grad.clone() for k, v in moe_params(moe).items()}}
+    moe.zero_grad()
+
+    x64 = x.detach().double().requires_grad_()
+    p64 = {k: v.detach().double().requires_grad_() for k, v in moe_params(moe).items()}
+    ref = ref_moe(x64.view(21, 32), p64["gate"], p64["w1"], p64["w3"], p64["w2"], 2, renormalize)
+    ref.backward(g.double().view(21, 32))
+    torch.testing.assert_close(out.double(), ref.view(3, 7, 32), atol=tol, rtol=tol)
+    want = {"x": x64.grad, **{k: v.grad for k, v in p64.items()}}
+    for name in want:
+        torch.testing.assert_close(got[name].double(), want[name], atol=tol, rtol=tol, msg=name)
+
+
+def test_moe_transformer_equals_float64_reference() -> None:
+    model = Transformer(moe_config(moe_every=2, n_kv_heads=2))
+    assert not model.config.is_moe_layer(0) and model.config.is_moe_layer(1)
+    tokens = torch.randint(0, 64, (2, 12))
+    with torch.no_grad():
+        torch.testing.assert_close(model(tokens).logits.double(), reference_forward(model, tokens),
+                                   atol=1e-5, rtol=1e-5)
+
+
+def test_load_balancing_loss_equals_switch_formula() -> None:
+    moe = make_moe(z_loss_coef=0.0, aux_loss_coef=0.5)
+    x = torch.randn(40, 32, dtype=torch.float64)
+    _, aux = moe(x)
+    probs = torch.softmax(x @ moe.router.gate.weight.T, dim=-1)
+    n, e, k = 40, 4, 2
+    chosen = [set(torch.topk(probs[t], k).indices.tolist()) for t in range(n)]
+    f = [sum(i in c for c in chosen) / (n * k) for i in range(e)]
+    p = [probs[:, i].mean().item() for i in range(e)]
+    expected = e * sum(f[i] * p[i] for i in range(e))  # Fedus et al. 2021, eq. 4 (N * sum f_i P_i)
+    assert math.isclose(aux.item(), 0.5 * expected, rel_tol=1e-12)
+
+
+def test_load_balancing_loss_is_one_when_uniform() -> None:
+    moe = make_moe(z_loss_coef=0.0, aux_loss_coef=1.0, top_k=1)
+    with torch.no_grad():
+        moe.router.gate.weight.zero_()
+    # all-equal probabilities; top-1 of ties picks expert 0 -> f = (1,0,0,0), P = 1/4 -> loss 1
+    _, aux = moe(torch.randn(8, 32, dtype=torch.float64))
+    assert math.isclose(aux.item(), 1.0, rel_tol=1e-12)
+
+
+def test_z_loss_equals_st_moe_formula() -> None:
+    moe = make_moe(z_loss_coef=0.25, aux_loss_coef=0.0)
+    x = torch.randn(30, 32, dtype=torch.float64)
+    _, aux = moe(x)
+    logits = (x @ moe.router.gate.weight.T).tolist()
+    z = sum(math.log(sum(math.exp(v) for v in row)) ** 2 for row in logits) / len(logits)  # Zoph et al. eq. 5
+    assert math.isclose(aux.item(), 0.25 * z, rel_tol=1e-12)
+
+
+def test_capacity_priority_first_choices_before_second() -> None:
+    indices = torch.tensor([[0, 1], [1, 0], [0, 2], [0, 1]])
+    keep = capacity_keep(indices, n_experts=3, capacity=2)
+    assert keep.tolist() == [[True, True], [True, False], [True, True], [False, False]]
+
+
+def test_capacity_factor_drops_the_expected_tokens() -> None:
+    # every token ranks experts 0 > 1 > 2 > 3; 6 tokens x top-2 over 4 experts with
+    # capacity factor 1 -> capacity ceil(6 * 2 / 4) = 3: tokens 0..2 keep both experts,
+    # tokens 3..5 are dropped entirely (their output is 0: the residual passes them on).
+    moe = make_moe(capacity_factor=1.0)
+    with torch.no_grad():
+        moe.router.gate.weight.copy_(torch.tensor([3.0, 2.0, 1.0, 0.0])[:, None].expand(4, 32))
+    assert moe.capacity(6) == 3
+    x = torch.rand(6, 32, dtype=torch.float64) + 0.1
+    out, _ = moe(x)
+    p = moe_params(moe)
+    ref = ref_moe(x, p["gate"], p["w1"], p["w3"], p["w2"], 2)
+    torch.testing.assert_close(out[:3], ref[:3])
+    assert torch.equal(out[3:], torch.zeros(3, 32, dtype=torch.float64))
+    dropless = make_moe()
+    dropless.load_state_dict(moe.state_dict())
+    torch.testing.assert_close(dropless(x)[0], ref)
+
+
+def test_bias_changes_selection_but_not_gate_weights() -> None:
+    router = Router(moe_config(bias_balancing=True)).double()
+    x = torch.randn(16, 32, dtype=torch.float64)
+    with torch.no_grad():
+        router.expert_bias.copy_(torch.tensor([0.0, 0.0, 0.0, 10.0]))
+    out = router(x)
+    assert (out.indices == 3).any(dim=-1).all()  # the bias forces expert 3 into every top-2
+    probs = torch.softmax(x @ router.gate.weight.T, dim=-1)
+    w = probs.gather(-1, out.indices)
+    torch.testing.assert_close(out.weights, w / w.sum(-1, keepdim=True))  # bias-free gates
+    assert "expert_bias" not in dict(router.named_parameters())
+
+
+def test_bias_does_not_change_router_gradient() -> None:
+    """The bias only picks experts: with the same selection, outputs and the router's
+    gradient are exactly those of the unbiased router (the bias gets no gradient)."""
+    x = torch.randn(24, 32, dtype=torch.float64)
+
+    def run(bias: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        torch.manual_seed(0)
+        moe = make_moe(bias_balancing=True)
+        moe.router.expert_bias.copy_(bias)
+        out, aux = moe(x)
+        (out.square().sum() + aux).backward()
+        return out.detach(), moe.router.gate.weight.grad, moe.router(x).indices
+
+    out0, grad0, sel0 = run(torch.zeros(4))
+    out1, grad1, sel1 = run(torch.tensor([2e-4, -1e-4, 3e-4, 0.0]))
+    assert torch.equal(sel0, sel1)  # precondition: this small bias keeps every selection
+    assert torch.equal(out0, out1) and torch.equal(grad0, grad1)
+
+
+def test_router_counts_tokens_per_expert_in_training_only() -> None:
+    moe = make_moe(bias_balancing=True)
+    x = torch.randn(24, 32, dtype=torch.float64)
+    moe.eval()
+    indices = moe.router(x).indices
+    assert moe.router.tokens_per_expert.sum() == 0
+    moe.train()
+    moe(x)
+    torch.testing.assert_close(moe.router.tokens_per_expert,
+                               torch.bincount(indices.view(-1), minlength=4).float())
+
+
+def test_bias_update_moves_toward_underused_experts() -> None:
+    model = Transformer(moe_config(bias_balancing=True, bias_update_rate=0.01))
+    router = model.layers[0].ffn.router
+    load = torch.tensor([50.0, 10.0, 28.0, 40.0])  # mean 32: experts 0 and 3 overloaded
+    router.tokens_per_expert.copy_(load)
+    update_expert_bias(model)
+    torch.testing.assert_close(router.expert_bias, torch.tensor([-0.01, 0.01, 0.01, -0.01]))
+    assert router.tokens_per_expert.sum() == 0
+    update_expert_bias(model)  # nothing counted since: sign(0) = 0, bias stays
+    torch.testing.assert_close(router.expert_bias, torch.tensor([-0.01, 0.01, 0.01, -0.01]))
+
+
+def test_bias_balancing_evens_out_the_load() -> None:
+    moe = make_moe(torch.float32, bias_balancing=True, bias_update_rate=0.02, top_k=1).train()
+    with torch.no_grad():  # a router that strongly prefers expert 0
+        moe.router.gate.weight[0] = moe.router.gate.weight[1:].mean(0) + 0.05
+    x = torch.randn(256, 32) + 1.0
+
+    def imbalance() -> float:
+        load = torch.bincount(moe.router(x).indices.view(-1), minlength=4).float()
+        return (load.max() / load.mean()).item()
+
+    before = imbalance()
+    for _ in range(60):
+        moe.router(x)
+        update_expert_bias(torch.nn.Sequential(moe))
+    assert before > 2.0 and imbalance() < 1.3

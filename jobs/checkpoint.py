@@ -1,6 +1,8 @@
 """Checkpoints: model, optimizer, data position (the step) and RNG state, in one layout for every
 strategy, committed atomically.
 
+A job's folder (`<storage>/jobs/<name>`) holds one Ray Train run folder per submission
+(`runs/<submission id>`); checkpoints are written into the current one.
 The state is saved unsharded and keyed by parameter name, whatever the strategy (DDP, FSDP2 or
 expert parallel): a checkpoint written by 4 FSDP ranks loads into 2 DDP ranks or 1 process, which
 is what elastic runs and the equivalence tests need. Rank 0 writes into a temporary folder,
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -28,31 +31,43 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from jobs.parallel import Parallel
-from model import expert_parameters, gather_full_state_dict, load_full_state_dict
+from model import expert_parameter_names, gather_full_state_dict, load_full_state_dict
 
-PREFIX = "checkpoint_"
+PREFIX = "rayfleet-step-"  # not Ray Train's "checkpoint_*", which shares the run folder
+RUNS = "runs"
 MARKER = "COMMITTED"
+_NAME = re.compile(rf"^{PREFIX}(\d+)$")
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
-def checkpoint_dirs(run_dir: Path) -> list[Path]:
-    """Committed checkpoints, oldest first."""
-    if not run_dir.is_dir():
-        return []
-    found = [p for p in run_dir.glob(f"{PREFIX}*") if (p / MARKER).exists()]
-    return sorted(found, key=lambda p: int(p.name[len(PREFIX):]))
+def _step_of(path: Path) -> int | None:
+    match = _NAME.match(path.name)
+    return int(match.group(1)) if match else None
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    found = checkpoint_dirs(run_dir)
+def checkpoint_dirs(job_dir: Path, committed: bool = True) -> list[Path]:
+    """Checkpoints of every run (submission) of a job, oldest step first."""
+    found = [p for p in job_dir.glob(f"{RUNS}/*/{PREFIX}*")
+             if _step_of(p) is not None and (not committed or (p / MARKER).exists())]
+    return sorted(found, key=lambda p: (_step_of(p) or 0, p.stat().st_mtime))
+
+
+def latest_checkpoint(job_dir: Path) -> Path | None:
+    """The newest committed checkpoint of any submission of the job: what a new attempt resumes."""
+    found = checkpoint_dirs(job_dir)
     return found[-1] if found else None
+
+
+def run_dir(job_dir: Path, submission_id: str) -> Path:
+    """Ray Train's run folder for one submission; its checkpoints are written here."""
+    return job_dir / RUNS / submission_id
 
 
 def read_meta(path: Path) -> dict[str, Any]:
     return json.loads((path / "meta.json").read_text())
 
 
-def save_checkpoint(run_dir: Path, step: int, par: Parallel, optimizer: torch.optim.Optimizer,
+def save_checkpoint(folder: Path, step: int, par: Parallel, optimizer: torch.optim.Optimizer,
                     meta: dict[str, Any]) -> Path:
     """Collective: every rank calls it; rank 0 writes. Returns the committed folder."""
     model_state, optim_state = _full_state(par, optimizer)
@@ -61,9 +76,9 @@ def save_checkpoint(run_dir: Path, step: int, par: Parallel, optimizer: torch.op
         dist.all_gather_object(rng, torch.get_rng_state())
     else:
         rng = [torch.get_rng_state()]
-    path = run_dir / f"{PREFIX}{step:08d}"
+    path = folder / f"{PREFIX}{step:08d}"
     if par.rank == 0:
-        tmp = run_dir / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
+        tmp = folder / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         torch.save(model_state, tmp / "model.pt")
@@ -99,18 +114,24 @@ def load_checkpoint(path: Path, par: Parallel, optimizer: torch.optim.Optimizer)
     return meta
 
 
-def prune(run_dir: Path, keep: int) -> None:
-    """Keep the newest `keep` committed checkpoints; drop older ones and stale temporaries."""
-    committed = checkpoint_dirs(run_dir)
+def prune(job_dir: Path, keep: int, current_run: Path) -> None:
+    """Keep the newest `keep` committed checkpoints of the job; drop leftovers.
+
+    Checkpoints inside the current run are Ray Train's to delete (CheckpointConfig.num_to_keep):
+    it records them in its run snapshot and refuses to resume a run whose recorded checkpoints
+    have vanished. So this removes only earlier runs' checkpoints, temporaries, and uncommitted
+    folders older than the newest commit.
+    """
+    committed = checkpoint_dirs(job_dir)
     for old in committed[:-keep] if keep else committed:
-        shutil.rmtree(old, ignore_errors=True)
-    newest = int(committed[-1].name[len(PREFIX):]) if committed else None
-    for stale in run_dir.glob(f".tmp-{PREFIX}*"):
+        if old.parent != current_run:
+            shutil.rmtree(old, ignore_errors=True)
+    newest = _step_of(committed[-1]) if committed else None
+    for stale in job_dir.glob(f"{RUNS}/*/.tmp-{PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
-    for uncommitted in run_dir.glob(f"{PREFIX}*"):
-        if not (uncommitted / MARKER).exists() and newest is not None \
-                and int(uncommitted.name[len(PREFIX):]) < newest:
-            shutil.rmtree(uncommitted, ignore_errors=True)
+    for folder in checkpoint_dirs(job_dir, committed=False):
+        if not (folder / MARKER).exists() and newest is not None and (_step_of(folder) or 0) < newest:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def _full_state(par: Parallel, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -124,14 +145,9 @@ def _full_state(par: Parallel, optimizer: torch.optim.Optimizer) -> tuple[dict[s
             get_optimizer_state_dict(par.model, optimizer, options=options))
 
 
-def _expert_names(par: Parallel) -> set[str]:
-    ids = {id(p) for p in expert_parameters(par.model)}
-    return {name for name, p in par.model.named_parameters() if id(p) in ids}
-
-
 def _gather_expert_optim(par: Parallel, state: dict[str, Any]) -> dict[str, Any]:
     """Expert shards' Adam moments gathered along the expert dimension, like their weights."""
-    experts = _expert_names(par)
+    experts = set(expert_parameter_names(par.model))
     out = {"state": {}, "param_groups": state["param_groups"]}
     for name, entry in state["state"].items():
         full = {}
@@ -147,7 +163,7 @@ def _gather_expert_optim(par: Parallel, state: dict[str, Any]) -> dict[str, Any]
 
 def _local_expert_optim(par: Parallel, state: dict[str, Any]) -> dict[str, Any]:
     """The inverse of `_gather_expert_optim`: this rank's slice of each expert moment."""
-    experts = _expert_names(par)
+    experts = set(expert_parameter_names(par.model))
     rank = dist.get_rank(par.ep_group)
     out = {"state": {}, "param_groups": state["param_groups"]}
     for name, entry in state["state"].items():

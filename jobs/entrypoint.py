@@ -20,7 +20,7 @@ def build_trainer(spec: Any, run: dict[str, Any]) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from jobs.history import run_dir
+    from jobs import checkpoint, history
     from jobs.loop import train_worker
 
     low, high = spec.worker_range
@@ -32,10 +32,12 @@ def build_trainer(spec: Any, run: dict[str, Any]) -> Any:
         resources_per_worker=resources,
         label_selector={"rayfleet.io/pool": spec.pool},
     )
-    storage = run_dir(run["storage"], spec.name)
+    # One Ray Train run per submission: Ray Train resumes a reused run name from its snapshot
+    # and refuses one whose checkpoints were pruned. Resuming across submissions is ours.
+    folder = checkpoint.run_dir(history.job_dir(run["storage"], spec.name), run["submission_id"])
     config = RunConfig(
-        name=storage.name,
-        storage_path=str(storage.parent),
+        name=folder.name,
+        storage_path=str(folder.parent),
         failure_config=FailureConfig(max_failures=spec.failure.max_restarts),
         checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
     )

@@ -15,13 +15,13 @@ from typing import Any, Iterator
 FILE = "history.jsonl"
 
 
-def run_dir(storage: str | Path, name: str) -> Path:
-    """The job's folder: Ray Train's run directory, our checkpoints and the history."""
+def job_dir(storage: str | Path, name: str) -> Path:
+    """The job's folder: its history and one Ray Train run folder per submission."""
     return Path(storage) / "jobs" / name
 
 
 def record(storage: str | Path, name: str, event: str, **fields: Any) -> None:
-    path = run_dir(storage, name) / FILE
+    path = job_dir(storage, name) / FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps({"time": time.time(), "event": event, "job": name, **fields}, default=str) + "\n"
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -32,7 +32,7 @@ def record(storage: str | Path, name: str, event: str, **fields: Any) -> None:
 
 
 def events(storage: str | Path, name: str) -> list[dict[str, Any]]:
-    path = run_dir(storage, name) / FILE
+    path = job_dir(storage, name) / FILE
     if not path.exists():
         return []
     out = []

@@ -84,18 +84,18 @@ def train_worker(config: dict[str, Any]) -> None:
     device = torch.device(f"cuda:{context.get_local_rank()}" if run.device == "cuda" else "cpu")
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(spec.resources.cpus)))
-    run_dir = history.run_dir(run.storage, spec.name)
-    trainer = Trainer(spec, run, rank, world, device, run_dir)
-    trainer.train(report=_ray_report(run_dir))
+    trainer = Trainer(spec, run, rank, world, device, history.job_dir(run.storage, spec.name))
+    trainer.train(report=_ray_report())
 
 
 class Trainer:
     """One worker's training: usable inside Ray Train or any torch.distributed launcher."""
 
     def __init__(self, spec: JobSpec, run: RunInfo, rank: int, world: int, device: torch.device,
-                 run_dir: Path) -> None:
+                 job_dir: Path) -> None:
         self.spec, self.run, self.rank, self.world, self.device = spec, run, rank, world, device
-        self.run_dir = run_dir
+        self.job_dir = job_dir
+        self.run_dir = checkpoint.run_dir(job_dir, run.submission_id)
         torch.manual_seed(spec.seed)  # identical initial weights on every rank
         self.config = model_config(spec)
         model = Transformer(self.config)
@@ -112,7 +112,7 @@ class Trainer:
         self.losses: list[tuple[int, float]] = []
 
     def resume(self) -> None:
-        latest = checkpoint.latest_checkpoint(self.run_dir)
+        latest = checkpoint.latest_checkpoint(self.job_dir)
         if latest is not None:
             meta = checkpoint.load_checkpoint(latest, self.par, self.optimizer)
             self.step = self.checkpoint_step = int(meta["step"])
@@ -184,11 +184,11 @@ class Trainer:
                                            "strategy": self.spec.parallelism.strategy})
         self.checkpoint_step = self.step
         if self.rank == 0:
-            checkpoint.prune(self.run_dir, self.spec.checkpoint.keep)
+            checkpoint.prune(self.job_dir, self.spec.checkpoint.keep, self.run_dir)
         return path
 
 
-def _ray_report(run_dir: Path) -> Any:
+def _ray_report() -> Any:
     """A report function registering our committed checkpoint with Ray Train, without copying it."""
     import ray.train
     from ray.train import Checkpoint

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-from model import apply_expert_parallel, expert_parameters, reduce_expert_gradients
+from model import apply_expert_parallel, expert_parameter_names, expert_parameters, reduce_expert_gradients
 
 
 @dataclass
@@ -86,9 +86,7 @@ def parallelize(model: nn.Module, strategy: str, expert_parallel: int, device: t
         ep_group, replica_group = expert_parallel_groups(world, rank, expert_parallel)
         apply_expert_parallel(model, ep_group)
         model.to(device)
-        expert_ids = {id(p) for p in expert_parameters(model)}
-        ignored = [name for name, p in model.named_parameters() if id(p) in expert_ids]
-        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, expert_parameter_names(model))
         module = DistributedDataParallel(model, device_ids=ids)
         return Parallel(strategy, model, module, rank, world, ep_group, replica_group, expert_parallel)
     raise ValueError(f"unknown strategy {strategy!r}")

@@ -119,18 +119,19 @@ def prune(job_dir: Path, keep: int, current_run: Path) -> None:
 
     Checkpoints inside the current run are Ray Train's to delete (CheckpointConfig.num_to_keep):
     it records them in its run snapshot and refuses to resume a run whose recorded checkpoints
-    have vanished. So this removes only earlier runs' checkpoints, temporaries, and uncommitted
-    folders older than the newest commit.
+    have vanished. So this removes only earlier runs' checkpoints, temporaries and uncommitted
+    folders.
     """
     committed = checkpoint_dirs(job_dir)
     for old in committed[:-keep] if keep else committed:
         if old.parent != current_run:
             shutil.rmtree(old, ignore_errors=True)
-    newest = _step_of(committed[-1]) if committed else None
+    # Only rank 0 writes, and it prunes right after its own commit: anything uncommitted now was
+    # left by a crash between the rename and the marker, and can never be resumed from.
     for stale in job_dir.glob(f"{RUNS}/*/.tmp-{PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
     for folder in checkpoint_dirs(job_dir, committed=False):
-        if not (folder / MARKER).exists() and newest is not None and (_step_of(folder) or 0) < newest:
+        if not (folder / MARKER).exists():
             shutil.rmtree(folder, ignore_errors=True)
 
 

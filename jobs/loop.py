@@ -25,6 +25,8 @@ from jobs.progress import Progress
 from jobs.spec import JobSpec
 from model import ModelConfig, Transformer, get_preset
 
+METRICS = "metrics.jsonl"
+
 
 @dataclasses.dataclass(frozen=True)
 class RunInfo:
@@ -129,10 +131,9 @@ class Trainer:
         """Train to `spec.steps`; returns (step, loss) pairs seen by this rank at logged steps."""
         self.resume()
         progress = Progress(self.spec.name, self.run.submission_id, self.spec.steps, self.spec.pool,
-                            self.spec.parallelism.strategy) if self.rank == 0 else None
+                            self.spec.parallelism.strategy, self.run_dir / METRICS) if self.rank == 0 else None
         tokens_per_step = self.spec.data.global_batch * self.spec.data.seq_len
-        flops_per_token = self.par.model.flops_per_token(self.spec.data.seq_len) if hasattr(
-            self.par.model, "flops_per_token") else 0
+        flops_per_token = self.par.model.flops_per_token(self.spec.data.seq_len)
         started = time.perf_counter()
         while self.step < self.spec.steps:
             loss = self.train_step()

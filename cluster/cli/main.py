@@ -24,7 +24,9 @@ app = typer.Typer(
 
 def _register() -> None:
     # Each module adds its command(s) to `app` on import.
-    from cluster.cli.commands import down, events, jobs, logs, scale, schema, status, stop, submit, up  # noqa: F401
+    from cluster.cli.commands import (  # noqa: F401
+        demo, down, events, jobs, logs, scale, schema, status, stop, submit, up,
+    )
 
 
 def main() -> None:

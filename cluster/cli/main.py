@@ -24,7 +24,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # Each module adds its command(s) to `app` on import.
-    from cluster.cli.commands import down, events, scale, schema, status, up  # noqa: F401
+    from cluster.cli.commands import down, events, render, scale, schema, status, up  # noqa: F401
 
 
 def main() -> None:

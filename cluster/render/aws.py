@@ -351,3 +351,18 @@ def render_aws(spec: FleetSpec) -> dict[str, Any]:
         "worker_user_data": {pool.name: worker_user_data(spec, pool, instance_name(spec.name, pool.name, 1),
                                                          HEAD_ADDRESS_PLACEHOLDER) for pool in spec.pools},
     }
+
+
+def as_files(document: dict[str, Any]) -> dict[str, str]:
+    """`rayfleet render aws -o DIR`: the whole document, and its parts in the forms tools take."""
+    head = document["launch_templates"][0]
+    files = {
+        "aws.json": json.dumps(document, indent=2) + "\n",
+        "launch-templates.json": json.dumps(document["launch_templates"], indent=2) + "\n",
+        "iam-controller-policy.json": json.dumps(document["iam"]["controller"]["policy"], indent=2) + "\n",
+        "iam-node-policy.json": json.dumps(document["iam"]["node"]["policy"], indent=2) + "\n",
+        "user-data/head.sh": base64.b64decode(head["LaunchTemplateData"]["UserData"]).decode(),
+    }
+    for pool, script in document["worker_user_data"].items():
+        files[f"user-data/{pool}.sh"] = script
+    return files

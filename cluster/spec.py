@@ -308,8 +308,13 @@ class AwsFleet(Strict):
         default=None, pattern=r"^[\w+=,.@-]{1,128}$", description="default rayfleet-<fleet>-controller")
     ray_bin_dir: str = Field(default="/opt/rayfleet/venv/bin", pattern=r"^/[A-Za-z0-9_./-]+$",
                              description="where the AMI has rayfleet's virtualenv (ray, rayfleet, python)")
+    # botocore's standard mode backs off rand(0, 1) * 2**i s after a throttling error
+    # (botocore/retries/standard.py): its default 3 tries give up within ~3 s of EC2's per-account
+    # throttling (RequestLimitExceeded), 5 ride out up to ~15 s of it.
     api_max_attempts: int = Field(
         default=5, ge=1, le=20, description="tries per EC2 call (botocore standard retries: throttling, 5xx)")
+    # A judgement, not a measurement: a zone out of spot capacity rarely recovers within minutes,
+    # and retrying spot sooner mostly spends RunInstances calls on refusals.
     spot_retry_after_s: float = Field(
         default=600.0, ge=0, description="after a spot capacity error or interruption, launch on-demand this long")
 

@@ -126,6 +126,7 @@ def head_template_data(spec: FleetSpec) -> dict[str, Any]:
         "ImageId": aws.head_ami or first.ami,
         "InstanceType": aws.head_instance_type,
         "IamInstanceProfile": {"Name": aws.head_profile(spec.name)},
+        # The head keeps Ray's logs, the GCS and the fleet folder, no datasets: 100 GB is ample.
         "BlockDeviceMappings": [{"DeviceName": first.root_device_name,
                                  "Ebs": {"VolumeSize": 100, "VolumeType": "gp3",
                                          "DeleteOnTermination": True, "Encrypted": True}}],

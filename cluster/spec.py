@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -116,23 +116,87 @@ class LocalPoolProvider(Strict):
 
 
 class AwsPoolProvider(Strict):
-    instance_type: str = Field(description="EC2 instance type, e.g. p5.48xlarge")
+    """How one pool's EC2 instances are launched (see cluster/render/aws.py for the template)."""
+
+    # GPUs of the EC2 instance types rayfleet knows, from the AWS instance type pages
+    # (https://aws.amazon.com/ec2/instance-types/p5/, /p4/, /g6e/, /g6/, /g5/, /g4/): a pool whose
+    # instance_type is listed must declare the same accelerator and GPU count, or Ray would
+    # advertise GPUs the machine does not have.
+    KNOWN_GPUS: ClassVar[dict[str, tuple[str, int]]] = {
+        "p5.48xlarge": ("H100", 8),
+        "p5e.48xlarge": ("H200", 8),
+        "p5en.48xlarge": ("H200", 8),
+        "p4d.24xlarge": ("A100", 8),
+        "p4de.24xlarge": ("A100", 8),
+        "g6e.xlarge": ("L40S", 1),
+        "g6e.12xlarge": ("L40S", 4),
+        "g6e.48xlarge": ("L40S", 8),
+        "g6.xlarge": ("L4", 1),
+        "g6.12xlarge": ("L4", 4),
+        "g6.48xlarge": ("L4", 8),
+        "g5.xlarge": ("A10G", 1),
+        "g5.12xlarge": ("A10G", 4),
+        "g5.48xlarge": ("A10G", 8),
+        "g4dn.xlarge": ("T4", 1),
+        "g4dn.12xlarge": ("T4", 4),
+    }
+
+    instance_type: str = Field(pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$", description="EC2 instance type, e.g. p5.48xlarge")
     ami: str = Field(pattern=r"^ami-[0-9a-f]{8,17}$", description="AMI with Ray and rayfleet installed")
-    subnet_ids: list[str] = Field(default_factory=list)
-    security_group_ids: list[str] = Field(default_factory=list)
+    subnet_ids: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]] = Field(
+        default_factory=list, description="the first is used (a cluster placement group lives in one AZ)")
+    security_group_ids: list[Annotated[str, Field(pattern=r"^sg-[0-9a-f]{8,17}$")]] = Field(default_factory=list)
     key_name: str | None = None
-    iam_instance_profile: str | None = None
+    iam_instance_profile: str | None = Field(
+        default=None, description="instance profile of the nodes; default: aws.node_instance_profile")
     spot: bool = False
     spot_fallback_on_demand: bool = True
     placement_group: bool | None = Field(default=None, description="cluster placement group; default: on for GPU pools")
     root_volume_gb: int = Field(default=200, ge=8, le=16384)
+    root_device_name: str = Field(default="/dev/sda1", pattern=r"^/dev/[a-z0-9]+$",
+                                  description="the AMI's root device (/dev/sda1 on Ubuntu DLAMIs, /dev/xvda on AL2023)")
+
+
+class Toleration(Strict):
+    """A Kubernetes toleration (core/v1 Toleration), checked here so a typo fails at spec load."""
+
+    # Kubernetes label syntax (apimachinery validation: optional DNS-subdomain prefix, 63-character name).
+    LABEL_KEY: ClassVar[str] = r"^([a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
+    LABEL_VALUE: ClassVar[str] = r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?$"
+
+    key: str | None = Field(default=None, pattern=LABEL_KEY)
+    operator: Literal["Exists", "Equal"] = "Equal"
+    value: str | None = Field(default=None, pattern=LABEL_VALUE)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    tolerationSeconds: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _exists_has_no_value(self) -> Toleration:
+        if self.operator == "Exists" and self.value:
+            raise ValueError("operator Exists takes no value; remove value or use operator Equal")
+        return self
 
 
 class KubernetesPoolProvider(Strict):
-    node_selector: dict[str, str] = Field(default_factory=dict)
-    tolerations: list[dict[str, Any]] = Field(default_factory=list)
+    """How one pool's worker group is scheduled (see cluster/render/k8s.py for the defaults)."""
+
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="merged over the accelerator's default nvidia.com/gpu.product selector")
+    tolerations: list[Toleration] = Field(
+        default_factory=list, description="added to the default toleration of the nvidia.com/gpu taint")
     image: str | None = Field(default=None, description="worker image; default: the fleet's image")
-    priority_class: str | None = None
+    priority_class: str | None = Field(default=None, pattern=NAME_PATTERN,
+                                       description="default: rayfleet-worker (manifests/base)")
+
+    @field_validator("node_selector")
+    @classmethod
+    def _selector_labels(cls, selector: dict[str, str]) -> dict[str, str]:
+        for key, value in selector.items():
+            if not re.match(Toleration.LABEL_KEY, key) or len(key) > 316:
+                raise ValueError(f"node_selector key {key!r} is not a valid Kubernetes label key")
+            if not re.match(Toleration.LABEL_VALUE, str(value)):
+                raise ValueError(f"node_selector value {value!r} of {key!r} is not a valid Kubernetes label value")
+        return selector
 
 
 class PoolProvider(Strict):
@@ -225,14 +289,64 @@ class ScalingPolicy(Strict):
 
 
 class AwsFleet(Strict):
+    """Fleet-wide EC2 settings. The controller runs on the head instance (`rayfleet up` there)."""
+
     region: str = Field(default="us-east-1", pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
     endpoint_url: str | None = Field(default=None, description="EC2 endpoint override (tests use moto_server)")
+    token_ssm_parameter: str | None = Field(
+        default=None, pattern=r"^/[A-Za-z0-9_.\-/]{1,1010}$",
+        description="SSM SecureString holding the Ray auth token; default /rayfleet/<fleet>/ray-token")
+    node_instance_profile: str | None = Field(
+        default=None, pattern=r"^[\w+=,.@-]{1,128}$",
+        description="instance profile of worker nodes (may read the token); default rayfleet-<fleet>-node")
+    node_role: str | None = Field(
+        default=None, pattern=r"^[\w+=,.@-]{1,64}$",
+        description="IAM role inside node_instance_profile (the controller may pass only it); default rayfleet-<fleet>-node")
+    head_instance_type: str = Field(default="m6i.2xlarge", pattern=r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+    head_ami: str | None = Field(default=None, pattern=r"^ami-[0-9a-f]{8,17}$", description="default: the first pool's AMI")
+    head_instance_profile: str | None = Field(
+        default=None, pattern=r"^[\w+=,.@-]{1,128}$", description="default rayfleet-<fleet>-controller")
+    ray_bin_dir: str = Field(default="/opt/rayfleet/venv/bin", pattern=r"^/[A-Za-z0-9_./-]+$",
+                             description="where the AMI has rayfleet's virtualenv (ray, rayfleet, python)")
+    # botocore's standard mode backs off rand(0, 1) * 2**i s after a throttling error
+    # (botocore/retries/standard.py): its default 3 tries give up within ~3 s of EC2's per-account
+    # throttling (RequestLimitExceeded), 5 ride out up to ~15 s of it.
+    api_max_attempts: int = Field(
+        default=5, ge=1, le=20, description="tries per EC2 call (botocore standard retries: throttling, 5xx)")
+    # A judgement, not a measurement: a zone out of spot capacity rarely recovers within minutes,
+    # and retrying spot sooner mostly spends RunInstances calls on refusals.
+    spot_retry_after_s: float = Field(
+        default=600.0, ge=0, description="after a spot capacity error or interruption, launch on-demand this long")
+
+    def token_parameter(self, fleet: str) -> str:
+        return self.token_ssm_parameter or f"/rayfleet/{fleet}/ray-token"
+
+    def node_profile(self, fleet: str) -> str:
+        return self.node_instance_profile or f"rayfleet-{fleet}-node"
+
+    def node_role_name(self, fleet: str) -> str:
+        return self.node_role or f"rayfleet-{fleet}-node"
+
+    def head_profile(self, fleet: str) -> str:
+        return self.head_instance_profile or f"rayfleet-{fleet}-controller"
 
 
 class KubernetesFleet(Strict):
+    """Fleet-wide KubeRay settings (see cluster/render/k8s.py)."""
+
     namespace: str = Field(default="rayfleet", pattern=NAME_PATTERN)
     image: str = Field(default="rayproject/ray:2.60.0-py311", description="Ray image with rayfleet installed")
-    context: str | None = None
+    ray_version: str = Field(default="2.60.0", pattern=r"^\d+\.\d+\.\d+$")
+    context: str | None = Field(default=None, description="kubeconfig context; default: the current one")
+    kubeconfig: str | None = Field(
+        default=None, description="kubeconfig file; default: in-cluster credentials in a pod, else ~/.kube/config")
+    token_secret: str | None = Field(
+        default=None, pattern=NAME_PATTERN, description="Secret with the Ray auth token; default <fleet>-ray-token")
+    token_secret_key: str = Field(default="token", pattern=r"^[-._a-zA-Z0-9]{1,253}$")
+    head_memory: Bytes = Field(default=8 * 2**30, description="memory of the head pod")
+
+    def secret_name(self, fleet: str) -> str:
+        return self.token_secret or f"{fleet}-ray-token"
 
 
 class FleetSpec(Strict):
@@ -261,6 +375,16 @@ class FleetSpec(Strict):
             if self.provider == "aws" and pool.provider.aws is None:
                 raise ValueError(f"pools[{index}].provider.aws is required when provider is aws "
                                  "(instance_type and ami at least)")
+            aws = pool.provider.aws
+            known = aws.KNOWN_GPUS.get(aws.instance_type) if aws else None
+            if aws and known and (pool.accelerator, pool.gpus_per_node) != known:
+                raise ValueError(f"pools[{index}].provider.aws.instance_type {aws.instance_type} has "
+                                 f"{known[1]} {known[0]} GPUs; set accelerator: {known[0]} and "
+                                 f"gpus_per_node: {known[1]}, or choose another instance type")
+        for block in ("aws", "kubernetes"):
+            if getattr(self, block) is not None and self.provider != block:
+                raise ValueError(f"{block}: is given but the fleet's provider is {self.provider}; "
+                                 f"set provider: {block} or remove the {block} block")
         return self
 
     def pool(self, name: str) -> PoolSpec:

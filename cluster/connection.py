@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -15,9 +16,19 @@ from cluster.store import FleetStore
 
 
 def use_token(token_path: Path) -> None:
-    """Token authentication for this process and what it starts (Ray reads these variables)."""
+    """Token authentication for this process and what it starts (Ray reads these variables).
+
+    Ray caches the mode and the token once loaded; a process that already imported Ray (or talks
+    to two fleets) refreshes both, as Ray's own `_enable_token_auth` does.
+    """
     os.environ["RAY_AUTH_MODE"] = "token"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_path)
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    if "ray._raylet" in sys.modules:
+        from ray._raylet import AuthenticationTokenLoader, Config
+
+        Config.initialize("")
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 @dataclass

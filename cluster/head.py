@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cluster import gcs
-from cluster.errors import Failed
+from cluster.errors import Failed, FleetNotRunning
 from cluster.fleetdir import FleetDir
 from cluster.processes import Owned, free_port, spawn_detached, stop_tree, write_json_atomic
 from cluster.providers.local import node_environment, ray_executable
@@ -54,10 +54,13 @@ def running_head(fleet: FleetDir) -> HeadInfo | None:
 
 def head_command(spec: FleetSpec, fleet: FleetDir, port: int, dashboard_port: int) -> list[str]:
     head = spec.head
+    # A local fleet stays on this machine; a cloud head must be reachable by its workers, so Ray
+    # picks the machine's own address there.
+    where = ["--node-ip-address=127.0.0.1"] if spec.provider == "local" else []
     return [
         ray_executable(), "start", "--head", "--block",
         f"--port={port}",
-        "--node-ip-address=127.0.0.1",
+        *where,
         f"--num-cpus={int(head.cpus) if float(head.cpus).is_integer() else head.cpus}",
         "--num-gpus=0",
         "--include-dashboard=true",
@@ -95,6 +98,20 @@ def start_head(spec: FleetSpec, fleet: FleetDir, on_wait: Callable[[str], None] 
         time.sleep(0.25)
     stop_tree(owned)
     raise Failed(f"the Ray head did not answer within {HEAD_START_TIMEOUT_S:.0f}s; see {log_path}")
+
+
+def use_external_head(spec: FleetSpec, fleet: FleetDir) -> HeadInfo:
+    """A head rayfleet did not start (KubeRay's, or one named by `head.address`): never ours to stop."""
+    assert spec.head.address is not None
+    fleet.ensure_token()
+    if not gcs.reachable(spec.head.address, timeout_s=5.0):
+        raise FleetNotRunning(f"head.address: nothing answers at {spec.head.address}; start that head first "
+                              "or remove head.address to let rayfleet start one")
+    host = spec.head.address.rpartition(":")[0]
+    info = HeadInfo(gcs_address=spec.head.address,
+                    dashboard_url=f"http://{host}:{spec.head.dashboard_port or 8265}", owned=None)
+    write_json_atomic(fleet.head_file, {**info.to_json(), "started_at": time.time()})
+    return info
 
 
 def stop_head(fleet: FleetDir) -> None:

@@ -52,8 +52,15 @@ def main() -> int:
     from jobs import history
     from jobs.spec import JobSpec
 
+    from jobs.submit import new_submission_id
+
     spec = JobSpec.model_validate_json(os.environ[SPEC_ENV])
     run = json.loads(os.environ[RUN_ENV])
+    if "submission_id" not in run:  # applied as a RayJob manifest, not through `rayfleet submit`
+        run["submission_id"] = new_submission_id(spec.name)
+        history.record(run["storage"], spec.name, "submitted", submission_id=run["submission_id"],
+                       pool=spec.pool, strategy=spec.parallelism.strategy, steps=spec.steps,
+                       spec=spec.model_dump(mode="json"), user="rayjob")
     import ray
 
     ray.init(logging_level="WARNING")

@@ -57,6 +57,30 @@ def storage_of(conn: Connection) -> str:
     return runtime.get("storage") or str(conn.fleet.storage_dir)
 
 
+def new_submission_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def run_info(spec: JobSpec, fleet: FleetSpec, storage: str, submission_id: str | None) -> dict[str, Any]:
+    """What the entrypoint needs besides the spec (RUN_ENV). Without a submission id the
+    entrypoint makes one (a RayJob applied from a manifest)."""
+    device = resolve_device(spec, fleet)
+    run: dict[str, Any] = {
+        "storage": storage, "device": device, "gpus_per_worker": gpus_per_worker(spec, fleet),
+        "peak_tflops": ACCELERATOR_PEAK_TFLOPS.get(fleet.pool(spec.pool).accelerator or "")
+        if device == "cuda" else None}
+    if submission_id is not None:
+        run["submission_id"] = submission_id
+    return run
+
+
+def job_metadata(spec: JobSpec) -> dict[str, str]:
+    """Ray job metadata: what the dashboard's Jobs view shows beside the job."""
+    workers = spec.workers if isinstance(spec.workers, int) else f"{spec.workers.min}-{spec.workers.max}"
+    return {JOB_KEY: spec.name, "pool": spec.pool, "strategy": spec.parallelism.strategy,
+            "workers": str(workers), "model": spec.model.preset, "steps": str(spec.steps)}
+
+
 def submit(conn: Connection, spec: JobSpec, path: str | Path) -> str:
     """Check the job against the running fleet, then submit it; returns the submission id."""
     fleet = conn.store.spec()
@@ -69,22 +93,15 @@ def submit(conn: Connection, spec: JobSpec, path: str | Path) -> str:
     if running:
         raise BadInput(f"{path}: name: job {spec.name} is already running as {running[0]['submission_id']}; "
                        f"`rayfleet stop {spec.name}` first, or give this job another name")
-    device = resolve_device(spec, fleet)
     storage = storage_of(conn)
-    submission_id = f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    run = {"submission_id": submission_id, "storage": storage, "device": device,
-           "gpus_per_worker": gpus_per_worker(spec, fleet),
-           "peak_tflops": ACCELERATOR_PEAK_TFLOPS.get(fleet.pool(spec.pool).accelerator or "")
-           if device == "cuda" else None}
+    submission_id = new_submission_id(spec.name)
+    run = run_info(spec, fleet, storage, submission_id)
     python = sys.executable if fleet.provider == "local" else "python"
     client.submit_job(
         entrypoint=f"{python} -m jobs.entrypoint",
         submission_id=submission_id,
         runtime_env={"env_vars": {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run)}},
-        metadata={JOB_KEY: spec.name, "pool": spec.pool, "strategy": spec.parallelism.strategy,
-                  "workers": str(spec.workers if isinstance(spec.workers, int) else
-                                 f"{spec.workers.min}-{spec.workers.max}"),
-                  "model": spec.model.preset, "steps": str(spec.steps)},
+        metadata=job_metadata(spec),
         entrypoint_num_cpus=0,
     )
     history.record(storage, spec.name, "submitted", submission_id=submission_id, pool=spec.pool,

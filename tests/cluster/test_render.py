@@ -22,7 +22,8 @@ from botocore.validate import ParamValidator
 
 from cluster.errors import BadInput
 from cluster.render import aws, k8s
-from cluster.render.k8s_job import JobTarget, ray_job
+from jobs.kuberay import ray_job
+from jobs.spec import JobSpec, load_job_spec
 from cluster.spec import FleetSpec, load_fleet_spec
 from tests.cluster.fake_kube.schemas import validate_core, validate_custom
 from tests.conftest import ROOT, rayfleet
@@ -68,9 +69,9 @@ def validate_object(obj: dict[str, Any]) -> None:
         validate_core(obj, cluster_scoped=obj["kind"] in CLUSTER_SCOPED)
 
 
-def example_job() -> tuple[JobTarget, dict[str, Any]]:
-    document = yaml.safe_load((EXAMPLES / "k8s-job.yaml").read_text())
-    return JobTarget.model_validate(document), document
+def example_job() -> tuple[JobSpec, FleetSpec, str]:
+    fleet = EXAMPLES / "k8s-fleet.yaml"
+    return load_job_spec(EXAMPLES / "k8s-job.yaml"), load_fleet_spec(fleet), str(fleet)
 
 
 # --- Kubernetes -----------------------------------------------------------------------------------
@@ -94,13 +95,16 @@ def test_every_rendered_kubernetes_object_validates_against_kuberay_and_kubernet
 
 
 def test_the_rendered_rayjob_validates_and_runs_on_its_fleets_cluster() -> None:
-    job, document = example_job()
-    [obj] = [ray_job(job, document)]
+    job, fleet, fleet_path = example_job()
+    [obj] = [ray_job(job, fleet, fleet_path)]
     validate_object(obj)
     assert obj["spec"]["clusterSelector"] == {"ray.io/cluster": "k8s-demo"}
     assert "rayClusterSpec" not in obj["spec"] and "shutdownAfterJobFinishes" not in obj["spec"]
+    assert obj["spec"]["metadata"]["rayfleet.io/job"] == "moe-pretrain"
     env = yaml.safe_load(obj["spec"]["runtimeEnvYAML"])["env_vars"]
-    assert json.loads(env["RAYFLEET_JOB_SPEC"]) == document
+    assert JobSpec.model_validate_json(env["RAYFLEET_JOB_SPEC"]) == job
+    run = json.loads(env["RAYFLEET_JOB_RUN"])
+    assert run["storage"] == fleet.storage and run["device"] == "cuda" and "submission_id" not in run
 
 
 def test_gpu_pools_get_accelerator_selectors_and_tolerations_cpu_pools_none() -> None:
@@ -190,7 +194,7 @@ def test_iam_policies_grant_least_privilege() -> None:
 RENDERINGS = {  # committed folder under manifests/rendered -> the render command that makes it
     "aws-fleet": ("aws", "aws-fleet.yaml"),
     "k8s-fleet": ("k8s", "k8s-fleet.yaml"),
-    "k8s-job": ("k8s", "k8s-job.yaml"),
+    "k8s-job": ("k8s", "k8s-job.yaml", "--fleet-file", str(EXAMPLES / "k8s-fleet.yaml")),
 }
 
 
@@ -203,8 +207,9 @@ def test_committed_manifests_are_up_to_date_with_the_renderer(tmp_path: Path) ->
     manifests/base is the shared part of every Kubernetes rendering, for namespace rayfleet."""
     update = os.environ.get("RAYFLEET_UPDATE_RENDERED") == "1"
     expected = {RENDERED / name: tmp_path / name for name in RENDERINGS}
-    for name, (target, example) in RENDERINGS.items():
-        result = rayfleet("render", target, "-f", str(EXAMPLES / example), "-o", str(tmp_path / name), timeout=120)
+    for name, (target, example, *more) in RENDERINGS.items():
+        result = rayfleet("render", target, "-f", str(EXAMPLES / example), *more, "-o", str(tmp_path / name),
+                          timeout=120)
         assert result.returncode == 0, result.stderr
         assert "wrote" in result.stdout
     base = tmp_path / "base"
@@ -231,8 +236,8 @@ def test_no_rendered_output_contains_a_token(tmp_path: Path) -> None:
         (home / "fleets" / fleet / "auth_token").write_text(TOKEN)
     env = {"RAY_AUTH_TOKEN": TOKEN, "RAYFLEET_HOME": str(home)}
     outputs = []
-    for target, example in RENDERINGS.values():
-        result = rayfleet("render", target, "-f", str(EXAMPLES / example), env=env, timeout=120)
+    for target, example, *more in RENDERINGS.values():
+        result = rayfleet("render", target, "-f", str(EXAMPLES / example), *more, env=env, timeout=120)
         assert result.returncode == 0, result.stderr
         outputs.append(result.stdout)
     committed = "".join(folder_files(RENDERED).values()) + "".join(folder_files(ROOT / "manifests" / "base").values())
@@ -314,4 +319,6 @@ def test_the_cli_refuses_a_fleet_of_another_provider_and_a_job_without_its_fleet
     job = tmp_path / "job.yaml"
     job.write_text("name: j\npool: h100\n")
     result = rayfleet("render", "k8s", "-f", str(job), timeout=120)
-    assert result.returncode == 2 and "fleet: required field is missing" in result.stderr
+    assert result.returncode == 2 and "--fleet-file" in result.stderr
+    result = rayfleet("render", "k8s", "-f", str(job), "--fleet-file", str(EXAMPLES / "local-fleet.yaml"), timeout=120)
+    assert result.returncode == 2 and "a RayJob runs on a kubernetes fleet" in result.stderr

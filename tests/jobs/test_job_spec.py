@@ -36,14 +36,18 @@ def test_good_job_passes_every_check(tmp_path: Path) -> None:
     check_all(write(tmp_path))
 
 
-def test_example_jobs_are_valid_against_the_example_fleet() -> None:
+EXAMPLE_FLEETS = {"moe-job.yaml": "local-fleet.yaml", "k8s-job.yaml": "k8s-fleet.yaml"}
+
+
+def test_example_jobs_are_valid_against_their_example_fleets() -> None:
     from cluster.spec import load_fleet_spec
 
-    fleet = load_fleet_spec(ROOT / "manifests" / "examples" / "local-fleet.yaml")
-    for path in sorted((ROOT / "manifests" / "examples").glob("*job*.yaml")):
-        spec = load_job_spec(path)
-        validate_model(spec, path)
-        check_against_fleet(spec, fleet, path)
+    examples = ROOT / "manifests" / "examples"
+    assert sorted(p.name for p in examples.glob("*job*.yaml")) == sorted(EXAMPLE_FLEETS)
+    for job, fleet in EXAMPLE_FLEETS.items():
+        spec = load_job_spec(examples / job)
+        validate_model(spec, examples / job)
+        check_against_fleet(spec, load_fleet_spec(examples / fleet), examples / job)
 
 
 BAD = [

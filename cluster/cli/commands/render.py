@@ -30,16 +30,13 @@ class Target(str, Enum):
 def render(
     target: Target = typer.Argument(..., help="k8s (KubeRay manifests) or aws (EC2 templates and IAM)"),
     file: Path = typer.Option(..., "-f", "--file", help="fleet spec (YAML); for k8s also a job spec"),
+    fleet_file: Optional[Path] = typer.Option(None, "--fleet-file", help="with a job spec: the fleet it runs on"),
     output: Optional[Path] = typer.Option(None, "-o", "--output-dir", help="write files here instead of stdout"),
 ) -> None:
     """Print (or write) what the fleet runs from on Kubernetes or AWS. Contains no secret."""
     data = load_yaml_mapping(file, kind="fleet or job spec")
     if target is Target.k8s and "pools" not in data:
-        from cluster.render.k8s import as_files, to_yaml
-        from cluster.render.k8s_job import load_job_target, ray_job
-
-        objects = [ray_job(load_job_target(file, data), data)]
-        _emit(as_files(objects), to_yaml(objects), output)
+        _emit_job(file, fleet_file, output)
         return
     spec = _fleet(file, target)
     if target is Target.k8s:
@@ -52,6 +49,22 @@ def render(
 
         document = aws.render_aws(spec)
         _emit(aws.as_files(document), json.dumps(document, indent=2) + "\n", output)
+
+
+def _emit_job(file: Path, fleet_file: Path | None, output: Path | None) -> None:
+    """A job spec and the fleet it runs on -> a RayJob."""
+    from cluster.render.k8s import as_files, to_yaml
+    from jobs.kuberay import ray_job
+    from jobs.spec import check_against_fleet, load_job_spec, validate_model
+
+    spec = load_job_spec(file)
+    if fleet_file is None:
+        raise BadInput(f"{file}: a job spec renders as a RayJob on a fleet; add --fleet-file FLEET.yaml")
+    fleet = load_fleet_spec(fleet_file)
+    check_against_fleet(spec, fleet, file)
+    validate_model(spec, file)
+    objects = [ray_job(spec, fleet, str(fleet_file))]
+    _emit(as_files(objects), to_yaml(objects), output)
 
 
 def _fleet(file: Path, target: Target) -> FleetSpec:

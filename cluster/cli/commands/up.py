@@ -15,7 +15,7 @@ from cluster.connection import ray_driver, use_token
 from cluster.controller import start_controller
 from cluster.errors import BadInput
 from cluster.fleetdir import FleetDir, set_current_fleet
-from cluster.head import running_head, start_head
+from cluster.head import running_head, start_head, use_external_head
 from cluster.local_capacity import check_local_capacity
 from cluster.processes import write_json_atomic
 from cluster.spec import FleetSpec, load_fleet_spec
@@ -34,15 +34,19 @@ def up(
     manual `rayfleet scale` target unless the spec's own `nodes` for it changed.
     """
     spec = load_fleet_spec(file)
-    if spec.provider != "local":
-        raise BadInput(f"{file}: provider: {spec.provider} fleets are started by their platform; "
-                       f"use `rayfleet render {'k8s' if spec.provider == 'kubernetes' else 'aws'} -f {file}`")
+    if spec.provider == "kubernetes" and spec.head.address is None:
+        raise BadInput(f"{file}: head.address: a kubernetes fleet's head is KubeRay's; give its host:port "
+                       f"(the manifests of `rayfleet render k8s -f {file}` run `up` inside the head pod)")
     fleet = FleetDir(spec.name)
     with fleet.lock():
         head = running_head(fleet)
-        if head is None:
-            nodes = sum(pool.desired + pool.hot_spares for pool in spec.pools)
-            check_local_capacity(nodes, f"{file}: pools[*].nodes + hot_spares")
+        if head is None and spec.head.address is not None:
+            head = use_external_head(spec, fleet)
+            console.print(f"using the Ray head at {head.gcs_address}")
+        elif head is None:
+            if spec.provider == "local":
+                nodes = sum(pool.desired + pool.hot_spares for pool in spec.pools)
+                check_local_capacity(nodes, f"{file}: pools[*].nodes + hot_spares")
             with console.status("starting the Ray head"):
                 head = start_head(spec, fleet)
             console.print(f"head up at {head.gcs_address}, dashboard {head.dashboard_url}")

@@ -1,0 +1,49 @@
+"""A training job as a KubeRay RayJob that runs on its fleet's RayCluster.
+
+The RayJob carries the validated job spec and its run info in the runtime_env, exactly what
+`rayfleet submit` sends through the Job Submission API, so the same entrypoint runs either way.
+It never creates or deletes a cluster: `clusterSelector` names the fleet's RayCluster.
+"""
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import yaml
+
+from cluster.errors import BadInput
+from cluster.render.k8s import MANAGED, RAY_API, settings, token_env
+from cluster.spec import FleetSpec
+from cluster.view import FLEET_LABEL
+from jobs.entrypoint import RUN_ENV, SPEC_ENV
+from jobs.spec import JobSpec
+from jobs.submit import job_metadata, run_info
+
+ENTRYPOINT = "python -m jobs.entrypoint"
+
+
+def ray_job(spec: JobSpec, fleet: FleetSpec, fleet_path: str) -> dict[str, Any]:
+    if fleet.provider != "kubernetes":
+        raise BadInput(f"{fleet_path}: provider: got {fleet.provider!r}: a RayJob runs on a kubernetes fleet")
+    if not fleet.storage:
+        raise BadInput(f"{fleet_path}: storage: a job on Kubernetes needs checkpoint storage every pod reaches; "
+                       "set storage to a shared mount (a ReadWriteMany volume) or object-store path")
+    k8s = settings(fleet)
+    env = {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run_info(spec, fleet, fleet.storage, None))}
+    return {
+        "apiVersion": RAY_API, "kind": "RayJob",
+        "metadata": {"name": spec.name, "namespace": k8s.namespace, "labels": {**MANAGED, FLEET_LABEL: fleet.name}},
+        "spec": {
+            "clusterSelector": {"ray.io/cluster": fleet.name},
+            "entrypoint": ENTRYPOINT,
+            "entrypointNumCpus": 0,
+            "metadata": job_metadata(spec),
+            "runtimeEnvYAML": yaml.safe_dump({"env_vars": env}, sort_keys=False),
+            "submissionMode": "K8sJobMode",
+            # The submitter talks to a token-protected dashboard: the same Secret as the fleet's pods.
+            "submitterPodTemplate": {"spec": {"restartPolicy": "Never", "containers": [{
+                "name": "ray-job-submitter", "image": k8s.image, "env": token_env(fleet),
+                "resources": {"requests": {"cpu": "200m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
+            }]}},
+        },
+    }

@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 from cluster import gcs
-from cluster.plan import Action, Drain, Launch, Terminate
+from cluster.plan import Action, Admit, Drain, Evict, Launch, Terminate
 from cluster.providers import Provider
 from cluster.spec import FleetSpec
 
@@ -15,8 +15,12 @@ log = logging.getLogger(__name__)
 
 
 def act(actions: Sequence[Action], provider: Provider, spec: FleetSpec, client: Any) -> dict[str, str]:
-    """Apply actions: drains, then terminations, then launches. Returns launch errors by instance,
-    which the next plan reads (a failed launch backs off instead of being retried at once)."""
+    """Apply actions: evictions and drains, then terminations, then launches, then admissions.
+    Returns launch errors by instance, which the next plan reads (a failed launch backs off
+    instead of being retried at once)."""
+    evictions = [action for action in actions if isinstance(action, Evict)]
+    if evictions:
+        _evict(client, evictions)
     for action in actions:
         if isinstance(action, Drain):
             _drain(client, action)
@@ -37,7 +41,43 @@ def act(actions: Sequence[Action], provider: Provider, spec: FleetSpec, client: 
         except Exception as error:
             log.error("launch of %s in pool %s failed: %s", names, pool_name, error)
             errors.update({name: f"launch failed: {error}" for name in names})
+    for action in actions:
+        if isinstance(action, Admit):
+            _admit(client, action)
     return errors
+
+
+def _admit(client: Any, action: Admit) -> None:
+    """Resize the node's CPUs to its pool's shape (CPU, unlike GPU, can be resized live)."""
+    try:
+        client.resize_raylet_resource_instances(action.node_id.encode(), {"CPU": float(action.cpus)}, timeout_s=5)
+        log.info("admitted %s with %s CPUs", action.instance, action.cpus)
+    except Exception as error:  # the node is going away, or the GCS restarts: logged, re-planned on rejoin
+        log.warning("could not admit %s: %s", action.instance, error)
+
+
+def _evict(client: Any, evictions: Sequence[Evict]) -> None:
+    """Kill, through the GCS, every actor that lived on these lost nodes (their callers get
+    ActorDiedError at once: measured 0.5 s here against 15.7 s waiting for Ray's node timeout)."""
+    import asyncio
+
+    import ray
+
+    lost = {action.node_id: action.instance for action in evictions}
+    try:
+        actors = asyncio.run(client.async_get_all_actor_info(timeout=5))
+    except Exception as error:
+        log.warning("could not list the actors of lost nodes %s: %s", sorted(lost.values()), error)
+        return
+    core = ray._private.worker.global_worker.core_worker
+    for actor_id, info in actors.items():
+        node = info.address.node_id.hex()
+        if node in lost and info.state in (0, 1, 2):  # DEPENDENCIES_UNREADY, PENDING_CREATION, ALIVE
+            try:
+                core.kill_actor(actor_id, True)
+                log.info("declared actor %s (%s) of lost node %s dead", actor_id.hex()[:12], info.class_name, lost[node])
+            except Exception as error:
+                log.info("could not kill actor %s: %s", actor_id.hex()[:12], error)
 
 
 def _drain(client: Any, action: Drain) -> None:

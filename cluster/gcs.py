@@ -62,6 +62,7 @@ def read_nodes(gcs: Any, fleet: str | None = None, timeout_s: float = 5.0) -> tu
             resources=resources,
             labels=labels,
             is_head="node:__internal_head__" in resources,
+            port=int(info.node_manager_port),
         ))
     return tuple(nodes)
 
@@ -91,5 +92,6 @@ def drain(gcs: Any, node_id: str, message: str, deadline_s: float, preemption: b
     reason = autoscaler_pb2.DRAIN_NODE_REASON_PREEMPTION if preemption \
         else autoscaler_pb2.DRAIN_NODE_REASON_IDLE_TERMINATION
     deadline_ms = now_ms + int(deadline_s * 1000)
-    accepted, rejection = gcs.drain_node(bytes.fromhex(node_id), reason, message, deadline_ms, timeout=timeout_s)
+    # Ray 2.60 takes the hex id here (as resize_raylet_resource_instances does), not the binary one.
+    accepted, rejection = gcs.drain_node(node_id.encode(), reason, message, deadline_ms, timeout=timeout_s)
     return bool(accepted), rejection or ""

@@ -11,10 +11,11 @@ import random
 from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-from cluster.plan import Drain, Launch, Plan, Terminate, plan
+from cluster.health.report import Check, HealthReport
+from cluster.plan import Admit, Drain, Launch, Plan, Terminate, plan
 from cluster.spec import FleetSpec, PoolSpec
 from cluster.state import FleetState
-from cluster.view import INSTANCE_LABEL, POOL_LABEL, ClusterView, Instance, InstanceStatus, RayNode
+from cluster.view import INSTANCE_LABEL, POOL_LABEL, ClusterView, Instance, InstanceStatus, Probe, RayNode
 
 
 @dataclass
@@ -28,6 +29,9 @@ class SimulatedNode:
     ray_alive: bool = False
     detail: str = ""
     draining: bool = False
+    hung: bool = False                                   # silent agent, raylet health check unanswered
+    failing: tuple[Check, ...] = ()                      # checks its agent reports as failing
+    admitted: bool = False
 
 
 @dataclass
@@ -40,6 +44,7 @@ class SimulatedCloud:
     boot_failure_rate: float = 0.0   # share of launches that never come up
     seed: int = 0
     nodes: dict[str, SimulatedNode] = field(default_factory=dict)
+    reports: dict[str, HealthReport] = field(default_factory=dict)
     launches: int = 0                # provider launch calls that created a machine
     joins: int = 0                   # Ray nodes registered (also numbers their node ids)
     rng: random.Random = field(init=False)
@@ -63,6 +68,7 @@ class SimulatedCloud:
     def terminate(self, names: Sequence[str], wait: bool = False) -> None:
         for name in names:
             node = self.nodes.pop(name, None)
+            self.reports.pop(name, None)
             if node is not None:
                 node.ray_alive = False
 
@@ -79,10 +85,16 @@ class SimulatedCloud:
 
     def view(self, launch_errors: Mapping[str, str] | None = None) -> ClusterView:
         return ClusterView(ray_nodes=self.ray_nodes(), instances=tuple(self.instances()),
-                           launch_errors=dict(launch_errors or {}))
+                           launch_errors=dict(launch_errors or {}), health=self.reports, probes=self.probes())
+
+    def probes(self) -> dict[str, Probe]:
+        """What the raylet health check of each joined node answers (the controller probes them)."""
+        return {node.name: Probe.HUNG if node.hung else Probe.OK if node.ray_alive else Probe.GONE
+                for node in self.nodes.values() if node.node_id is not None}
 
     # --- the world moving ---------------------------------------------------------------------
     def advance(self, seconds: float) -> None:
+        """Move time on: machines boot and join Ray; every joined node's agent reports, unless hung."""
         self.now += seconds
         for node in self.nodes.values():
             if node.status is InstanceStatus.PENDING and self.now >= node.launched_at + 1.0:
@@ -91,6 +103,9 @@ class SimulatedCloud:
                 self.joins += 1
                 node.node_id = f"{self.joins:056x}"
                 node.ray_alive = True
+            if node.ray_alive and not node.hung:
+                self.reports[node.name] = HealthReport(node.name, node.node_id or "", self.now, node.failing,
+                                                       received_at=self.now)
 
     def kill(self, name: str, detail: str = "killed") -> None:
         """The machine dies: the provider reports it terminated, Ray loses it."""
@@ -100,13 +115,23 @@ class SimulatedCloud:
         node.detail = detail
 
     def kill_raylet(self, name: str) -> None:
-        """Ray loses the node but the machine stays up (a hung or crashed raylet)."""
+        """Ray loses the node but the machine stays up (a crashed raylet)."""
         self.nodes[name].ray_alive = False
+
+    def hang(self, name: str, hung: bool = True) -> None:
+        """The node stops answering (agent silent, raylet health check times out) or comes back."""
+        self.nodes[name].hung = hung
+
+    def fail_check(self, name: str, check: Check | None) -> None:
+        """Its agent reports this failing check from now on (None: healthy again)."""
+        self.nodes[name].failing = (check,) if check else ()
 
     def apply(self, actions: Sequence[object]) -> None:
         for action in actions:
             if isinstance(action, Drain) and action.instance in self.nodes:
                 self.nodes[action.instance].draining = True
+            if isinstance(action, Admit) and action.instance in self.nodes:
+                self.nodes[action.instance].admitted = True
         self.terminate([a.instance for a in actions if isinstance(a, Terminate)])
         for action in actions:
             if isinstance(action, Launch):

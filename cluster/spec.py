@@ -266,13 +266,18 @@ class PoolSpec(Strict):
 
 
 class HealthPolicy(Strict):
-    """Thresholds that turn check results into healthy / degraded / unhealthy."""
+    """Thresholds that turn check results into healthy / degraded / unhealthy, and the limits
+    that keep remediation from draining a fleet."""
 
-    check_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0, le=60, description="agent heartbeat period")
+    check_interval_s: float = Field(default=5.0, gt=0, le=3600, description="passive checks refresh period")
     heartbeat_timeout_s: float = Field(default=3.0, gt=0, description="agent silence before a node is suspect")
-    confirm_window_s: float = Field(default=10.0, ge=0, description="suspicion confirmed over this window")
+    confirm_window_s: float = Field(
+        default=45.0, ge=0, description="a suspect node is failed only if the evidence agrees this long")
+    probe_timeout_s: float = Field(default=1.0, gt=0, le=30, description="deadline of the raylet health probe")
+    drain_deadline_s: float = Field(default=10.0, ge=0, description="work on a failing node gets this long")
     max_gpu_temperature_c: float = Field(default=87.0, gt=0, le=120)
-    min_tflops_fraction: float = Field(default=0.7, gt=0, le=1, description="burn below this x expected: degraded")
+    min_tflops_fraction: float = Field(default=0.7, gt=0, le=1, description="burn below this x expected: failed")
     straggler_fraction: float = Field(default=0.7, gt=0, le=1, description="below this x median bandwidth: straggler")
     max_disk_used_fraction: float = Field(default=0.95, gt=0, le=1)
     max_memory_used_fraction: float = Field(default=0.97, gt=0, le=1)
@@ -281,7 +286,7 @@ class HealthPolicy(Strict):
 
 
 class ScalingPolicy(Strict):
-    loop_period_s: float = Field(default=1.0, gt=0, le=60, description="controller reconcile period")
+    loop_period_s: float = Field(default=0.5, gt=0, le=60, description="controller reconcile period")
     boot_timeout_s: float = Field(default=300.0, gt=0, description="a node not joined by then is replaced")
     idle_timeout_s: float = Field(default=600.0, ge=0, description="idle nodes above the floor are removed after")
     upscaling_speed: int = Field(default=16, ge=1, description="nodes per pool launched per loop at most")

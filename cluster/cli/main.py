@@ -25,7 +25,7 @@ app = typer.Typer(
 def _register() -> None:
     # Each module adds its command(s) to `app` on import.
     from cluster.cli.commands import (  # noqa: F401
-        demo, down, events, jobs, logs, render, scale, schema, status, stop, submit, up,
+        chaos, demo, down, events, health, jobs, logs, render, scale, schema, status, stop, submit, up,
     )
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 from cluster import gcs
 from cluster.act import act
+from cluster.metrics import FleetMetrics
 from cluster.observe import observe
 from cluster.plan import plan
 from cluster.providers import Provider, make_provider
@@ -45,6 +46,7 @@ class FleetController:
         self.launch_errors: dict[str, str] = {}
         self._provider: Provider | None = None
         self._provider_spec: FleetSpec | None = None
+        self.metrics = FleetMetrics()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rayfleet-reconcile", daemon=True)
         self._thread.start()
@@ -80,7 +82,9 @@ class FleetController:
         self.state = result.state
         self.loops += 1
         self.loop_ms.append((time.monotonic() - started) * 1000)
-        self.store.put_status(fleet_status(spec, result.state, targets, now, self.info()))
+        status = fleet_status(spec, result.state, targets, now, self.info())
+        self.store.put_status(status)
+        self.metrics.record(status, self.loop_ms[-1], result.events)
         return spec.scaling.loop_period_s
 
     def _provider_for(self, spec: FleetSpec) -> Provider:

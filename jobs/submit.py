@@ -34,7 +34,8 @@ def job_client(conn: Connection) -> Any:
     try:
         return JobSubmissionClient(conn.dashboard_url)
     except Exception as error:
-        raise FleetNotRunning(f"the job API at {conn.dashboard_url} does not answer: {error}") from None
+        raise FleetNotRunning(f"the job API at {conn.dashboard_url} does not answer ({error}); `rayfleet status` "
+                              f"checks the fleet, `rayfleet dashboard` the dashboard and its token") from None
 
 
 def local_gpus_are_real() -> bool:

@@ -23,8 +23,9 @@ FLEET = "t-mon"
 POOLS = [{"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "cpus_per_node": 1, "memory": "4Gi",
           "min_nodes": 1, "max_nodes": 3, "nodes": 2}]
 EXPORT_WAIT_S = 90
-"""Ray's workers push metrics to their node's agent every 10 s (metrics_report_interval_ms) and the
-agent serves them on the next scrape; on this loaded 2-core machine allow several rounds."""
+"""Ray's workers push metrics to their node's agent every 10 s (`ray._raylet.Config.
+metrics_report_interval_ms()` is 10000 in Ray 2.60) and the agent serves them on the next scrape;
+on this loaded 2-core machine allow several rounds."""
 
 
 @pytest.fixture(scope="module")

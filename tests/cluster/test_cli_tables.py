@@ -24,13 +24,13 @@ def render(table: Table) -> list[str]:
     return lines
 
 
-def column(lines: list[str], header: str) -> str:
-    """The text of one column across every row, its folded pieces joined."""
+def column(lines: list[str], header: str, joiner: str = "") -> str:
+    """The text of one column across every row, its pieces joined (" " for word-wrapped text)."""
     headers = lines[0].split()
     start = lines[0].index(header)
     following = headers.index(header) + 1
     end = lines[0].index(headers[following], start + len(header)) if following < len(headers) else None
-    return "".join(line[start:end].strip() for line in lines[1:])
+    return joiner.join(piece for line in lines[1:] if (piece := line[start:end].strip()))
 
 
 def test_events_fit_and_say_the_reason_once() -> None:
@@ -51,6 +51,13 @@ def test_events_fit_and_say_the_reason_once() -> None:
     assert "local-demo-" not in "\n".join(lines)
     assert column(lines, "MESSAGE").count("SIGKILL") == 1  # the replace row's message no longer repeats its reason
     assert column(lines, "REASON").count("SIGKILL") == 1
+
+
+def test_only_node_ids_lose_the_fleet_name() -> None:
+    events = [Event(NOW, "launch", "launching node t-h100-0001 for pool h100 (a t-shirt)", "h100",
+                    "t-h100-0001", "spec nodes=1")]
+    lines = render(events_table(events, "t"))
+    assert column(lines, "MESSAGE", " ") == "launching node h100-0001 for pool h100 (a t-shirt)"
 
 
 def test_jobs_fit_with_every_figure_and_fold_only_the_name() -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 from typing import Iterable, Optional
 
 import typer
@@ -36,13 +37,14 @@ def events(
 
 
 def events_table(chosen: Iterable[Event], fleet: str) -> Table:
-    """TIME KIND NODE MESSAGE REASON, folded to fit 80 columns; node ids without the fleet's name."""
+    """TIME KIND NODE MESSAGE REASON, folded to fit 80 columns; node ids (FLEET-POOL-NNNN, see
+    plan.instance_name) without the fleet's name."""
     out = table(("TIME", {"no_wrap": True}), ("KIND", {"no_wrap": True}),
                 ("NODE", {"overflow": "fold", "max_width": 16}),
                 ("MESSAGE", {"overflow": "fold", "ratio": 3}), ("REASON", {"overflow": "fold", "ratio": 2}))
     for event in chosen:
         when = datetime.datetime.fromtimestamp(event.time).strftime("%H:%M:%S")
-        message = event.message.replace(f"{fleet}-", "")
+        message = re.sub(rf"(?<![\w.-]){re.escape(fleet)}-(?=[\w.-]*-\d{{4,}}\b)", "", event.message)
         if event.reason and message.endswith(f": {event.reason}"):  # said once, in REASON
             message = message[: -len(event.reason) - 2]
         node = short_instance(event.instance, fleet) if event.instance else (event.pool or "-")

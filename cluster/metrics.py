@@ -6,8 +6,7 @@ which is what the dashboard's Metrics view (through Grafana) and any Prometheus 
 
 | metric                                  | type      | tags                          | from                      |
 |-----------------------------------------|-----------|-------------------------------|---------------------------|
-| rayfleet_pool_{desired,ready,starting,unhealthy,degraded,draining,quarantined}_nodes
-|                                         | gauge     | fleet, pool                   | the status document       |
+| rayfleet_pool_<state>_nodes (1)         | gauge     | fleet, pool                   | the status document       |
 | rayfleet_pool_spare_nodes               | gauge     | fleet, pool                   | hot spares joined, idle   |
 | rayfleet_pool_desired_spare_nodes       | gauge     | fleet, pool                   | the pool's `hot_spares`   |
 | rayfleet_pool_{ready,desired}_gpus      | gauge     | fleet, pool                   | nodes x gpus_per_node     |
@@ -19,6 +18,8 @@ which is what the dashboard's Metrics view (through Grafana) and any Prometheus 
 | rayfleet_health_checks                  | counter   | fleet, pool, check, result    | `record_health`           |
 | rayfleet_health_check_seconds           | histogram | fleet, pool, check            | `record_health`           |
 | rayfleet_health_failing_nodes           | gauge     | fleet, pool, check            | `record_health`           |
+
+(1) <state>: desired, ready, starting, unhealthy, degraded, draining, quarantined (POOL_GAUGES).
 
 Tags stay bounded (pools, event kinds, check names, reason kinds), never a node or instance id:
 a fleet of 12,500 nodes must not make 12,500 series per metric. Per-node detail lives in events
@@ -34,7 +35,6 @@ from __future__ import annotations
 import logging
 import re
 import threading
-from types import ModuleType
 from typing import Any, Iterable, Mapping
 
 from cluster.events import Event
@@ -95,7 +95,7 @@ class FleetMetrics:
     a recording fake).
     """
 
-    def __init__(self, metrics: ModuleType | Any | None = None) -> None:
+    def __init__(self, metrics: Any | None = None) -> None:
         if metrics is None:
             from ray.util import metrics  # lazily: `cluster` imports Ray only where it runs
         self._lock = threading.Lock()

@@ -23,6 +23,7 @@ from cluster import gcs
 from cluster.act import act
 from cluster.health.agents import AgentSet
 from cluster.health.probe import probe_all
+from cluster.metrics import FleetMetrics
 from cluster.observe import observe
 from cluster.plan import plan
 from cluster.providers import Provider, make_provider
@@ -51,10 +52,12 @@ class FleetController:
         self.loop_ms: deque[float] = deque(maxlen=200)
         self.launch_errors: dict[str, str] = {}
         self.agents = AgentSet()
+        self._reported: dict[str, int] = {}  # instance -> sequence of the last report sent to metrics
         self.quiet_until = time.time()  # reports from before a (re)start are not in memory
         self._probes = ThreadPoolExecutor(max_workers=32, thread_name_prefix="rayfleet-probe")
         self._provider: Provider | None = None
         self._provider_spec: FleetSpec | None = None
+        self.metrics = FleetMetrics()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rayfleet-reconcile", daemon=True)
         self._thread.start()
@@ -107,9 +110,22 @@ class FleetController:
         self._ensure_agents(spec)
         self.loops += 1
         self.loop_ms.append((time.monotonic() - started) * 1000)
-        self.store.put_status(fleet_status(spec, result.state, targets, now, self.info()))
+        status = fleet_status(spec, result.state, targets, now, self.info())
+        self.store.put_status(status)
         self.store.put_health(health_document(result.state, reports, view.probes, now))
+        self.metrics.record(status, self.loop_ms[-1], result.events)
+        self._record_health(spec.name, result.state, reports)
         return spec.scaling.loop_period_s
+
+    def _record_health(self, fleet: str, state: Any, reports: dict[str, Any]) -> None:
+        """Each new report's check results into the metrics (once per report, not per loop)."""
+        for instance, report in reports.items():
+            record = state.nodes.get(instance)
+            if record is None or self._reported.get(instance) == report.sequence:
+                continue
+            self._reported[instance] = report.sequence
+            for check in report.checks:
+                self.metrics.record_health(fleet, record.pool, instance, check.name, check.status.value != "fail")
 
     def _probe_quiet_nodes(self, spec: FleetSpec, view: Any, reports: dict[str, Any]) -> dict[str, Any]:
         """Probe the raylets of nodes whose heartbeat is late (or that are already suspect)."""

@@ -8,6 +8,7 @@ environment before the first import (see `cluster.connection.use_token`).
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 from cluster.errors import FleetNotRunning
@@ -38,7 +39,8 @@ def client(address: str, timeout_s: float = 10.0) -> Any:
     try:
         return InnerGcsClient.standalone(address, None, int(timeout_s * 1000))
     except Exception as error:  # ray raises its own RpcError; keep the CLI's message plain
-        raise FleetNotRunning(f"the Ray head at {address} did not answer within {timeout_s:.0f}s: {error}") from None
+        raise FleetNotRunning(f"the Ray head at {address} did not answer within {timeout_s:.0f}s ({error}); "
+                              "`rayfleet status` checks the fleet, `rayfleet up -f FLEET.yaml` restarts it") from None
 
 
 def read_nodes(gcs: Any, fleet: str | None = None, timeout_s: float = 5.0) -> tuple[RayNode, ...]:
@@ -65,6 +67,34 @@ def read_nodes(gcs: Any, fleet: str | None = None, timeout_s: float = 5.0) -> tu
             port=int(info.node_manager_port),
         ))
     return tuple(nodes)
+
+
+@dataclass(frozen=True)
+class MetricsEndpoint:
+    """Where Prometheus scrapes one Ray node: its metrics agent's `metrics_export_port`."""
+
+    node_id: str
+    address: str
+    port: int
+    pool: str | None
+    is_head: bool
+
+    @property
+    def target(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+def metrics_endpoints(gcs: Any, timeout_s: float = 5.0) -> list[MetricsEndpoint]:
+    """Every alive node's Prometheus endpoint, head first (the controller's metrics are there)."""
+    found = []
+    for node_id, info in gcs.get_all_node_info(timeout=timeout_s).items():
+        if info.state != ALIVE or not info.metrics_export_port:
+            continue
+        labels = dict(info.labels)
+        found.append(MetricsEndpoint(node_id=node_id.hex(), address=info.node_manager_address,
+                                     port=int(info.metrics_export_port), pool=labels.get(POOL_LABEL),
+                                     is_head="node:__internal_head__" in dict(info.resources_total)))
+    return sorted(found, key=lambda endpoint: (not endpoint.is_head, endpoint.pool or "", endpoint.port))
 
 
 def kv_get(gcs: Any, key: str, timeout_s: float = 5.0) -> bytes | None:

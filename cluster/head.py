@@ -82,8 +82,12 @@ def start_head(spec: FleetSpec, fleet: FleetDir, on_wait: Callable[[str], None] 
     dashboard_port = spec.head.dashboard_port or free_port()
     token = fleet.ensure_token()
     log_path = fleet.logs_dir / "head.log"
-    owned = spawn_detached(head_command(spec, fleet, port, dashboard_port), log_path,
-                           env=node_environment(token))
+    try:
+        owned = spawn_detached(head_command(spec, fleet, port, dashboard_port), log_path,
+                               env=node_environment(token))
+    except OSError as error:
+        raise Failed(f"could not start the Ray head ({error}); `{ray_executable()} --version` checks that Ray "
+                     f"is installed beside rayfleet, and {log_path} holds what it printed") from None
     host = "127.0.0.1" if spec.head.dashboard_host in ("0.0.0.0", "::") else spec.head.dashboard_host
     info = HeadInfo(gcs_address=f"127.0.0.1:{port}", dashboard_url=f"http://{host}:{dashboard_port}",
                     owned=owned)

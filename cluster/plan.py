@@ -229,6 +229,7 @@ class _Planner:
     def lost(self, record: NodeRecord, reason: str) -> None:
         """The node is gone: no drain can help. Its replacement is launched by `size_pool`."""
         self.event("lost", f"{record.instance} lost: {reason}", record, reason="liveness")
+        self.event("replace", f"{record.instance} terminated for replacement: {reason}", record, reason=reason)
         self.terminate(record, reason)
 
     def judge_health(self, record: NodeRecord) -> None:

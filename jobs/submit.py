@@ -34,7 +34,8 @@ def job_client(conn: Connection) -> Any:
     try:
         return JobSubmissionClient(conn.dashboard_url)
     except Exception as error:
-        raise FleetNotRunning(f"the job API at {conn.dashboard_url} does not answer: {error}") from None
+        raise FleetNotRunning(f"the job API at {conn.dashboard_url} does not answer ({error}); `rayfleet status` "
+                              f"checks the fleet, `rayfleet dashboard` the dashboard and its token") from None
 
 
 def local_gpus_are_real() -> bool:
@@ -75,9 +76,10 @@ def run_info(spec: JobSpec, fleet: FleetSpec, storage: str, submission_id: str |
 
 
 def job_metadata(spec: JobSpec) -> dict[str, str]:
-    """Ray job metadata: what the dashboard's Jobs view shows beside the job."""
+    """Ray job metadata: what the dashboard's Jobs view shows beside the job. `job_name` is the
+    key its Name column reads (the column's help in Ray 2.60's dashboard says so)."""
     workers = spec.workers if isinstance(spec.workers, int) else f"{spec.workers.min}-{spec.workers.max}"
-    return {JOB_KEY: spec.name, "pool": spec.pool, "strategy": spec.parallelism.strategy,
+    return {JOB_KEY: spec.name, "job_name": spec.name, "pool": spec.pool, "strategy": spec.parallelism.strategy,
             "workers": str(workers), "model": spec.model.preset, "steps": str(spec.steps)}
 
 

@@ -7,8 +7,9 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from cluster.cli.completion import complete_fleet
 from cluster.cli.main import app
-from cluster.cli.output import Format, console, emit
+from cluster.cli.output import Format, age, console, emit, short_instance, table
 from cluster.connection import connect
 from cluster.errors import FleetNotRunning
 
@@ -18,7 +19,8 @@ STALE_AFTER_S = 10.0
 @app.command()
 def status(
     output: Format = typer.Option(Format.table, "-o", "--output", help="table, json or yaml"),
-    fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)"),
+    fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)",
+                                             autocompletion=complete_fleet),
 ) -> None:
     """Per pool: desired / ready / starting / unhealthy / min / max; per node: pool, state, address."""
     conn = connect(fleet_name)
@@ -37,22 +39,32 @@ def _print_table(doc: dict[str, Any]) -> None:
     console.print(f"fleet [bold]{doc['fleet']}[/] ({doc['provider']})  dashboard {doc['dashboard_url']}")
     if doc["age_s"] > STALE_AFTER_S:
         console.print(f"[yellow]the controller has not reported for {doc['age_s']:.0f}s[/]")
-    pools = Table(box=None, header_style="bold")
-    for column in ("POOL", "GPU", "DESIRED", "READY", "STARTING", "UNHEALTHY", "DRAINING", "SPARES", "MIN", "MAX"):
-        pools.add_column(column, justify="left" if column in ("POOL", "GPU") else "right")
-    for pool in doc["pools"]:
+    console.print(pools_table(doc["pools"]))
+    if doc["nodes"]:
+        console.print()
+        console.print(nodes_table(doc["nodes"], doc["fleet"], time.time()))
+
+
+def pools_table(pools: list[dict[str, Any]]) -> Table:
+    right = {"justify": "right", "no_wrap": True}
+    out = table("POOL", ("GPU", {"no_wrap": True}), *((column, right) for column in (
+        "DESIRED", "READY", "STARTING", "UNHEALTHY", "DRAINING", "SPARES", "MIN", "MAX")))
+    for pool in pools:
         gpu = f"{pool['gpus_per_node']}x{pool['accelerator']}" if pool["accelerator"] else "-"
-        pools.add_row(pool["name"], gpu, str(pool["desired"]), str(pool["ready"]), str(pool["starting"]),
-                      str(pool["unhealthy"]), str(pool["draining"]),
-                      f"{pool['spares_ready']}/{pool['spares']}", str(pool["min"]), str(pool["max"]))
-    console.print(pools)
-    nodes = Table(box=None, header_style="bold")
-    for column in ("NODE", "POOL", "STATE", "RAY NODE", "ADDRESS", "FOR", "REASON"):
-        nodes.add_column(column)
-    now = time.time()
-    for node in doc["nodes"]:
-        nodes.add_row(node["instance"] + (" (spare)" if node["spare"] else ""), node["pool"], node["state"],
-                      (node["node_id"] or "-")[:12], node["address"] or "-", f"{now - node['since']:.0f}s",
-                      node["reason"])
-    console.print()
-    console.print(nodes)
+        out.add_row(pool["name"], gpu, str(pool["desired"]), str(pool["ready"]), str(pool["starting"]),
+                    str(pool["unhealthy"]), str(pool["draining"]),
+                    f"{pool['spares_ready']}/{pool['spares']}", str(pool["min"]), str(pool["max"]))
+    return out
+
+
+def nodes_table(nodes: list[dict[str, Any]], fleet: str, now: float) -> Table:
+    """Node ids without the fleet's name and Ray node ids cut to 8 characters keep it in 80 columns."""
+    fixed = {"no_wrap": True}
+    out = table(("NODE", {"overflow": "fold", "max_width": 20}), ("POOL", fixed), ("STATE", fixed),
+                ("RAY NODE", fixed), ("ADDRESS", fixed), ("FOR", {"no_wrap": True, "justify": "right"}),
+                ("REASON", {"overflow": "fold", "ratio": 1}))
+    for node in nodes:
+        state = node["state"] + (" (spare)" if node["spare"] else "")
+        out.add_row(short_instance(node["instance"], fleet), node["pool"], state, (node["node_id"] or "-")[:8],
+                    node["address"] or "-", age(now - node["since"]), node["reason"] or "-")
+    return out

@@ -145,7 +145,9 @@ def worker_group(spec: FleetSpec, pool: PoolSpec) -> dict[str, Any]:
     selector.update(own.node_selector)
     tolerations.extend(t.model_dump(exclude_none=True) for t in own.tolerations)
     labels = {**pool_labels(spec.name, pool), INSTANCE_LABEL: f"$({INSTANCE_ENV})"}
-    start_params = {"labels": labels_argument(labels)}
+    # num-cpus 0: the controller admits the node (resizes its CPUs to cpus_per_node) once its
+    # health agent reported it healthy; a hot spare stays unadmitted until promoted.
+    start_params = {"labels": labels_argument(labels), "num-cpus": "0"}
     if pool.accelerator:
         start_params["resources"] = _quoted_resources(pool)
     pod_spec: dict[str, Any] = {
@@ -156,8 +158,8 @@ def worker_group(spec: FleetSpec, pool: PoolSpec) -> dict[str, Any]:
             "image": own.image or k8s.image,
             "env": [{"name": INSTANCE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                     *token_env(spec)],
-            # Extended resources (GPUs) need requests == limits; KubeRay derives Ray's num-cpus,
-            # num-gpus and memory from these limits.
+            # Extended resources (GPUs) need requests == limits; KubeRay derives Ray's num-gpus and
+            # memory from these limits (num-cpus is set to 0 above, for admission).
             "resources": {"requests": dict(resources), "limits": dict(resources)},
             # NCCL and Ray's object store need a /dev/shm larger than the container default 64 MiB.
             "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],

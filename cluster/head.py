@@ -6,6 +6,7 @@ the spec's `head.dashboard_host` says otherwise; Ray's token authentication stay
 """
 from __future__ import annotations
 
+import shutil
 import time
 import urllib.error
 import urllib.request
@@ -119,11 +120,13 @@ def use_external_head(spec: FleetSpec, fleet: FleetDir) -> HeadInfo:
 
 
 def stop_head(fleet: FleetDir) -> None:
+    """Stop the head we started (not an external one) and remove the fleet's Ray temp folders."""
     data = fleet.read_head()
     if data is not None:
         info = HeadInfo.from_json(data)
         if info.owned is not None:
             stop_tree(info.owned, grace_s=10.0)
+            shutil.rmtree(fleet.temp_root, ignore_errors=True)  # sessions and logs of head and nodes
     fleet.head_file.unlink(missing_ok=True)
 
 

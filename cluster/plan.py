@@ -69,12 +69,14 @@ class Admit:
 
 @dataclass(frozen=True)
 class Evict:
-    """Declare the actors of a lost node dead through the GCS, so their callers (Ray Train) fail
-    over now instead of after Ray's own node timeout (measured here: 15-17 s)."""
+    """Declare a node dead in the GCS: its actors fail and its placement groups move now, so a
+    training job fails over at once instead of after Ray's own node timeout (measured: 13-17 s).
+    Only for a node that is gone, or drained and being terminated."""
 
     pool: str
     instance: str
     node_id: str
+    reason: str = ""
 
 
 Action = Union[Launch, Terminate, Drain, Admit, Evict]
@@ -152,7 +154,7 @@ class _Planner:
     def terminate(self, record: NodeRecord, reason: str) -> None:
         """Stop a node's machine; its actors are declared dead first so their jobs fail over now."""
         if record.node_id:
-            self.actions.append(Evict(record.pool, record.instance, record.node_id))
+            self.actions.append(Evict(record.pool, record.instance, record.node_id, reason))
         self.move(record, S.TERMINATING, reason, last_action_at=self.now)
         self.actions.append(Terminate(record.pool, record.instance, reason))
 

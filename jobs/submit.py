@@ -75,6 +75,14 @@ def run_info(spec: JobSpec, fleet: FleetSpec, storage: str, submission_id: str |
     return run
 
 
+def job_environment(spec: JobSpec, run: dict[str, Any]) -> dict[str, str]:
+    """The job's runtime_env variables: its spec and run info, and Ray Train's polling periods."""
+    return {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run),
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(spec.failure.poll_interval_s),
+            # a drain (rayfleet's remediation, a spot notice) is seen within a second, not five
+            "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": str(min(1.0, spec.failure.poll_interval_s * 2))}
+
+
 def job_metadata(spec: JobSpec) -> dict[str, str]:
     """Ray job metadata: what the dashboard's Jobs view shows beside the job. `job_name` is the
     key its Name column reads (the column's help in Ray 2.60's dashboard says so)."""
@@ -102,7 +110,7 @@ def submit(conn: Connection, spec: JobSpec, path: str | Path) -> str:
     client.submit_job(
         entrypoint=f"{python} -m jobs.entrypoint",
         submission_id=submission_id,
-        runtime_env={"env_vars": {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run)}},
+        runtime_env={"env_vars": job_environment(spec, run)},
         metadata=job_metadata(spec),
         entrypoint_num_cpus=0,
     )

@@ -36,8 +36,9 @@ log = logging.getLogger(__name__)
 START_GRACE_S = 30.0
 """A node folder without a pid (a crash between recording and spawning) counts as pending this long."""
 
-STOP_GRACE_S = 10.0
-"""`ray start --block` stops its raylet and agents on SIGTERM in about 3 s here; then SIGKILL."""
+STOP_GRACE_S = 5.0
+"""`ray start --block` answers SIGTERM by draining for up to 30 s; the controller drains through the
+GCS first when it matters, so 5 s of grace, then SIGKILL."""
 
 
 def ray_executable() -> str:

@@ -21,6 +21,7 @@ from typing import Any
 
 from cluster import gcs
 from cluster.act import act
+from cluster.events import Event
 from cluster.health.agents import AgentSet
 from cluster.health.probe import probe_all
 from cluster.metrics import FleetMetrics
@@ -35,6 +36,7 @@ from cluster.store import FleetStore
 log = logging.getLogger("rayfleet.controller")
 
 CONTROLLER_NAME = "rayfleet-controller"
+JOB_WATCH_PERIOD_S = 5.0
 NAMESPACE = "rayfleet"
 PROBED = (NodeState.READY, NodeState.SUSPECT, NodeState.DEGRADED, NodeState.UNHEALTHY, NodeState.DRAINING)
 
@@ -54,6 +56,7 @@ class FleetController:
         self.agents = AgentSet()
         self._reported: dict[str, int] = {}  # instance -> sequence of the last report sent to metrics
         self.quiet_until = time.time()  # reports from before a (re)start are not in memory
+        self._jobs_checked = time.monotonic()  # first job check one period after a (re)start
         self._probes = ThreadPoolExecutor(max_workers=32, thread_name_prefix="rayfleet-probe")
         self._provider: Provider | None = None
         self._provider_spec: FleetSpec | None = None
@@ -108,6 +111,9 @@ class FleetController:
         self.launch_errors = act(result.actions, provider, spec, self.client)
         self.state = result.state
         self._ensure_agents(spec)
+        if time.monotonic() - self._jobs_checked >= JOB_WATCH_PERIOD_S:
+            self._jobs_checked = time.monotonic()
+            self._watch_jobs(spec)
         self.loops += 1
         self.loop_ms.append((time.monotonic() - started) * 1000)
         status = fleet_status(spec, result.state, targets, now, self.info())
@@ -143,6 +149,29 @@ class FleetController:
             if late or record.state is NodeState.SUSPECT:
                 quiet.append((record.instance, node.address, node.port))
         return probe_all(quiet, spec.health.probe_timeout_s, self._probes) if quiet else {}
+
+    def _watch_jobs(self, spec: FleetSpec) -> None:
+        """Resubmit jobs whose driver died (see jobs/watch.py); any error skips this round, never
+        resubmits: a job table that cannot be read says nothing about the jobs."""
+        from jobs import watch
+
+        runtime = self.store.runtime()
+        storage, dashboard = runtime.get("storage"), runtime.get("dashboard_url")
+        if not storage or not dashboard:
+            return
+        try:
+            from ray.job_submission import JobSubmissionClient
+
+            client = JobSubmissionClient(dashboard)
+            ray_jobs = {info.submission_id: str(info.status.value) for info in client.list_jobs()
+                        if info.submission_id}
+            for orphan in watch.orphans(storage, ray_jobs):
+                submitted = watch.resubmit(client, storage, orphan, watch.python_for(spec.provider))
+                kind, message = ("resubmit", f"job {orphan.job} lost its driver; resubmitted as {submitted}") \
+                    if submitted else ("failed", f"job {orphan.job} lost its driver too often; given up")
+                self.store.append_events([Event(time.time(), kind, message, reason="driver lost")])
+        except Exception as error:
+            log.info("job watch skipped: %s", error)
 
     def _ensure_agents(self, spec: FleetSpec) -> None:
         import ray

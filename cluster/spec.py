@@ -70,18 +70,31 @@ class Strict(BaseModel):
 
 
 class FaultTolerance(Strict):
-    """GCS fault tolerance through an external Redis (see the head fault-tolerance issue)."""
+    """GCS fault tolerance through an external Redis: a lost head is restarted with its state.
+
+    The password comes from an environment variable or a file, never from the spec itself, and
+    rayfleet never writes it into a log, a manifest or the GCS. For a local fleet without
+    `redis_address`, `rayfleet up` starts a Redis on 127.0.0.1 and makes a password file for it.
+    """
 
     enabled: bool = False
     redis_address: str | None = Field(
-        default=None, description="host:port of an existing Redis; empty = rayfleet starts one (local)")
+        default=None, description="host:port of an existing Redis; empty: rayfleet starts one (local fleets)")
     password_env: str | None = Field(default=None, description="environment variable holding the password")
     password_file: str | None = Field(default=None, description="file holding the password")
+    reconnect_timeout_s: float = Field(
+        default=120.0, ge=5, le=3600,
+        description="how long worker raylets wait for a restarted head (RAY_gcs_rpc_server_reconnect_timeout_s; "
+                    "Ray's default 60)")
 
     @model_validator(mode="after")
     def _one_password_source(self) -> FaultTolerance:
         if self.password_env and self.password_file:
             raise ValueError("give password_env or password_file, not both")
+        if self.redis_address and not (self.password_env or self.password_file):
+            raise ValueError("an external redis_address needs its password: set password_env or password_file")
+        if self.redis_address is not None and not re.match(r"^[A-Za-z0-9.\-]+:\d{2,5}$", self.redis_address):
+            raise ValueError("redis_address: expected host:port, e.g. 10.0.0.7:6379")
         return self
 
 
@@ -390,6 +403,14 @@ class FleetSpec(Strict):
             if getattr(self, block) is not None and self.provider != block:
                 raise ValueError(f"{block}: is given but the fleet's provider is {self.provider}; "
                                  f"set provider: {block} or remove the {block} block")
+        return self
+
+    @model_validator(mode="after")
+    def _fault_tolerance_where(self) -> FleetSpec:
+        ft = self.head.fault_tolerance
+        if ft.enabled and self.provider != "local" and not ft.redis_address:
+            raise ValueError(f"head.fault_tolerance.redis_address is required on {self.provider}: rayfleet starts "
+                             "a Redis only for local fleets; give the address of an HA Redis (e.g. ElastiCache)")
         return self
 
     def pool(self, name: str) -> PoolSpec:

@@ -147,7 +147,12 @@ class LocalProvider:
         ]
 
     def _pool_env(self, pool: PoolSpec) -> dict[str, str]:
-        return dict(pool.provider.local.env) if pool.provider.local else {}
+        env = dict(pool.provider.local.env) if pool.provider.local else {}
+        ft = self.spec.head.fault_tolerance
+        if ft.enabled:
+            # How long the raylet waits for a restarted head before it gives up and exits (Ray: 60 s).
+            env["RAY_gcs_rpc_server_reconnect_timeout_s"] = str(int(ft.reconnect_timeout_s))
+        return env
 
     # --- terminating --------------------------------------------------------------------------
     def _terminate_one(self, name: str) -> Future[None]:

@@ -131,6 +131,10 @@ def head_template_data(spec: FleetSpec) -> dict[str, Any]:
                                  "Ebs": {"VolumeSize": 100, "VolumeType": "gp3",
                                          "DeleteOnTermination": True, "Encrypted": True}}],
         "MetadataOptions": _metadata_options(),
+        # EC2 moves the head to healthy hardware on a system-check failure, keeping its address and
+        # volume; on boot its unit runs `rayfleet up` again, whose supervisor also restarts a head
+        # process that dies. With head.fault_tolerance (an external Redis) no worker is lost.
+        "MaintenanceOptions": {"AutoRecovery": "default"},
         "TagSpecifications": [{"ResourceType": kind,
                                "Tags": tags({FLEET_LABEL: spec.name, ROLE_TAG: "head",
                                              "Name": f"{spec.name}-head"})}

@@ -247,8 +247,23 @@ def ray_cluster(spec: FleetSpec) -> dict[str, Any]:
             "enableInTreeAutoscaling": False,
             "headGroupSpec": head_group(spec),
             "workerGroupSpecs": [worker_group(spec, pool) for pool in spec.pools],
+            **gcs_fault_tolerance(spec),
         },
     }
+
+
+def gcs_fault_tolerance(spec: FleetSpec) -> dict[str, Any]:
+    """KubeRay's GCS fault tolerance: the GCS keeps its state in the fleet's Redis, and KubeRay
+    restarts a dead head pod against it while the workers wait. The password is a reference to
+    the Secret `<fleet>-redis-password` (key `password`), never a value."""
+    ft = spec.head.fault_tolerance
+    if not ft.enabled:
+        return {}
+    return {"gcsFaultToleranceOptions": {
+        "redisAddress": ft.redis_address,
+        "redisPassword": {"valueFrom": {"secretKeyRef": {"name": f"{spec.name}-redis-password", "key": "password"}}},
+        "externalStorageNamespace": spec.name,
+    }}
 
 
 def fleet_objects(spec: FleetSpec) -> list[dict[str, Any]]:

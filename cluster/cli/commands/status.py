@@ -11,6 +11,7 @@ from cluster.cli.completion import complete_fleet
 from cluster.cli.main import app
 from cluster.cli.output import Format, age, console, emit, short_instance, table
 from cluster.connection import connect
+from cluster.fleetdir import resolve_fleet
 from cluster.errors import FleetNotRunning
 
 STALE_AFTER_S = 10.0
@@ -23,16 +24,56 @@ def status(
                                              autocompletion=complete_fleet),
 ) -> None:
     """Per pool: desired / ready / starting / unhealthy / min / max; per node: pool, state, address."""
-    conn = connect(fleet_name)
+    fleet = resolve_fleet(fleet_name)
+    head = head_state(fleet.path)
+    try:
+        conn = connect(fleet_name)
+    except FleetNotRunning as error:
+        raise FleetNotRunning(f"{error}{head_problem(head)}") from None
     doc = conn.store.status()
     if doc is None:
         raise FleetNotRunning(f"fleet {conn.fleet.name}: the controller has not reported yet; "
                               "wait a few seconds, or run `rayfleet up -f FLEET.yaml` again")
     doc["age_s"] = round(max(0.0, time.time() - doc["observed_at"]), 2)
     doc["dashboard_url"] = conn.dashboard_url
+    doc["head"] = head
     if emit(doc, output):
         return
     _print_table(doc)
+    if head and head.get("message"):
+        console.print(head["message"])
+
+
+def head_state(fleet_dir: Any) -> dict[str, Any] | None:
+    """The supervisor's view of a local head and its Redis (None for heads rayfleet did not start)."""
+    from cluster.supervisor import read_state, supervisor_process
+
+    state = read_state(fleet_dir)
+    if state is None:
+        return None
+    redis = state.get("redis")
+    head = state["head"]
+    out = {"fault_tolerant": state["fault_tolerant"], "alive": head["alive"], "restarts": head["restarts"],
+           "lost_at": head["lost_at"], "supervisor_alive": supervisor_process(fleet_dir) is not None,
+           "redis": None if redis is None else {"alive": redis["alive"], "restarts": redis["restarts"],
+                                                 "port": redis["port"]},
+           "events": state.get("events", [])[-5:]}
+    notes = []
+    if redis is not None and not redis["alive"]:
+        notes.append("Redis (the GCS's fault-tolerance store) is DOWN; the supervisor is restarting it")
+    elif redis is not None and redis["restarts"]:
+        notes.append(f"Redis was restarted {redis['restarts']} time(s)")
+    if head["restarts"]:
+        notes.append(f"the head was restarted {head['restarts']} time(s) (fault tolerance kept the cluster)")
+    if not head["alive"] and head["lost_at"]:
+        notes.append("the head is LOST" + ("" if state["fault_tolerant"] else
+                                           " and fault tolerance is off: `rayfleet down`, then `rayfleet up`"))
+    out["message"] = "; ".join(notes)
+    return out
+
+
+def head_problem(head: dict[str, Any] | None) -> str:
+    return f" ({head['message']})" if head and head.get("message") else ""
 
 
 def _print_table(doc: dict[str, Any]) -> None:

@@ -37,6 +37,7 @@ head:
   dashboard_host: 127.0.0.1
   fault_tolerance:
     enabled: false
+    reconnect_timeout_s: 120.0
 pools:
 - name: h100
   accelerator: H100

@@ -9,6 +9,7 @@ instances are there, and instances it never recorded are adopted by name, not re
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import os
@@ -165,7 +166,8 @@ class FleetController:
             client = JobSubmissionClient(dashboard)
             ray_jobs = {info.submission_id: str(info.status.value) for info in client.list_jobs()
                         if info.submission_id}
-            for orphan in watch.orphans(storage, ray_jobs):
+            actors = asyncio.run(_actor_table(self.client))
+            for orphan in watch.orphans(storage, ray_jobs, watch.dead_drivers(actors)):
                 submitted = watch.resubmit(client, storage, orphan, watch.python_for(spec.provider))
                 kind, message = ("resubmit", f"job {orphan.job} lost its driver; resubmitted as {submitted}") \
                     if submitted else ("failed", f"job {orphan.job} lost its driver too often; given up")
@@ -243,3 +245,8 @@ def stop_controller() -> bool:
         log.info("controller did not stop cleanly: %s", error)
     ray.kill(actor, no_restart=True)
     return True
+
+
+async def _actor_table(client: Any) -> Any:
+    """The GCS actor table (its async call needs a running event loop, which the loop thread has not)."""
+    return await client.async_get_all_actor_info(timeout=5)

@@ -30,10 +30,14 @@ class Orphan:
     resubmissions: int          # times this job was already resubmitted after a lost driver
 
 
-def orphans(storage: str, ray_jobs: Mapping[str, str]) -> list[Orphan]:
+def orphans(storage: str, ray_jobs: Mapping[str, str], dead_drivers: frozenset[str] = frozenset()
+            ) -> list[Orphan]:
     """Jobs whose newest submission has no `finished` record but is not running in Ray.
 
-    `ray_jobs` maps submission id -> Ray's status for the jobs Ray knows.
+    `ray_jobs` maps submission id -> Ray's status for the jobs Ray knows. `dead_drivers` are
+    submissions whose JobSupervisor actor (the driver's parent) the GCS reports dead: Ray's job
+    table keeps saying RUNNING for minutes after a driver's node is lost, so its word alone is
+    not trusted for those.
     """
     found = []
     for name in history.job_names(storage):
@@ -45,9 +49,9 @@ def orphans(storage: str, ray_jobs: Mapping[str, str]) -> list[Orphan]:
         if any(e["event"] == "finished" and e.get("submission_id") == latest for e in events):
             continue
         status = ray_jobs.get(latest)
-        if status in RUNNING or _stepped_recently(storage, name, latest):
+        if (status in RUNNING and latest not in dead_drivers) or _stepped_recently(storage, name, latest):
             continue
-        resubmissions = sum(e["event"] == "submitted" and e.get("after_lost_driver") for e in events)
+        resubmissions = sum(1 for e in events if e["event"] == "submitted" and e.get("after_lost_driver"))
         found.append(Orphan(name, latest, status, resubmissions))
     return found
 
@@ -95,3 +99,14 @@ def resubmit(client: Any, storage: str, orphan: Orphan, python: str) -> str | No
 
 def python_for(provider: str) -> str:
     return sys.executable if provider == "local" else "python"
+
+
+DRIVER_ACTOR_PREFIX = "_ray_internal_job_actor_"
+"""Ray Jobs names each job's JobSupervisor actor `_ray_internal_job_actor_<submission id>`."""
+
+
+def dead_drivers(actors: Mapping[Any, Any]) -> frozenset[str]:
+    """Submission ids whose JobSupervisor actor is DEAD, from the GCS actor table."""
+    dead = 4  # ActorTableData.ActorState.DEAD
+    return frozenset(info.name[len(DRIVER_ACTOR_PREFIX):] for info in actors.values()
+                     if info.name.startswith(DRIVER_ACTOR_PREFIX) and info.state == dead)

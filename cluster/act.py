@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 from cluster import gcs
-from cluster.plan import Action, Admit, Drain, Evict, Launch, Terminate
+from cluster.plan import Action, Admit, Drain, Evict, Launch, RunChecks, Terminate, Unadmit, Vacate
 from cluster.providers import Provider
 from cluster.spec import FleetSpec
 
@@ -44,16 +44,74 @@ def act(actions: Sequence[Action], provider: Provider, spec: FleetSpec, client: 
     for action in actions:
         if isinstance(action, Admit):
             _admit(client, action)
+        elif isinstance(action, Unadmit):
+            _resize(client, action.instance, action.node_id, 0.0)
+        elif isinstance(action, Vacate):
+            _vacate(client, action)
+        elif isinstance(action, RunChecks):
+            _run_checks(action)
     return errors
 
 
 def _admit(client: Any, action: Admit) -> None:
-    """Resize the node's CPUs to its pool's shape (CPU, unlike GPU, can be resized live)."""
+    _resize(client, action.instance, action.node_id, float(action.cpus))
+
+
+def _resize(client: Any, instance: str, node_id: str, cpus: float) -> None:
+    """Set the node's CPUs (CPU, unlike GPU, can be resized live): admission gives them, quarantine
+    takes them back."""
     try:
-        client.resize_raylet_resource_instances(action.node_id.encode(), {"CPU": float(action.cpus)}, timeout_s=5)
-        log.info("admitted %s with %s CPUs", action.instance, action.cpus)
+        client.resize_raylet_resource_instances(node_id.encode(), {"CPU": cpus}, timeout_s=5)
+        log.info("%s now has %s CPUs", instance, cpus)
     except Exception as error:  # the node is going away, or the GCS restarts: logged, re-planned on rejoin
-        log.warning("could not admit %s: %s", action.instance, error)
+        log.warning("could not resize %s to %s CPUs: %s", instance, cpus, error)
+
+
+def _vacate(client: Any, action: Vacate) -> None:
+    """Kill, through the GCS, every actor on the node but its health agent: training workers die,
+    and Ray Train resumes their jobs from checkpoints on other nodes."""
+    import ray
+
+    try:
+        actors = gcs.actors(client)
+    except Exception as error:
+        log.warning("could not list the actors of %s: %s", action.instance, error)
+        return
+    core = ray._private.worker.global_worker.core_worker
+    for actor_id, info in actors.items():
+        if info.address.node_id.hex() != action.node_id or info.state not in (0, 1, 2):
+            continue
+        if info.class_name == "HealthAgent" or info.name.startswith("rayfleet-health-"):
+            continue
+        try:
+            core.kill_actor(actor_id, True)
+            log.info("ended %s (%s) on %s: %s", info.class_name, actor_id.hex()[:12], action.instance, action.reason)
+        except Exception as error:
+            log.info("could not end actor %s: %s", actor_id.hex()[:12], error)
+
+
+def _run_checks(action: RunChecks) -> None:
+    """Ask the node's agent to run its burn and report now (no wait: the report comes by heartbeat)."""
+    import ray
+
+    from cluster.health.agent import agent_name
+
+    try:
+        agent = ray.get_actor(agent_name(action.instance), namespace="rayfleet")
+        agent.run_checks.remote()
+    except Exception as error:
+        log.warning("could not ask %s to run its checks: %s", action.instance, error)
+
+
+
+def _drain(client: Any, action: Drain) -> None:
+    try:
+        accepted, rejection = gcs.drain(client, action.node_id, action.reason, action.deadline_s,
+                                        action.preemption, now_ms=int(time.time() * 1000))
+        if not accepted:
+            log.info("Ray declined to drain %s: %s", action.instance, rejection)
+    except Exception as error:  # a node that is already gone cannot be drained; terminate follows
+        log.info("drain of %s failed: %s", action.instance, error)
 
 
 def _evict(client: Any, evictions: Sequence[Evict]) -> None:
@@ -61,7 +119,7 @@ def _evict(client: Any, evictions: Sequence[Evict]) -> None:
     their placement groups are rescheduled now, not after Ray's own timeout."""
     for action in evictions:
         try:
-            gcs.declare_dead(client.address, action.node_id, f"rayfleet: {action.reason}")
+            gcs.declare_dead(client.address, action.node_id, f"rayfleet: {action.reason}", preempted=action.preempted)
             log.info("declared %s (node %s) dead in the GCS: %s", action.instance, action.node_id[:12], action.reason)
         except Exception as error:  # an already-dead node may be gone from the table; Ray times it out
             log.info("could not declare %s dead: %s", action.instance, error)

@@ -9,7 +9,6 @@ instances are there, and instances it never recorded are adopted by name, not re
 """
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import logging
 import os
@@ -27,7 +26,7 @@ from cluster.health.agents import AgentSet
 from cluster.health.probe import probe_all
 from cluster.metrics import FleetMetrics
 from cluster.observe import observe
-from cluster.plan import plan
+from cluster.plan import QuarantineRequests, plan
 from cluster.providers import Provider, make_provider
 from cluster.spec import FleetSpec
 from cluster.state import NodeState
@@ -58,6 +57,10 @@ class FleetController:
         self._reported: dict[str, int] = {}  # instance -> sequence of the last report sent to metrics
         self.quiet_until = time.time()  # reports from before a (re)start are not in memory
         self._jobs_checked = time.monotonic()  # first job check one period after a (re)start
+        self._published_notices: dict[str, float] = {}
+        from jobs.supervise import HangWatch
+
+        self._hangs = HangWatch()
         self._probes = ThreadPoolExecutor(max_workers=32, thread_name_prefix="rayfleet-probe")
         self._provider: Provider | None = None
         self._provider_spec: FleetSpec | None = None
@@ -102,16 +105,23 @@ class FleetController:
         view = observe(self.client, provider, spec.name, self.launch_errors)
         reports = self.agents.snapshot(self.state.nodes)
         view = dataclasses.replace(view, health=reports, quiet_until=self.quiet_until,
-                                   probes=self._probe_quiet_nodes(spec, view, reports))
+                                   probes=self._probe_quiet_nodes(spec, view, reports),
+                                   notice_acks=self._notice_acks())
         now = time.time()
-        result = plan(spec, self.state, view, now, targets)
+        asked = self.store.quarantine_requests()
+        requests = QuarantineRequests(release={k: float(v) for k, v in asked.get("release", {}).items()},
+                                      terminate=frozenset(asked.get("terminate", [])))
+        result = plan(spec, self.state, view, now, targets, requests)
         self.store.put_state(result.state)
+        # Memory follows what was persisted at once: if acting fails below, the next loop goes on
+        # from this state (its steps are idempotent) instead of deciding, and announcing, it again.
+        self.state = result.state
         self.store.append_events(result.events)
         for event in result.events:
             log.info("%s: %s%s", event.kind, event.message, f" (reason: {event.reason})" if event.reason else "")
         self.launch_errors = act(result.actions, provider, spec, self.client)
-        self.state = result.state
         self._ensure_agents(spec)
+        self._supervise_jobs(result.state, now)
         if time.monotonic() - self._jobs_checked >= JOB_WATCH_PERIOD_S:
             self._jobs_checked = time.monotonic()
             self._watch_jobs(spec)
@@ -151,6 +161,54 @@ class FleetController:
                 quiet.append((record.instance, node.address, node.port))
         return probe_all(quiet, spec.health.probe_timeout_s, self._probes) if quiet else {}
 
+    def _notice_acks(self) -> frozenset[str]:
+        """Noticed nodes whose jobs have all checkpointed for the notice (read before planning)."""
+        from jobs import supervise
+
+        notices = self._notices()
+        if not notices:
+            return frozenset()
+        try:
+            return supervise.acknowledged(notices, supervise.read_beats(self.client), supervise.read_acks(self.client))
+        except Exception as error:
+            log.info("notice acknowledgements not read: %s", error)
+            return frozenset()
+
+    def _notices(self) -> dict[str, float]:
+        return {r.node_id: r.notice_deadline for r in self.state.nodes.values()
+                if r.state is NodeState.DRAINING and r.notice_deadline and r.node_id}
+
+    def _supervise_jobs(self, state: Any, now: float) -> None:
+        """Publish notices for the jobs' workers; find hung jobs and respond (see jobs/supervise.py)."""
+        from jobs import supervise
+
+        try:
+            notices = self._notices()
+            if notices != self._published_notices:
+                supervise.publish_notices(self.client, notices)
+                self._published_notices = notices
+            storage = self.store.runtime().get("storage")
+            if not storage:
+                return
+            instance_of = {r.node_id: r.instance for r in state.nodes.values() if r.node_id}
+
+            def agent_of(node_id: str) -> Any:
+                instance = instance_of.get(node_id)
+                if instance is None:
+                    return None
+                try:
+                    return self.agents.agent(instance)
+                except Exception:
+                    return None
+
+            for job, hang, folder in self._hangs.check(supervise.read_beats(self.client), storage, agent_of, now):
+                where = instance_of.get(hang.node_id, hang.node_id[:12])
+                self.store.append_events([Event(now, "hang", f"job {job}: {hang.reason} on {where}; stacks in "
+                                                f"{folder}; restarting it from its checkpoint", instance=where,
+                                                reason="no progress")])
+        except Exception as error:
+            log.info("job supervision skipped: %s", error)
+
     def _watch_jobs(self, spec: FleetSpec) -> None:
         """Resubmit jobs whose driver died (see jobs/watch.py); any error skips this round, never
         resubmits: a job table that cannot be read says nothing about the jobs."""
@@ -166,7 +224,7 @@ class FleetController:
             client = JobSubmissionClient(dashboard)
             ray_jobs = {info.submission_id: str(info.status.value) for info in client.list_jobs()
                         if info.submission_id}
-            actors = asyncio.run(_actor_table(self.client))
+            actors = gcs.actors(self.client)
             for orphan in watch.orphans(storage, ray_jobs, watch.dead_drivers(actors)):
                 submitted = watch.resubmit(client, storage, orphan, watch.python_for(spec.provider))
                 kind, message = ("resubmit", f"job {orphan.job} lost its driver; resubmitted as {submitted}") \
@@ -247,6 +305,3 @@ def stop_controller() -> bool:
     return True
 
 
-async def _actor_table(client: Any) -> Any:
-    """The GCS actor table (its async call needs a running event loop, which the loop thread has not)."""
-    return await client.async_get_all_actor_info(timeout=5)

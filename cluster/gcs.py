@@ -127,7 +127,7 @@ def drain(gcs: Any, node_id: str, message: str, deadline_s: float, preemption: b
     return bool(accepted), rejection or ""
 
 
-def declare_dead(address: str, node_id: str, message: str, timeout_s: float = 5.0) -> None:
+def declare_dead(address: str, node_id: str, message: str, timeout_s: float = 5.0, preempted: bool = False) -> None:
     """Tell the GCS a node is gone, as its raylet does on a clean shutdown (UnregisterNode).
 
     Only for nodes rayfleet has proof of: their processes are gone, or they were drained and are
@@ -141,7 +141,10 @@ def declare_dead(address: str, node_id: str, message: str, timeout_s: float = 5.
     from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
 
     request = gcs_service_pb2.UnregisterNodeRequest(node_id=bytes.fromhex(node_id))
-    request.node_death_info.reason = request.node_death_info.UNEXPECTED_TERMINATION
+    # A node that went as announced is a preemption: Ray Train then charges its preemption budget
+    # (unlimited by default), not max_failures.
+    request.node_death_info.reason = (request.node_death_info.AUTOSCALER_DRAIN_PREEMPTED if preempted
+                                      else request.node_death_info.UNEXPECTED_TERMINATION)
     request.node_death_info.reason_message = message
     channel = grpc.insecure_channel(address)
     try:
@@ -159,3 +162,25 @@ def _auth_metadata(env: Any) -> list[tuple[str, str]]:
         with open(path) as handle:
             token = handle.read().strip()
     return [("authorization", f"Bearer {token}")] if token else []
+
+
+def actors(gcs: Any, timeout_s: float = 5.0) -> Any:
+    """The GCS actor table: actor id -> ActorTableData. (Its async call needs a running event loop,
+    which the controller's loop thread does not have; this runs one.)"""
+    import asyncio
+
+    async def fetch() -> Any:
+        return await gcs.async_get_all_actor_info(timeout=timeout_s)
+
+    return asyncio.run(fetch())
+
+
+def kv_keys(gcs: Any, prefix: str, timeout_s: float = 5.0) -> list[str]:
+    return [key.decode() for key in gcs.internal_kv_keys(prefix.encode(), NAMESPACE, timeout=timeout_s)]
+
+
+def kv_multi_get(gcs: Any, keys: list[str], timeout_s: float = 5.0) -> dict[str, bytes]:
+    if not keys:
+        return {}
+    found = gcs.internal_kv_multi_get([key.encode() for key in keys], NAMESPACE, timeout=timeout_s)
+    return {key.decode(): value for key, value in found.items()}

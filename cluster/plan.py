@@ -77,9 +77,46 @@ class Evict:
     instance: str
     node_id: str
     reason: str = ""
+    preempted: bool = False   # the node went as announced: Ray Train charges its preemption budget
 
 
-Action = Union[Launch, Terminate, Drain, Admit, Evict]
+@dataclass(frozen=True)
+class Unadmit:
+    """Take a node's CPUs back: no new work lands (reversible, unlike Ray's drain)."""
+
+    pool: str
+    instance: str
+    node_id: str
+
+
+@dataclass(frozen=True)
+class Vacate:
+    """End the work on a node (its actors, except its health agent): jobs restart from their
+    checkpoints elsewhere while the node stays up for diagnosis."""
+
+    pool: str
+    instance: str
+    node_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class RunChecks:
+    """Ask a node's agent to run its active checks (the matmul burn) and report at once."""
+
+    pool: str
+    instance: str
+
+
+Action = Union[Launch, Terminate, Drain, Admit, Evict, Unadmit, Vacate, RunChecks]
+
+
+@dataclass(frozen=True)
+class QuarantineRequests:
+    """What users asked of quarantined nodes (`rayfleet quarantine release|terminate`)."""
+
+    release: Mapping[str, float] = dataclasses.field(default_factory=dict)   # instance -> asked at
+    terminate: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -103,9 +140,9 @@ _NUMBER = re.compile(r"-(\d+)$")
 
 
 def plan(spec: FleetSpec, state: FleetState, view: ClusterView, now: float,
-         targets: Mapping[str, int] | None = None) -> Plan:
+         targets: Mapping[str, int] | None = None, requests: QuarantineRequests | None = None) -> Plan:
     """Decide what to do next. Pure: see the module docstring."""
-    builder = _Planner(spec, state, view, now, targets or {})
+    builder = _Planner(spec, state, view, now, targets or {}, requests or QuarantineRequests())
     builder.sync()
     builder.step()
     return builder.result()
@@ -115,8 +152,9 @@ class _Planner:
     """One planning pass. Holds the working copies; `plan` is its only user."""
 
     def __init__(self, spec: FleetSpec, state: FleetState, view: ClusterView, now: float,
-                 targets: Mapping[str, int]) -> None:
+                 targets: Mapping[str, int], requests: QuarantineRequests) -> None:
         self.spec = spec
+        self.requests = requests
         self.state = state
         self.view = view
         self.now = now
@@ -151,10 +189,10 @@ class _Planner:
         self.event("failed", f"{record.instance} failed to start: {reason}", record, reason="launch")
         self.terminate(record, reason)
 
-    def terminate(self, record: NodeRecord, reason: str) -> None:
+    def terminate(self, record: NodeRecord, reason: str, preempted: bool = False) -> None:
         """Stop a node's machine; its actors are declared dead first so their jobs fail over now."""
         if record.node_id:
-            self.actions.append(Evict(record.pool, record.instance, record.node_id, reason))
+            self.actions.append(Evict(record.pool, record.instance, record.node_id, reason, preempted))
         self.move(record, S.TERMINATING, reason, last_action_at=self.now)
         self.actions.append(Terminate(record.pool, record.instance, reason))
 
@@ -228,6 +266,17 @@ class _Planner:
         kind = "spare" if record.spare else "pool"
         self.event("joined", f"{record.instance} joined Ray as node {node.node_id[:12]} ({kind})", record)
 
+    def take_notice(self, record: NodeRecord, deadline: float, why: str) -> None:
+        """The node goes away at `deadline`: drain it with that deadline (no new work; Ray Train sees
+        a preemption), tell its jobs to checkpoint now (the controller publishes the notice), and
+        replace it in this same pass, before it goes."""
+        reason = f"{why}: goes in {deadline - self.now:.0f}s"
+        if record.node_id:
+            self.actions.append(Drain(record.pool, record.instance, record.node_id, reason,
+                                      deadline_s=max(0.0, deadline - self.now), preemption=True))
+        self.move(record, S.DRAINING, reason, notice_deadline=deadline)
+        self.event("notice", f"{record.instance} {reason}; replacing it now", record, reason="notice")
+
     def lost(self, record: NodeRecord, reason: str) -> None:
         """The node is gone: no drain can help. Its replacement is launched by `size_pool`."""
         self.event("lost", f"{record.instance} lost: {reason}", record, reason="liveness")
@@ -247,6 +296,9 @@ class _Planner:
             if record.state is not S.SUSPECT:
                 self.event("suspect", f"{record.instance} is suspect: {live.reason}", record, reason="liveness")
             self.move(record, S.SUSPECT, live.reason)
+            return
+        if report is not None and report.notice_deadline and report.notice_deadline > self.now:
+            self.take_notice(record, report.notice_deadline, report.notice_reason)
             return
         verdict = judge(report)
         if verdict.level == "unhealthy":
@@ -318,6 +370,8 @@ class _Planner:
                 self.remediate(record)
             elif record.state is S.DRAINING:
                 self.finish_drain(record)
+            elif record.state is S.QUARANTINED:
+                self.tend_quarantine(record)
             elif record.state is S.REQUESTED and self.now - record.last_action_at >= RELAUNCH_AFTER_S:
                 self.records[record.instance] = dataclasses.replace(
                     record, last_action_at=self.now, launch_attempts=record.launch_attempts + 1)
@@ -350,19 +404,76 @@ class _Planner:
                 self.move(record, S.UNHEALTHY, f"{held}; {record.reason}")
             return
         self.replacements[pool.name] = (*recent, self.now)
+        reason = record.reason.split("; ", 1)[-1] if record.reason.startswith("held") else record.reason
+        if record.hardware and record.node_id:
+            self.quarantine(record, reason)
+            return
         if record.node_id:
-            self.actions.append(Drain(pool.name, record.instance, record.node_id, record.reason,
+            self.actions.append(Drain(pool.name, record.instance, record.node_id, reason,
                                       deadline_s=self.spec.health.drain_deadline_s, preemption=True))
-        self.move(record, S.DRAINING, record.reason.split("; ", 1)[-1] if record.reason.startswith("held")
-                  else record.reason)
-        self.event("drain", f"{record.instance} draining for replacement: {record.reason}", record,
-                   reason="hardware check" if record.hardware else "check")
+        self.move(record, S.DRAINING, reason)
+        self.event("drain", f"{record.instance} draining for replacement: {reason}", record, reason="check")
+
+    def quarantine(self, record: NodeRecord, reason: str) -> None:
+        """Keep a node that failed a hardware check for diagnosis, out of the pool's capacity: its
+        CPUs are taken back (Ray 2.60 cannot undo a drain, so a drain would make a release
+        impossible) and its work is ended so jobs resume from their checkpoints elsewhere."""
+        assert record.node_id is not None
+        self.actions.append(Unadmit(record.pool, record.instance, record.node_id))
+        self.actions.append(Vacate(record.pool, record.instance, record.node_id, reason))
+        self.move(record, S.QUARANTINED, reason, admitted=False)
+        self.event("quarantine", f"{record.instance} quarantined: {reason}", record, reason="hardware check")
+
+    def tend_quarantine(self, record: NodeRecord) -> None:
+        """Release (after its checks pass again) or terminate a quarantined node, as asked or as the
+        pool's limits require."""
+        asked = self.requests.release.get(record.instance)
+        if asked is not None and asked < record.since:
+            asked = None  # asked before this quarantine began: not a release of it
+        if record.instance in self.requests.terminate:
+            self.event("terminate", f"{record.instance} terminated from quarantine on request", record,
+                       reason="rayfleet quarantine terminate")
+            self.terminate(record, "terminated from quarantine on request")
+            return
+        if asked is not None:
+            report = self.view.health.get(record.instance)
+            if record.last_action_at < asked:  # checks not yet run since the request
+                self.actions.append(RunChecks(record.pool, record.instance))
+                self.records[record.instance] = dataclasses.replace(record, last_action_at=self.now)
+            elif report is not None and report.sent_at > asked:
+                verdict = judge(report)
+                if verdict.level != "unhealthy":
+                    self.move(record, S.READY, "released: its checks passed", hardware=False)
+                    self.event("release", f"{record.instance} released from quarantine: its checks passed",
+                               record, reason="rayfleet quarantine release")
+                elif not record.reason.startswith("release refused"):
+                    self.move(record, S.QUARANTINED, f"release refused: checks still fail: {verdict.reason}")
+                    self.event("release-refused", f"{record.instance} stays quarantined: {verdict.reason}",
+                               record, reason="rayfleet quarantine release")
+            return
+        health = self.spec.health
+        pool_quarantine = sorted((r for r in self.records.values()
+                                  if r.pool == record.pool and r.state is S.QUARANTINED), key=lambda r: r.since)
+        too_many = len(pool_quarantine) > health.max_quarantined and record is pool_quarantine[0]
+        too_old = self.now - record.since > health.quarantine_max_age_s
+        if too_many or too_old:
+            why = (f"quarantine limit: {len(pool_quarantine)} > max_quarantined {health.max_quarantined}"
+                   if too_many else f"quarantined longer than quarantine_max_age_s {health.quarantine_max_age_s:.0f}")
+            self.event("terminate", f"{record.instance} terminated from quarantine: {why}", record, reason=why)
+            self.terminate(record, why)
 
     def finish_drain(self, record: NodeRecord) -> None:
-        """Terminate a draining node once its deadline passed or Ray reports it idle."""
-        ray = self.view.ray_by_instance().get(record.instance) if self.view.ray_nodes is not None else None
-        idle = ray is not None and ray.idle_ms > 0
-        if idle or self.now - record.since >= self.spec.health.drain_deadline_s:
+        """Terminate a draining node when its deadline comes; a node with a notice as soon as every
+        job on it checkpointed for the notice (a node running no job counts: nothing to save).
+        (Ray's node table reports idleness as of registration, so it is not read here.)"""
+        if record.notice_deadline:
+            acked = record.node_id in self.view.notice_acks
+            if acked or self.now >= record.notice_deadline:
+                why = "its jobs checkpointed" if acked else "its notice's deadline came"
+                self.event("replace", f"{record.instance} ended before its notice ({why})", record, reason="notice")
+                self.terminate(record, record.reason, preempted=True)
+            return
+        if self.now - record.since >= self.spec.health.drain_deadline_s:
             self.event("replace", f"{record.instance} terminated for replacement: {record.reason}", record,
                        reason=record.reason)
             self.terminate(record, record.reason)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
 from cluster.health.report import Check, HealthReport
-from cluster.plan import Admit, Drain, Launch, Plan, Terminate, plan
+from cluster.plan import Admit, Drain, Launch, Plan, QuarantineRequests, RunChecks, Terminate, Unadmit, plan
 from cluster.spec import FleetSpec, PoolSpec
 from cluster.state import FleetState
 from cluster.view import INSTANCE_LABEL, POOL_LABEL, ClusterView, Instance, InstanceStatus, Probe, RayNode
@@ -32,6 +32,7 @@ class SimulatedNode:
     hung: bool = False                                   # silent agent, raylet health check unanswered
     failing: tuple[Check, ...] = ()                      # checks its agent reports as failing
     admitted: bool = False
+    notice_deadline: float | None = None
 
 
 @dataclass
@@ -105,7 +106,8 @@ class SimulatedCloud:
                 node.ray_alive = True
             if node.ray_alive and not node.hung:
                 self.reports[node.name] = HealthReport(node.name, node.node_id or "", self.now, node.failing,
-                                                       received_at=self.now)
+                                                       received_at=self.now, notice_deadline=node.notice_deadline,
+                                                       notice_reason="simulated notice" if node.notice_deadline else "")
 
     def kill(self, name: str, detail: str = "killed") -> None:
         """The machine dies: the provider reports it terminated, Ray loses it."""
@@ -122,6 +124,10 @@ class SimulatedCloud:
         """The node stops answering (agent silent, raylet health check times out) or comes back."""
         self.nodes[name].hung = hung
 
+    def notice(self, name: str, deadline: float) -> None:
+        """The provider announces the node goes away at `deadline` (a spot interruption)."""
+        self.nodes[name].notice_deadline = deadline
+
     def fail_check(self, name: str, check: Check | None) -> None:
         """Its agent reports this failing check from now on (None: healthy again)."""
         self.nodes[name].failing = (check,) if check else ()
@@ -132,6 +138,12 @@ class SimulatedCloud:
                 self.nodes[action.instance].draining = True
             if isinstance(action, Admit) and action.instance in self.nodes:
                 self.nodes[action.instance].admitted = True
+            if isinstance(action, Unadmit) and action.instance in self.nodes:
+                self.nodes[action.instance].admitted = False
+            if isinstance(action, RunChecks) and action.instance in self.nodes:
+                node = self.nodes[action.instance]
+                self.reports[node.name] = HealthReport(node.name, node.node_id or "", self.now, node.failing,
+                                                       received_at=self.now)
         self.terminate([a.instance for a in actions if isinstance(a, Terminate)])
         for action in actions:
             if isinstance(action, Launch):
@@ -151,9 +163,10 @@ class SimulatedController:
     state: FleetState = field(default_factory=FleetState)
     targets: dict[str, int] = field(default_factory=dict)
     events: list[object] = field(default_factory=list)
+    requests: QuarantineRequests = field(default_factory=QuarantineRequests)
 
     def tick(self) -> Plan:
-        result = plan(self.spec, self.state, self.cloud.view(), self.cloud.now, self.targets)
+        result = plan(self.spec, self.state, self.cloud.view(), self.cloud.now, self.targets, self.requests)
         self.state = result.state
         self.events.extend(result.events)
         self.cloud.apply(result.actions)

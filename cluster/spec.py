@@ -295,6 +295,8 @@ class HealthPolicy(Strict):
     max_disk_used_fraction: float = Field(default=0.95, gt=0, le=1)
     max_memory_used_fraction: float = Field(default=0.97, gt=0, le=1)
     max_replacements_per_hour: int = Field(default=10, ge=0, description="per pool; stops replacement storms")
+    max_quarantined: int = Field(default=2, ge=0, description="per pool; beyond it the oldest is terminated")
+    quarantine_max_age_s: float = Field(default=86400.0, gt=0, description="quarantined longer: terminated")
     use_spares_first: bool = True
 
 

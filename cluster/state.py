@@ -75,6 +75,7 @@ class NodeRecord:
     spare: bool = False              # a hot spare: joined, kept out of the pool's capacity
     admitted: bool = False           # given its CPUs: nodes join with none, so no work lands before
     hardware: bool = False           # its failure came from a hardware check (quarantine, not delete)
+    notice_deadline: float | None = None  # announced to go away then (spot interruption, eviction)
     launch_attempts: int = 0
     last_action_at: float = 0.0      # last launch or terminate request (both are retried, idempotently)
 

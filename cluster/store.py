@@ -5,6 +5,8 @@
 | spec     | `rayfleet up`         | the validated fleet spec (JSON)                         |
 | runtime  | `rayfleet up`         | where the fleet lives: fleet dir, GCS address, token    |
 | targets  | `rayfleet scale`      | manual node targets per pool (user intent)              |
+| quarantine | `rayfleet quarantine` | release / terminate requests for quarantined nodes    |
+| notices  | the controller        | node id -> when it goes away (jobs checkpoint for it)   |
 | state    | the controller        | its FleetState: node records, sequences, backoffs       |
 | status   | the controller        | the status document `rayfleet status` prints            |
 | health   | the controller        | per node, per check: what `rayfleet health` prints      |
@@ -43,6 +45,13 @@ class FleetStore:
 
     def runtime(self) -> dict[str, Any]:
         return self._json("runtime", {})
+
+    def put_quarantine_requests(self, requests: dict[str, Any]) -> None:
+        gcs.kv_put(self.client, "quarantine", json.dumps(requests, sort_keys=True))
+
+    def quarantine_requests(self) -> dict[str, Any]:
+        """{"release": {instance: asked at}, "terminate": [instance, ...]}, written by the CLI."""
+        return self._json("quarantine", {"release": {}, "terminate": []})
 
     def put_targets(self, targets: dict[str, int]) -> None:
         gcs.kv_put(self.client, "targets", json.dumps(targets, sort_keys=True))

@@ -74,6 +74,7 @@ class ClusterView:
     health: Mapping[str, HealthReport] = field(default_factory=dict)  # instance -> newest agent report
     probes: Mapping[str, Probe] = field(default_factory=dict)         # instance -> raylet probe this loop
     quiet_until: float = 0.0   # the controller itself was starved until then: silence before it proves nothing
+    notice_acks: frozenset[str] = frozenset()   # Ray node ids whose jobs all checkpointed for their notice
 
     def ray_by_instance(self) -> dict[str, RayNode]:
         """The newest Ray node per instance label (a restarted raylet registers a new node id)."""

@@ -42,7 +42,9 @@ def build_trainer(spec: Any, run: dict[str, Any]) -> Any:
         checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
     )
     # gloo where the GPUs are simulated (a CPU machine advertising GPU resources), NCCL on real ones.
-    torch_config = TorchConfig(backend="nccl" if run["device"] == "cuda" else "gloo")
+    # Collectives time out at the hang policy's widest bound: none ever outwaits the policy.
+    torch_config = TorchConfig(backend="nccl" if run["device"] == "cuda" else "gloo",
+                               timeout_s=int(spec.hang.first_steps_timeout_s))
     worker_run = {key: run[key] for key in ("submission_id", "storage", "device", "peak_tflops")}
     return TorchTrainer(train_worker, train_loop_config={"spec": spec.model_dump(mode="json"), "run": worker_run},
                         scaling_config=scaling, run_config=config, torch_config=torch_config)

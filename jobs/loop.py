@@ -21,7 +21,8 @@ import torch.distributed as dist
 from jobs import checkpoint, history
 from jobs.data import StepBatches, corpus_tokens
 from jobs.parallel import Parallel, parallelize
-from jobs.progress import Progress
+from jobs.notices import NoticeReader
+from jobs.progress import Progress, StepBeats
 from jobs.spec import JobSpec
 from model import ModelConfig, Transformer, get_preset
 
@@ -77,6 +78,7 @@ def precision_context(spec: JobSpec, device: torch.device) -> contextlib.Abstrac
 
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train's `train_loop_per_worker`."""
+    import ray
     import ray.train
 
     spec = JobSpec.model_validate(config["spec"])
@@ -87,6 +89,7 @@ def train_worker(config: dict[str, Any]) -> None:
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(spec.resources.cpus)))
     trainer = Trainer(spec, run, rank, world, device, history.job_dir(run.storage, spec.name))
+    trainer.watch(ray.get_runtime_context().get_node_id())
     trainer.train(report=_ray_report())
 
 
@@ -112,6 +115,13 @@ class Trainer:
         self.restarts = 0
         self.checkpoint_step: int | None = None
         self.losses: list[tuple[int, float]] = []
+        self.beats: StepBeats | None = None
+        self.notices: NoticeReader | None = None
+
+    def watch(self, node_id: str) -> None:
+        """Publish step beats (hang detection) and read notices for `node_id` (Ray Train only)."""
+        self.beats = StepBeats(self.spec.name, self.run.submission_id, self.rank)
+        self.notices = NoticeReader(node_id)
 
     def resume(self) -> None:
         latest = checkpoint.latest_checkpoint(self.job_dir)
@@ -136,8 +146,16 @@ class Trainer:
         flops_per_token = self.par.model.flops_per_token(self.spec.data.seq_len)
         started = time.perf_counter()
         while self.step < self.spec.steps:
+            step_started = time.perf_counter()
             loss = self.train_step()
             self.step += 1
+            if self.spec.step_time_s:  # benchmarks pad steps to a known length
+                time.sleep(max(0.0, self.spec.step_time_s - (time.perf_counter() - step_started)))
+            if self.beats is not None:
+                self.beats.publish(self.step, time.perf_counter() - step_started)
+            if self.notice_deadline() > time.time():
+                self.hold_for_notice(report)
+                continue
             if self.step % self.spec.log_every == 0 or self.step == self.spec.steps:
                 mean_loss = self.mean(loss)
                 elapsed = time.perf_counter() - started
@@ -154,6 +172,35 @@ class Trainer:
                 if report is not None:
                     report({"step": self.step, "loss": self.losses[-1][1] if self.losses else None}, path)
         return self.losses
+
+    def notice_deadline(self) -> float:
+        """The latest notice deadline among the nodes of this job's ranks (0: none). A collective."""
+        own = self.notices.deadline() if self.notices is not None else 0.0
+        if self.world == 1:
+            return own
+        value = torch.tensor([own], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return float(value)
+
+    def hold_for_notice(self, report: Any) -> None:
+        """A node of this job goes away soon: checkpoint now, then hold at this step until the
+        controller ends that node (Ray Train then restarts the workers on its replacement, from
+        this checkpoint) or the deadline passes (the notice was withdrawn: go on)."""
+        from jobs.notices import acknowledge
+
+        deadline = self.notice_deadline()
+        if self.checkpoint_step != self.step:
+            path = self.save()
+            if report is not None:
+                report({"step": self.step, "loss": self.losses[-1][1] if self.losses else None}, path)
+        if self.rank == 0:
+            acknowledge(self.spec.name, self.run.submission_id, self.step, deadline)
+            print(f"[rayfleet] notice: checkpointed at step {self.step}; holding until the node is replaced",
+                  flush=True)
+        while time.time() < deadline:
+            time.sleep(0.2)
+        if self.notices is not None:
+            self.notices.ignore_until(deadline)
 
     def train_step(self) -> torch.Tensor:
         inputs, targets = self.batches.batch(self.step, self.rank, self.world)

@@ -67,3 +67,42 @@ class Progress:
                 _internal_kv_put(progress_key(self.job), json.dumps(doc), overwrite=True, namespace=NAMESPACE)
             except Exception as error:
                 log.debug("progress not published: %s", error)
+
+
+def beat_key(job: str, rank: int) -> str:
+    return f"job/{job}/beat/{rank}"
+
+
+class StepBeats:
+    """Every rank's sign of life for hang detection: its step, the time, its median step time
+    over the last `window` steps, its pid and node. At most one GCS write a second per rank."""
+
+    def __init__(self, job: str, submission_id: str, rank: int, window: int = 20, every_s: float = 1.0) -> None:
+        import os
+
+        import ray
+
+        self.job, self.submission_id, self.rank = job, submission_id, rank
+        self.durations: list[float] = []
+        self.window = window
+        self.every_s = every_s
+        self.pid = os.getpid()
+        self.node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+        self._last = 0.0
+
+    def publish(self, step: int, duration_s: float) -> None:
+        import statistics
+
+        self.durations = [*self.durations[-(self.window - 1):], duration_s]
+        now = time.monotonic()
+        if now - self._last < self.every_s:
+            return
+        self._last = now
+        beat = {"rank": self.rank, "step": step, "time": time.time(), "pid": self.pid, "node_id": self.node_id,
+                "submission_id": self.submission_id, "median_step_s": statistics.median(self.durations)}
+        try:
+            from ray.experimental.internal_kv import _internal_kv_put
+
+            _internal_kv_put(beat_key(self.job, self.rank), json.dumps(beat), overwrite=True, namespace=NAMESPACE)
+        except Exception as error:
+            log.debug("beat not published: %s", error)

@@ -81,15 +81,16 @@ def driver_placement(spec: JobSpec, fleet: FleetSpec) -> dict[str, Any]:
     Train pins its controller to the driver's node, so the job then trains straight through a head
     restart (measured with Ray 2.60: the same workers kept stepping through a SIGKILL of every head
     process). Elsewhere the driver stays on the head, Ray's default."""
-    if fleet.head.fault_tolerance.enabled:
-        return {"entrypoint_label_selector": {POOL_LABEL: spec.pool}}
-    return {}
+    on_pool = spec.driver == "pool" or (spec.driver == "auto" and fleet.head.fault_tolerance.enabled)
+    return {"entrypoint_label_selector": {POOL_LABEL: spec.pool}} if on_pool else {}
 
 
 def job_environment(spec: JobSpec, run: dict[str, Any]) -> dict[str, str]:
     """The job's runtime_env variables: its spec and run info, and Ray Train's polling periods."""
     return {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run),
             "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(spec.failure.poll_interval_s),
+            # Ray Train's own barriers (report, checkpoint) wait forever by default: bound them too.
+            "RAY_TRAIN_COLLECTIVE_TIMEOUT_S": str(spec.hang.first_steps_timeout_s),
             # a drain (rayfleet's remediation, a spot notice) is seen within a second, not five
             "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": str(min(1.0, spec.failure.poll_interval_s * 2))}
 

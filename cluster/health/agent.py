@@ -18,6 +18,7 @@ from cluster.health import ring
 from cluster.health.burn import run_burn
 from cluster.health.checks import burn_check, gpu_checks, host_checks
 from cluster.health.report import Check, HealthReport, Status
+from cluster.health.notices import NoticeSource
 from cluster.health.telemetry import SimulatedGpus, open_telemetry
 from cluster.spec import HealthPolicy
 
@@ -46,6 +47,7 @@ class HealthAgent:
         self.burn: Check | None = None
         self.link: Check | None = None
         self._ring_server: socket.socket | None = None
+        self.notices = NoticeSource()
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self.run_burn()
@@ -73,12 +75,14 @@ class HealthAgent:
             self.checks = checks
 
     def report(self) -> HealthReport:
+        notice = self.notices.notice()
         with self._lock:
             self.sequence += 1
             extra = [c for c in (self.burn, self.link) if c is not None]
             return HealthReport(instance=self.instance, node_id=self.node_id, sent_at=time.time(),
                                 checks=tuple(self.checks + extra), sequence=self.sequence,
-                                simulated=self.telemetry.simulated)
+                                simulated=self.telemetry.simulated,
+                                notice_deadline=notice[0] if notice else None, notice_reason=notice[1] if notice else "")
 
     def send(self) -> None:
         try:
@@ -135,6 +139,56 @@ class HealthAgent:
             self._ring_server = None
         return {"rank": result.rank, "instance": self.instance, "bandwidth": result.predecessor_bandwidth,
                 "sum_ok": result.sum_ok}
+
+    def run_checks(self) -> dict[str, Any]:
+        """Run the active checks and refresh the passive ones now, then report at once (a release
+        from quarantine waits for this)."""
+        self.run_burn()
+        self.refresh()
+        self.send()
+        return self.report().to_json()
+
+    def preempt(self, seconds: float) -> dict[str, Any]:
+        """Chaos: announce that this node goes away in `seconds` (as a spot interruption would)."""
+        self.notices.simulate(time.time() + seconds, f"simulated preemption notice ({seconds:.0f}s)")
+        self.send()
+        return self.report().to_json()
+
+    # --- what the controller asks of a node when a job on it hangs ------------------------------
+    def process_alive(self, pid: int) -> bool:
+        import psutil
+
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    def dump_stacks(self, pid: int, timeout_s: float = 20.0) -> str:
+        """Every Python thread's stack of process `pid`, through py-spy (which reads the process's
+        memory without stopping it; a SIGSTOPped process is read the same way)."""
+        import shutil
+        import subprocess
+        import sys
+
+        py_spy = shutil.which("py-spy") or str(__import__("pathlib").Path(sys.executable).with_name("py-spy"))
+        try:
+            result = subprocess.run([py_spy, "dump", "--nonblocking", "--pid", str(pid)], capture_output=True,
+                                    text=True, timeout=timeout_s)
+            return result.stdout if result.returncode == 0 else f"py-spy failed ({result.returncode}): {result.stderr}"
+        except (OSError, subprocess.TimeoutExpired) as error:
+            return f"py-spy could not run: {error}"
+
+    def kill(self, pid: int) -> bool:
+        """SIGKILL a training worker of a hung job (a stopped process dies too); True if it was alive."""
+        import signal as signals
+
+        import psutil
+
+        try:
+            psutil.Process(pid).send_signal(signals.SIGKILL)
+            return True
+        except psutil.Error:
+            return False
 
     def set_link_check(self, check_json: dict[str, Any] | None) -> None:
         """The controller's verdict on this node's link, kept in the reports until the next test."""

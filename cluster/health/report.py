@@ -41,6 +41,8 @@ class HealthReport:
     sequence: int = 0
     received_at: float = 0.0             # the controller's clock, set on receipt (the heartbeat)
     simulated: bool = True               # telemetry from the simulated source, not NVML
+    notice_deadline: float | None = None  # the node goes away at this unix time (spot, eviction, chaos)
+    notice_reason: str = ""
 
     def failing(self) -> list[Check]:
         return [c for c in self.checks if c.status is Status.FAIL]

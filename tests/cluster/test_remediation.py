@@ -5,12 +5,13 @@ from __future__ import annotations
 import dataclasses
 
 from cluster.health.report import Check, Status
-from cluster.plan import Admit, Drain, Evict, Launch, Terminate
+from cluster.plan import Admit, Drain, Evict, Launch, QuarantineRequests, RunChecks, Terminate, Unadmit, Vacate
 from cluster.simulate import SimulatedCloud, SimulatedController
 from cluster.spec import FleetSpec
 from cluster.state import NodeState
 
 XID = Check("gpu.xid", Status.FAIL, "gpu0: XID 79", hardware=True)
+DISK = Check("disk", Status.FAIL, "98% of / used")  # a failure, but not of the hardware
 HOT = Check("gpu.temperature", Status.WARN, "gpu0: 92 C", 92.0, 87.0)
 
 
@@ -49,25 +50,75 @@ def test_nodes_are_admitted_only_after_their_agent_reported_and_spares_never() -
     assert spare.state is NodeState.READY and not spare.admitted
 
 
-def test_failing_hardware_check_drains_the_node_and_a_hot_spare_takes_its_place_at_once() -> None:
+def test_failing_hardware_check_quarantines_the_node_and_a_hot_spare_takes_its_place_at_once() -> None:
     controller = fleet(spares=1)
     spare = next(r.instance for r in controller.state.nodes.values() if r.spare)
     controller.cloud.fail_check("t-h100-0002", XID)
     controller.cloud.advance(1)
     result = controller.tick()
-    drain = next(a for a in result.actions if isinstance(a, Drain))
-    assert (drain.instance, drain.preemption, drain.deadline_s) == ("t-h100-0002", True, 5)
+    node_id = controller.state.nodes["t-h100-0002"].node_id
+    assert Unadmit("h100", "t-h100-0002", node_id) in result.actions  # no new work lands
+    assert any(isinstance(a, Vacate) and a.instance == "t-h100-0002" for a in result.actions)  # jobs move
+    assert not any(isinstance(a, (Drain, Terminate)) for a in result.actions)  # kept for diagnosis
     assert Admit("h100", spare, controller.state.nodes[spare].node_id, 4) in result.actions  # spare first
-    assert not any(isinstance(a, Launch) and not controller.state.nodes[a.instance].spare for a in result.actions)
-    assert controller.state.nodes["t-h100-0002"].hardware
-    controller.run(6)  # the drain deadline passes: evicted and terminated
-    assert "t-h100-0002" not in controller.cloud.nodes
-    controller.run(10)
+    record = controller.state.nodes["t-h100-0002"]
+    assert record.state is NodeState.QUARANTINED and record.hardware and not record.admitted
+    controller.run(20)
+    assert "t-h100-0002" in controller.cloud.nodes  # still there
     ready = [r for r in controller.state.nodes.values() if r.state is NodeState.READY]
     assert sum(not r.spare and r.admitted for r in ready) == 3 and sum(r.spare for r in ready) == 1
-    order = [e.kind for e in controller.events if e.instance in ("t-h100-0002", spare)]
-    assert order.index("unhealthy") < order.index("drain") < order.index("replace")
-    assert "promote" in order
+
+
+def test_a_released_node_comes_back_only_after_its_checks_pass() -> None:
+    controller = fleet()
+    controller.cloud.fail_check("t-h100-0001", XID)
+    controller.run(3)
+    assert controller.state.nodes["t-h100-0001"].state is NodeState.QUARANTINED
+    controller.requests = QuarantineRequests(release={"t-h100-0001": controller.cloud.now})
+    result = controller.tick()
+    assert RunChecks("h100", "t-h100-0001") in result.actions
+    controller.run(3)  # its checks still fail: refused
+    assert controller.state.nodes["t-h100-0001"].state is NodeState.QUARANTINED
+    assert "release refused" in controller.state.nodes["t-h100-0001"].reason
+    controller.cloud.fail_check("t-h100-0001", None)
+    controller.requests = QuarantineRequests(release={"t-h100-0001": controller.cloud.now})
+    controller.run(4)
+    record = controller.state.nodes["t-h100-0001"]
+    assert record.state is NodeState.READY and "release" in kinds(controller)
+
+
+def test_quarantine_keeps_at_most_max_quarantined_per_pool_and_honours_terminate_requests() -> None:
+    controller = fleet(nodes=4, max_quarantined=1, max_replacements_per_hour=10)
+    controller.cloud.fail_check("t-h100-0001", XID)
+    controller.run(3)
+    controller.cloud.fail_check("t-h100-0002", XID)
+    controller.run(3)
+    quarantined = [n for n, r in controller.state.nodes.items() if r.state is NodeState.QUARANTINED]
+    assert quarantined == ["t-h100-0002"] and "t-h100-0001" not in controller.cloud.nodes  # the oldest went
+    controller.requests = QuarantineRequests(terminate=frozenset({"t-h100-0002"}))
+    controller.run(3)
+    assert "t-h100-0002" not in controller.cloud.nodes
+
+
+def test_a_notice_replaces_the_node_before_it_goes_and_ends_it_once_its_jobs_checkpointed() -> None:
+    controller = fleet(spares=1)
+    spare = next(r.instance for r in controller.state.nodes.values() if r.spare)
+    node = controller.state.nodes["t-h100-0003"]
+    controller.cloud.notice("t-h100-0003", controller.cloud.now + 30)
+    controller.cloud.advance(1)
+    result = controller.tick()
+    drain = next(a for a in result.actions if isinstance(a, Drain))
+    assert drain.instance == "t-h100-0003" and drain.preemption and 28 <= drain.deadline_s <= 30
+    assert any(isinstance(a, Admit) and a.instance == spare for a in result.actions)  # replaced before it goes
+    assert controller.state.nodes["t-h100-0003"].state is NodeState.DRAINING
+    controller.cloud.advance(1)
+    assert not any(isinstance(a, Terminate) for a in controller.tick().actions)  # its job has not acked yet
+    view = dataclasses.replace(controller.cloud.view(), notice_acks=frozenset({node.node_id}))
+    from cluster.plan import plan
+
+    ended = plan(controller.spec, controller.state, view, controller.cloud.now)
+    evict = next(a for a in ended.actions if isinstance(a, Evict))
+    assert evict.instance == "t-h100-0003" and evict.preempted  # Ray Train charges its preemption budget
 
 
 def test_rate_limit_holds_further_replacements_and_says_why() -> None:
@@ -75,8 +126,8 @@ def test_rate_limit_holds_further_replacements_and_says_why() -> None:
     for name in ("t-h100-0001", "t-h100-0002"):
         controller.cloud.fail_check(name, XID)
     controller.run(20)
-    drained = [e.instance for e in controller.events if e.kind == "drain"]
-    assert len(drained) == 1
+    remediated = [e.instance for e in controller.events if e.kind in ("drain", "quarantine")]
+    assert len(remediated) == 1
     held = [r for r in controller.state.nodes.values() if r.state is NodeState.UNHEALTHY]
     assert len(held) == 1 and "max_replacements_per_hour" in held[0].reason
     assert kinds(controller).count("held") == 1  # said once, not every loop
@@ -85,7 +136,7 @@ def test_rate_limit_holds_further_replacements_and_says_why() -> None:
 def test_max_unavailable_drains_one_node_at_a_time() -> None:
     controller = fleet(max_unavailable=1)
     for name in ("t-h100-0001", "t-h100-0002"):
-        controller.cloud.fail_check(name, XID)
+        controller.cloud.fail_check(name, DISK)
     controller.cloud.advance(1)
     controller.tick()
     assert sorted(r.state.value for r in controller.state.nodes.values() if r.instance in ("t-h100-0001", "t-h100-0002")) \
@@ -155,5 +206,5 @@ def test_a_flapping_check_does_not_cause_a_replacement_storm() -> None:
         for name in list(controller.cloud.nodes):
             controller.cloud.fail_check(name, XID if (second // 3) % 2 else None)
         controller.run(1)
-    assert kinds(controller).count("drain") <= 2
+    assert kinds(controller).count("drain") + kinds(controller).count("quarantine") <= 2
     assert controller.cloud.launches <= 4 + 2

@@ -74,3 +74,27 @@ def inject(node: str = typer.Argument(..., help="instance name (see `rayfleet st
     if not emit({"node": node, "fault": fault, "checks": failing}, output):
         console.print(f"{node}: {fault} injected; its checks now: "
                       + ("; ".join(f"{c['name']} {c['status']}: {c['message']}" for c in failing) or "all ok"))
+
+
+@chaos.command("preempt")
+def preempt(node: str = typer.Argument(..., help="instance name (see `rayfleet status`)"),
+            seconds: float = typer.Option(30.0, "--in", help="seconds until the node goes away"),
+            fleet_name: Optional[str] = typer.Option(None, "--fleet")) -> None:
+    """Announce that NODE goes away in SECONDS, as a spot interruption would: its jobs checkpoint,
+    a replacement joins, the node is drained and ended."""
+    import ray
+
+    from cluster.controller import NAMESPACE
+    from cluster.health.agent import agent_name
+
+    if seconds <= 0:
+        raise BadInput(f"chaos preempt --in: got {seconds:g}; give the seconds until the node goes, e.g. 30")
+    conn = connect(fleet_name)
+    _known_node(conn, node)
+    with ray_driver(conn.gcs_address):
+        try:
+            agent = ray.get_actor(agent_name(node), namespace=NAMESPACE)
+        except ValueError:
+            raise NotFound(f"chaos preempt: {node} has no health agent yet; wait until it is ready") from None
+        ray.get(agent.preempt.remote(seconds), timeout=60)
+    console.print(f"{node}: preemption notice sent; it goes in {seconds:g}s")

@@ -99,6 +99,8 @@ health:
   max_disk_used_fraction: 0.95
   max_memory_used_fraction: 0.97
   max_replacements_per_hour: 10
+  max_quarantined: 2
+  quarantine_max_age_s: 86400.0
   use_spares_first: true
 scaling:
   loop_period_s: 5.0

@@ -1,0 +1,126 @@
+"""The controller's watch over running jobs: hangs, and notices of nodes going away.
+
+It reads what the workers publish in the GCS KV (beats, notice acknowledgements; see
+jobs/progress.py and jobs/notices.py), decides with the pure functions of jobs/hang.py, and acts
+through the health agents of the nodes involved: py-spy stacks of every rank, then SIGKILL of the
+stuck rank, which makes Ray Train restart the job from its newest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+from cluster import gcs
+from jobs import history
+from jobs.hang import Beat, Hang, hung
+from jobs.notices import NOTICES_KEY
+from jobs.spec import JobSpec
+
+log = logging.getLogger("rayfleet.jobs")
+
+
+def read_beats(client: Any) -> dict[str, dict[int, Beat]]:
+    """job -> rank -> newest beat, for the newest submission seen of each job."""
+    keys = [key for key in gcs.kv_keys(client, "job/") if "/beat/" in key]
+    by_job: dict[str, dict[int, Beat]] = {}
+    for key, raw in gcs.kv_multi_get(client, keys).items():
+        beat = Beat.from_json(json.loads(raw))
+        by_job.setdefault(key.split("/")[1], {})[beat.rank] = beat
+    for job, beats in by_job.items():
+        newest = max(beats.values(), key=lambda b: b.time).submission_id
+        by_job[job] = {rank: b for rank, b in beats.items() if b.submission_id == newest}
+    return by_job
+
+
+def read_acks(client: Any) -> dict[str, dict[str, Any]]:
+    keys = [key for key in gcs.kv_keys(client, "job/") if key.endswith("/notice-ack")]
+    return {key.split("/")[1]: json.loads(raw) for key, raw in gcs.kv_multi_get(client, keys).items()}
+
+
+def publish_notices(client: Any, notices: Mapping[str, float]) -> None:
+    gcs.kv_put(client, NOTICES_KEY, json.dumps(dict(notices), sort_keys=True))
+
+
+def acknowledged(notices: Mapping[str, float], beats: Mapping[str, Mapping[int, Beat]],
+                 acks: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
+    """Noticed nodes all of whose jobs have checkpointed for the notice (a node running none
+    counts as acknowledged: nothing on it needs saving)."""
+    out = set()
+    for node_id, deadline in notices.items():
+        jobs = [job for job, ranks in beats.items() if any(b.node_id == node_id for b in ranks.values())]
+        if all(acks.get(job, {}).get("deadline", 0) >= deadline - 1 and
+               acks[job].get("submission_id") == next(iter(beats[job].values())).submission_id for job in jobs):
+            out.add(node_id)
+    return frozenset(out)
+
+
+class HangWatch:
+    """Finds hung jobs and responds, once per hang."""
+
+    def __init__(self) -> None:
+        self.handled: dict[str, float] = {}  # job -> time of the stuck beat already acted on
+
+    def check(self, beats: Mapping[str, Mapping[int, Beat]], storage: str, agent_of: Callable[[str], Any],
+              now: float) -> list[tuple[str, Hang, Path]]:
+        """Hangs found and handled in this pass: (job, hang, diagnostics folder)."""
+        done = []
+        for job, ranks in beats.items():
+            spec = _spec(storage, job)
+            if spec is None or _finished(storage, job, next(iter(ranks.values())).submission_id):
+                continue
+            world = spec.worker_range[0]
+            found = hung(ranks, now, spec.hang, world)
+            if found is None or self.handled.get(job) == ranks[found.rank].time:
+                continue
+            agent = agent_of(found.node_id)
+            if agent is None or not _ray_get(agent.process_alive.remote(found.pid)):
+                continue  # the worker is gone: Ray Train restarts it; a crash is no hang
+            self.handled[job] = ranks[found.rank].time
+            folder = respond(job, found, ranks, storage, agent_of, now)
+            done.append((job, found, folder))
+        return done
+
+
+def respond(job: str, found: Hang, ranks: Mapping[int, Beat], storage: str, agent_of: Callable[[str], Any],
+            now: float) -> Path:
+    """Save every rank's stacks, record the hang, then SIGKILL the stuck rank."""
+    folder = history.job_dir(storage, job) / "diagnostics" / f"hang-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
+    folder.mkdir(parents=True, exist_ok=True)
+    for rank, beat in sorted(ranks.items()):
+        agent = agent_of(beat.node_id)
+        stacks = _ray_get(agent.dump_stacks.remote(beat.pid), timeout=60) if agent else "no agent on its node"
+        (folder / f"rank{rank}-pid{beat.pid}.txt").write_text(stacks or "")
+    (folder / "hang.json").write_text(json.dumps({"job": job, "rank": found.rank, "node_id": found.node_id,
+                                                  "pid": found.pid, "step": found.step, "reason": found.reason,
+                                                  "time": now}, indent=1))
+    history.record(storage, job, "hang", submission_id=ranks[found.rank].submission_id, rank=found.rank,
+                   node_id=found.node_id, step=found.step, reason=found.reason, diagnostics=str(folder))
+    agent = agent_of(found.node_id)
+    if agent is not None:
+        _ray_get(agent.kill.remote(found.pid))
+    log.warning("job %s hung: %s; stacks in %s; rank %d killed to restart from its checkpoint",
+                job, found.reason, folder, found.rank)
+    return folder
+
+
+def _spec(storage: str, job: str) -> JobSpec | None:
+    submitted = [e for e in history.events(storage, job) if e["event"] == "submitted"]
+    return JobSpec.model_validate(submitted[-1]["spec"]) if submitted and submitted[-1].get("spec") else None
+
+
+def _finished(storage: str, job: str, submission_id: str) -> bool:
+    return any(e["event"] == "finished" and e.get("submission_id") == submission_id
+               for e in history.events(storage, job))
+
+
+def _ray_get(ref: Any, timeout: float = 10.0) -> Any:
+    import ray
+
+    try:
+        return ray.get(ref, timeout=timeout)
+    except Exception as error:
+        log.info("agent call failed: %s", error)
+        return None

@@ -148,15 +148,19 @@ class GroupedExperts(nn.Module):
     def _grouped(self, x: Tensor, counts: Tensor) -> Tensor:
         dtype = torch.get_autocast_dtype("cuda") if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
         offs = counts.cumsum(0).to(torch.int32)
-        xc = x.to(dtype)
+        # The CUDA kernel computes only the rows of the groups: rows past offs[-1] (dropped
+        # assignments) of its output, and of its input's gradient, are left unwritten, i.e.
+        # any bits, NaN included. Masking the output hides them in the forward pass; masking
+        # the input zeroes their gradient, which would otherwise be scattered into the
+        # tokens' gradients (transformers' grouped_mm_experts_forward masks both for this).
+        valid = (torch.arange(x.shape[0], device=x.device) < offs[-1])[:, None]
+        xc = torch.where(valid, x.to(dtype), 0.0)
 
         def gmm(a: Tensor, w: Tensor) -> Tensor:  # per group g: a_g @ w[g].T
             return torch._grouped_mm(a, w.to(dtype).transpose(-2, -1), offs=offs)
 
         h = F.silu(gmm(xc, self.w1)) * gmm(xc, self.w3)
-        y = gmm(h, self.w2)
-        valid = torch.arange(x.shape[0], device=x.device) < offs[-1]
-        return torch.where(valid[:, None], y, torch.zeros((), dtype=y.dtype, device=y.device)).to(x.dtype)
+        return torch.where(valid, gmm(h, self.w2), 0.0).to(x.dtype)
 
     def _loop(self, x: Tensor, counts: Tensor) -> Tensor:
         sizes = counts.tolist()  # host sync: the fallback path only

@@ -82,7 +82,9 @@ def attention_context(config: ModelConfig, positions: Positions, q_pos: Tensor,
         return ctx
     t = q_pos.numel()
     if kernel == "flex":
-        ctx.block_mask = _block_mask(spec, t, t, str(q_pos.device))
+        # Inside a compiled model the mask is built in the graph (Dynamo does not trace caches).
+        build = _block_mask.__wrapped__ if torch.compiler.is_compiling() else _block_mask
+        ctx.block_mask = build(spec, t, t, str(q_pos.device))
         if ctx.slopes is not None:
             slopes = ctx.slopes
 
@@ -137,7 +139,9 @@ class Attention(nn.Module):
         if ctx.kernel == "causal":
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
         if ctx.kernel == "flex":
-            flex = _compiled_flex() if q.is_cuda else flex_attention
+            # Inside a torch.compile'd model flex_attention is traced and fused with the rest;
+            # calling the separately compiled wrapper there would nest one compile in another.
+            flex = _compiled_flex() if q.is_cuda and not torch.compiler.is_compiling() else flex_attention
             return flex(q, k, v, score_mod=ctx.score_mod, block_mask=ctx.block_mask, **gqa)
         mask = ctx.sdpa_mask
         if mask is not None and mask.dtype != torch.bool:

@@ -70,13 +70,13 @@ def _compiled_flex() -> Callable[..., Tensor]:
 def attention_context(config: ModelConfig, positions: Positions, q_pos: Tensor,
                       spec: MaskSpec, dtype: torch.dtype, start: int = 0,
                       cached: bool = False) -> AttentionContext:
-    """Everything attention needs for queries at ``q_pos`` (built once per forward).
+    """Everything attention needs for queries at ``q_pos`` = start .. start+T-1 (built once per forward).
 
     ``cached`` (KV-cache decoding) leaves the mask to each layer's cache, since it
     depends on the cache slots' positions.
     """
     kernel = "sdpa" if cached else choose_kernel(config, spec, q_pos.device)
-    ctx = AttentionContext(q_pos=q_pos, spec=spec, kernel=kernel, rope=positions.rope(q_pos),
+    ctx = AttentionContext(q_pos=q_pos, spec=spec, kernel=kernel, rope=positions.rope_span(start, q_pos.numel()),
                            slopes=positions.alibi(), start=start)
     if cached or kernel == "causal":
         return ctx

@@ -12,6 +12,9 @@ top of q, k, v. Variants:
     alibi+window  ALiBi, window and sinks together
     *-sdpa-mask   the same pattern through SDPA with a materialised mask or ALiBi bias (the
                   unfused path the model takes on CPU): shows what the fused path saves
+    causal-cudnn, causal-flash, causal-efficient, causal-flex
+                  plain causal on each kernel PyTorch has (SDPA's backends forced, or
+                  flex_attention with a causal block mask): which one the model should use
 At the shortest T each flex variant is also checked against its explicit-mask SDPA twin.
 
     python bench/attention_long.py --lengths 8192,16384,32768 --out bench/results/attention_long.json
@@ -46,6 +49,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "alibi+window": {"positions": "alibi", "window": WINDOW, "sinks": SINKS},
 }
 UNFUSED = ("window", "alibi")  # also run through SDPA with a materialised mask / bias
+CAUSAL_KERNELS = {"causal-cudnn": "CUDNN_ATTENTION", "causal-flash": "FLASH_ATTENTION",
+                  "causal-efficient": "EFFICIENT_ATTENTION", "causal-flex": None}
 
 
 def context_for(overrides: dict[str, Any], t: int, backend: str, device: torch.device) -> tuple[Attention, Any]:
@@ -57,11 +62,31 @@ def context_for(overrides: dict[str, Any], t: int, backend: str, device: torch.d
     return attention, ctx
 
 
+def causal_context(name: str, t: int, device: torch.device) -> tuple[Attention, Any, Any]:
+    """Plain causal attention on one named kernel: (attention, context, SDPA backend or None)."""
+    from torch.nn.attention import SDPBackend
+
+    from model.attention import _block_mask
+
+    attention, ctx = context_for({}, t, "auto", device)
+    backend = CAUSAL_KERNELS[name]
+    if backend is None:
+        ctx.kernel, ctx.block_mask = "flex", _block_mask(MaskSpec(), t, t, str(device))
+        return attention, ctx, None
+    return attention, ctx, getattr(SDPBackend, backend)
+
+
 def bench_one(attention: Attention, ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              grad: torch.Tensor, repeats: int) -> tuple[float, float, torch.Tensor]:
+              grad: torch.Tensor, repeats: int, backend: Any = None) -> tuple[float, float, torch.Tensor]:
     """(median ms of forward + backward, peak GiB above the inputs, output)."""
+    from torch.nn.attention import sdpa_kernel
+
     def run() -> torch.Tensor:
-        out = attention.attend(q, k, v, ctx)
+        if backend is None:
+            out = attention.attend(q, k, v, ctx)
+        else:
+            with sdpa_kernel(backend):
+                out = attention.attend(q, k, v, ctx)
         out.backward(grad)
         return out
 
@@ -88,6 +113,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lengths", default="8192,16384,32768")
     parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--batch", type=int, default=1, help="sequences per call (16 = the dense training step)")
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "attention_long.json"))
     args = parser.parse_args()
@@ -107,20 +133,27 @@ def main() -> int:
     rows = []
     for t in lengths:
         torch.manual_seed(0)
-        q, k, v = (torch.randn(1, heads, t, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
+        b = args.batch
+        q, k, v = (torch.randn(b, heads, t, dim, device=device, dtype=torch.bfloat16, requires_grad=True)
                    for _ in range(3))
-        grad = torch.randn(1, heads, t, dim, device=device, dtype=torch.bfloat16)
+        grad = torch.randn(b, heads, t, dim, device=device, dtype=torch.bfloat16)
         base_ms = None
-        runs = [(name, "auto") for name in names] + [(name, "sdpa") for name in names if name in UNFUSED]
+        runs = [(name, "auto") for name in names if name in VARIANTS]
+        runs += [(name, "sdpa") for name in names if name in UNFUSED]
+        runs += [(name, "kernel") for name in names if name in CAUSAL_KERNELS]
         outputs: dict[str, torch.Tensor] = {}
         for name, backend in runs:
-            label = name if backend == "auto" else f"{name}-sdpa-mask"
-            row: dict[str, Any] = {"tokens": t, "variant": label}
+            label = f"{name}-sdpa-mask" if backend == "sdpa" else name
+            row: dict[str, Any] = {"tokens": t, "batch": b, "variant": label}
             try:
-                attention, ctx = context_for(VARIANTS[name], t, backend, device)
+                sdpa_backend = None
+                if backend == "kernel":
+                    attention, ctx, sdpa_backend = causal_context(name, t, device)
+                else:
+                    attention, ctx = context_for(VARIANTS[name], t, backend, device)
                 row["kernel"] = ctx.kernel
-                ms, peak, out = bench_one(attention, ctx, q, k, v, grad, args.repeats)
-                row.update(ms=ms, tokens_per_s=t / (ms / 1e3), peak_gib=peak)
+                ms, peak, out = bench_one(attention, ctx, q, k, v, grad, args.repeats, sdpa_backend)
+                row.update(ms=ms, tokens_per_s=b * t / (ms / 1e3), peak_gib=peak)
                 if t == lengths[0]:
                     outputs[label] = out
             except torch.OutOfMemoryError:

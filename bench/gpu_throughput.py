@@ -223,7 +223,7 @@ def profile(setup: Setup, step: Callable[[int], None], steps: int, out: Path) ->
     path = out / "profiles.txt"  # one file for all setups
     with open(path, "a") as handle:
         handle.write(f"\n===== {setup.name} (3 steps) =====\n")
-        handle.write(prof.key_averages().table(sort_by="cuda_time_total", row_limit=40, max_name_column_width=90))
+        handle.write(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=45, max_name_column_width=90))
     return path.name
 
 

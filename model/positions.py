@@ -70,18 +70,42 @@ def rope_angles(pos: Tensor, inv_freq: Tensor) -> tuple[Tensor, Tensor]:
     return angles.cos(), angles.sin()
 
 
-def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x[2i], x[2i+1]) of ``x`` (B, H, T, d) by the angles in cos/sin (T, d/2).
-
-    Uses the interleaved pairing of the RoFormer paper. Computed in at least float32 and
-    cast back, which keeps bf16 training accurate at long positions.
-    """
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     dtype = torch.promote_types(x.dtype, torch.float32)
     cos, sin = cos.to(dtype), sin.to(dtype)
     xf = x.to(dtype).unflatten(-1, (-1, 2))
     x0, x1 = xf[..., 0], xf[..., 1]
     out = torch.stack((x0 * cos - x1 * sin, x0 * sin + x1 * cos), dim=-1)
     return out.flatten(-2).to(x.dtype)
+
+
+class _Rope(torch.autograd.Function):
+    """The rotation, with its backward written as the rotation by the opposite angles.
+
+    Autograd's own backward of the stack / select / flatten above is correct but compiles to
+    a kernel 5x slower than the forward's (measured on an H100 under torch.compile: 247 us
+    against 51 us per layer of dense_124m); the inverse rotation is the same kernel as the
+    forward. cos and sin are constants (no gradient).
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(cos, sin)
+        return _rotate(x, cos, sin)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None]:  # type: ignore[override]
+        cos, sin = ctx.saved_tensors
+        return _rotate(grad, cos, -sin), None, None
+
+
+def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate pairs (x[2i], x[2i+1]) of ``x`` (B, H, T, d) by the angles in cos/sin (T, d/2).
+
+    Uses the interleaved pairing of the RoFormer paper. Computed in at least float32 and
+    cast back, which keeps bf16 training accurate at long positions.
+    """
+    return _Rope.apply(x, cos, sin)
 
 
 def alibi_slopes(n_heads: int) -> Tensor:

@@ -204,17 +204,17 @@ class MoE(nn.Module):
         x = x.reshape(-1, shape[-1])
         n, k, e = x.shape[0], self.top_k, self.n_experts
         r = self.router(x)
-        routed = expert_counts(r.indices, e)
-        if self.ep is not None:  # balance statistics over the whole expert-parallel group
-            routed = self.ep.global_counts(routed)
+        counts = expert_counts(r.indices, e)  # this rank's assignments per expert
+        # balance statistics over the whole expert-parallel group
+        routed = counts if self.ep is None else self.ep.global_counts(counts)
         aux = self.aux_coef * load_balancing_loss(r.probs, routed) + self.z_coef * router_z_loss(r.logits)
 
         flat = r.indices.reshape(-1)
         cap = self.capacity(n)
         if cap is not None:  # overflow goes to virtual expert e: sorted last, never computed
             flat = torch.where(capacity_keep(r.indices, e, cap).reshape(-1), flat, e)
+            counts = expert_counts(flat, e)
         order = flat.argsort(stable=True)
-        counts = expert_counts(flat, e)
         xs = x[order // k]
         ys = self.experts(xs, counts) if self.ep is None else self.ep.run(self.experts, xs, counts)
         unsorted = torch.empty_like(ys).index_copy_(0, order, ys).view(n, k, -1)

@@ -80,12 +80,15 @@ def train_worker(config: dict[str, Any]) -> None:
     """Ray Train's `train_loop_per_worker`."""
     import ray
     import ray.train
+    import ray.train.torch
 
     spec = JobSpec.model_validate(config["spec"])
     run = RunInfo(**config["run"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
-    device = torch.device(f"cuda:{context.get_local_rank()}" if run.device == "cuda" else "cpu")
+    # Ray Train's device for this worker (the one it made current): the local rank need not
+    # index this worker's GPU among the CUDA_VISIBLE_DEVICES it shares with its node's workers.
+    device = ray.train.torch.get_device() if run.device == "cuda" else torch.device("cpu")
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(spec.resources.cpus)))
     trainer = Trainer(spec, run, rank, world, device, history.job_dir(run.storage, spec.name))

@@ -50,19 +50,26 @@ class Parallel:
 
     def _clip_expert_parallel(self, max_norm: float) -> float:
         # Replicated grads are equal everywhere: count once. Expert shards differ across the EP group.
+        # On the device with one all-reduce and one host sync (a float() per parameter stalled
+        # every step on a GPU, hundreds of times).
         expert_ids = {id(p) for p in expert_parameters(self.model)}
-        shared = sum(float(p.grad.pow(2).sum()) for p in self.model.parameters()
-                     if p.grad is not None and id(p) not in expert_ids)
-        experts = torch.tensor([sum(float(p.grad.pow(2).sum()) for p in expert_parameters(self.model)
-                                    if p.grad is not None)], dtype=torch.float64)
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return 0.0
+
+        def square_sum(tensors: list[torch.Tensor]) -> torch.Tensor:
+            zero = torch.zeros((), dtype=torch.float64, device=grads[0].device)
+            norms = (torch.linalg.vector_norm(g.detach(), dtype=torch.float32).double() for g in tensors)
+            return sum((n * n for n in norms), zero)
+
+        shared = square_sum([p.grad for p in self.model.parameters() if p.grad is not None and id(p) not in expert_ids])
+        experts = square_sum([p.grad for p in expert_parameters(self.model) if p.grad is not None])
         dist.all_reduce(experts, group=self.ep_group)
-        norm = (shared + float(experts)) ** 0.5
-        if max_norm > 0 and norm > max_norm:
-            scale = max_norm / (norm + 1e-6)
-            for p in self.model.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(scale)
-        return norm
+        norm = (shared + experts).sqrt()
+        if max_norm > 0:
+            scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
+            torch._foreach_mul_(grads, scale.to(grads[0].dtype))
+        return float(norm)
 
 
 def parallelize(model: nn.Module, strategy: str, expert_parallel: int, device: torch.device) -> Parallel:

@@ -70,19 +70,21 @@ def _compiled_flex() -> Callable[..., Tensor]:
 def attention_context(config: ModelConfig, positions: Positions, q_pos: Tensor,
                       spec: MaskSpec, dtype: torch.dtype, start: int = 0,
                       cached: bool = False) -> AttentionContext:
-    """Everything attention needs for queries at ``q_pos`` (built once per forward).
+    """Everything attention needs for queries at ``q_pos`` = start .. start+T-1 (built once per forward).
 
     ``cached`` (KV-cache decoding) leaves the mask to each layer's cache, since it
     depends on the cache slots' positions.
     """
     kernel = "sdpa" if cached else choose_kernel(config, spec, q_pos.device)
-    ctx = AttentionContext(q_pos=q_pos, spec=spec, kernel=kernel, rope=positions.rope(q_pos),
+    ctx = AttentionContext(q_pos=q_pos, spec=spec, kernel=kernel, rope=positions.rope_span(start, q_pos.numel()),
                            slopes=positions.alibi(), start=start)
     if cached or kernel == "causal":
         return ctx
     t = q_pos.numel()
     if kernel == "flex":
-        ctx.block_mask = _block_mask(spec, t, t, str(q_pos.device))
+        # Inside a compiled model the mask is built in the graph (Dynamo does not trace caches).
+        build = _block_mask.__wrapped__ if torch.compiler.is_compiling() else _block_mask
+        ctx.block_mask = build(spec, t, t, str(q_pos.device))
         if ctx.slopes is not None:
             slopes = ctx.slopes
 
@@ -137,7 +139,9 @@ class Attention(nn.Module):
         if ctx.kernel == "causal":
             return F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa)
         if ctx.kernel == "flex":
-            flex = _compiled_flex() if q.is_cuda else flex_attention
+            # Inside a torch.compile'd model flex_attention is traced and fused with the rest;
+            # calling the separately compiled wrapper there would nest one compile in another.
+            flex = _compiled_flex() if q.is_cuda and not torch.compiler.is_compiling() else flex_attention
             return flex(q, k, v, score_mod=ctx.score_mod, block_mask=ctx.block_mask, **gqa)
         mask = ctx.sdpa_mask
         if mask is not None and mask.dtype != torch.bool:

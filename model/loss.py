@@ -7,9 +7,19 @@ d loss / d W (softmax - onehot is all the backward needs), so nothing of size
 tokens x vocab is kept for the backward pass. The matmul count equals the unfused head
 (logits, grad_h, grad_W), so this costs no extra FLOPs, unlike recomputation
 (the approach of Liger-Kernel's fused linear cross-entropy, Hsu et al. 2024).
+
+Per chunk the logits stay in the matmul's dtype (bf16 under autocast or with bf16
+weights); the log-sum-exp and the softmax are taken in float32 and the gradient is
+written once, in the logits' dtype, which is what the two gradient matmuls read. On CUDA
+that elementwise step is one compiled (fused) kernel pair even in an eager model: read
+the logits twice, write the gradient once, instead of some ten passes over a
+chunk x vocab tensor.
 """
 
 from __future__ import annotations
+
+import functools
+from typing import Callable
 
 import torch
 from torch import Tensor
@@ -17,39 +27,63 @@ from torch import Tensor
 IGNORE_INDEX = -100  # same convention as torch.nn.functional.cross_entropy
 
 
-def _chunk_loss(h: Tensor, weight: Tensor, targets: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Summed loss, fp32 logits and validity mask of one chunk."""
-    logits = (h @ weight.t()).to(torch.promote_types(h.dtype, torch.float32))
+def _chunk_grad(logits: Tensor, targets: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed loss of one chunk and ``scale`` x d(summed loss) / d logits, in the logits' dtype."""
+    x = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    lse = x.logsumexp(dim=-1)
     valid = targets != IGNORE_INDEX
     safe = targets.clamp(min=0)
-    nll = logits.logsumexp(dim=-1) - logits.gather(-1, safe[:, None]).squeeze(-1)
-    return torch.where(valid, nll, 0.0).sum(), logits, valid
+    nll = lse - x.gather(-1, safe[:, None]).squeeze(-1)
+    loss = torch.where(valid, nll, 0.0).sum()
+    onehot = torch.arange(x.shape[-1], device=x.device) == safe[:, None]
+    grad = (torch.exp(x - lse[:, None]) - onehot.to(x.dtype)) * (valid.to(x.dtype) * scale)[:, None]
+    return loss, grad.to(logits.dtype)
+
+
+@functools.lru_cache(maxsize=1)
+def _compiled_chunk_grad() -> Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
+    return torch.compile(_chunk_grad, dynamic=False)
+
+
+def _chunk_grad_fn(x: Tensor) -> Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]:
+    # Compiled on CUDA; traced as it is inside a compiled model (no compile within a compile).
+    if x.is_cuda and not torch.compiler.is_compiling():
+        return _compiled_chunk_grad()
+    return _chunk_grad
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, h: Tensor, weight: Tensor, targets: Tensor, chunk: int) -> Tensor:  # type: ignore[override]
         acc = torch.promote_types(h.dtype, torch.float32)
-        n_valid = (targets != IGNORE_INDEX).sum().clamp(min=1).to(acc)
+        scale = 1.0 / (targets != IGNORE_INDEX).sum().clamp(min=1).to(acc)
+        chunk_grad = _chunk_grad_fn(h)
         total = torch.zeros((), dtype=acc, device=h.device)
         grad_h = torch.empty_like(h)
-        grad_w = torch.zeros(weight.shape, dtype=acc, device=weight.device)
+        grad_w: Tensor | None = None
         for s in range(0, h.shape[0], chunk):
             hc, tc = h[s:s + chunk], targets[s:s + chunk]
-            loss, logits, valid = _chunk_loss(hc, weight, tc)
+            loss, g = chunk_grad(hc @ weight.t(), tc, scale)
             total = total + loss
-            g = logits.softmax(dim=-1)
-            g.scatter_add_(-1, tc.clamp(min=0)[:, None], torch.full_like(g[:, :1], -1.0))
-            g = g * (valid[:, None] / n_valid)
-            grad_h[s:s + chunk] = (g.to(weight.dtype) @ weight).to(h.dtype)
-            grad_w += (g.t().to(hc.dtype) @ hc).to(acc)
+            grad_h[s:s + chunk] = (g @ weight).to(h.dtype)
+            gw = g.t() @ hc
+            # One chunk: no accumulation. Several: accumulate in float32.
+            grad_w = gw if grad_w is None else grad_w.to(acc) + gw
+        assert grad_w is not None
         ctx.save_for_backward(grad_h, grad_w.to(weight.dtype))
-        return total / n_valid
+        return total * scale
 
     @staticmethod
     def backward(ctx, grad_out: Tensor) -> tuple[Tensor, Tensor, None, None]:  # type: ignore[override]
         grad_h, grad_w = ctx.saved_tensors
         return grad_h * grad_out.to(grad_h.dtype), grad_w * grad_out.to(grad_w.dtype), None, None
+
+
+def _chunk_loss(h: Tensor, weight: Tensor, targets: Tensor) -> Tensor:
+    """Summed loss of one chunk (no gradient work)."""
+    logits = (h @ weight.t()).to(torch.promote_types(h.dtype, torch.float32))
+    nll = logits.logsumexp(dim=-1) - logits.gather(-1, targets.clamp(min=0)[:, None]).squeeze(-1)
+    return torch.where(targets != IGNORE_INDEX, nll, 0.0).sum()
 
 
 def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk: int = 2048) -> Tensor:
@@ -66,5 +100,5 @@ def linear_cross_entropy(h: Tensor, weight: Tensor, targets: Tensor, chunk: int 
     acc = torch.promote_types(h.dtype, torch.float32)
     total = torch.zeros((), dtype=acc, device=h.device)
     for s in range(0, h.shape[0], chunk):
-        total = total + _chunk_loss(h[s:s + chunk], weight, targets[s:s + chunk])[0]
+        total = total + _chunk_loss(h[s:s + chunk], weight, targets[s:s + chunk])
     return total / (targets != IGNORE_INDEX).sum().clamp(min=1).to(acc)

@@ -148,15 +148,19 @@ class GroupedExperts(nn.Module):
     def _grouped(self, x: Tensor, counts: Tensor) -> Tensor:
         dtype = torch.get_autocast_dtype("cuda") if x.is_cuda and torch.is_autocast_enabled("cuda") else x.dtype
         offs = counts.cumsum(0).to(torch.int32)
-        xc = x.to(dtype)
+        # The CUDA kernel computes only the rows of the groups: rows past offs[-1] (dropped
+        # assignments) of its output, and of its input's gradient, are left unwritten, i.e.
+        # any bits, NaN included. Masking the output hides them in the forward pass; masking
+        # the input zeroes their gradient, which would otherwise be scattered into the
+        # tokens' gradients (transformers' grouped_mm_experts_forward masks both for this).
+        valid = (torch.arange(x.shape[0], device=x.device) < offs[-1])[:, None]
+        xc = torch.where(valid, x.to(dtype), 0.0)
 
         def gmm(a: Tensor, w: Tensor) -> Tensor:  # per group g: a_g @ w[g].T
             return torch._grouped_mm(a, w.to(dtype).transpose(-2, -1), offs=offs)
 
         h = F.silu(gmm(xc, self.w1)) * gmm(xc, self.w3)
-        y = gmm(h, self.w2)
-        valid = torch.arange(x.shape[0], device=x.device) < offs[-1]
-        return torch.where(valid[:, None], y, torch.zeros((), dtype=y.dtype, device=y.device)).to(x.dtype)
+        return torch.where(valid, gmm(h, self.w2), 0.0).to(x.dtype)
 
     def _loop(self, x: Tensor, counts: Tensor) -> Tensor:
         sizes = counts.tolist()  # host sync: the fallback path only
@@ -200,17 +204,17 @@ class MoE(nn.Module):
         x = x.reshape(-1, shape[-1])
         n, k, e = x.shape[0], self.top_k, self.n_experts
         r = self.router(x)
-        routed = expert_counts(r.indices, e)
-        if self.ep is not None:  # balance statistics over the whole expert-parallel group
-            routed = self.ep.global_counts(routed)
+        counts = expert_counts(r.indices, e)  # this rank's assignments per expert
+        # balance statistics over the whole expert-parallel group
+        routed = counts if self.ep is None else self.ep.global_counts(counts)
         aux = self.aux_coef * load_balancing_loss(r.probs, routed) + self.z_coef * router_z_loss(r.logits)
 
         flat = r.indices.reshape(-1)
         cap = self.capacity(n)
         if cap is not None:  # overflow goes to virtual expert e: sorted last, never computed
             flat = torch.where(capacity_keep(r.indices, e, cap).reshape(-1), flat, e)
+            counts = expert_counts(flat, e)
         order = flat.argsort(stable=True)
-        counts = expert_counts(flat, e)
         xs = x[order // k]
         ys = self.experts(xs, counts) if self.ep is None else self.ep.run(self.experts, xs, counts)
         unsorted = torch.empty_like(ys).index_copy_(0, order, ys).view(n, k, -1)

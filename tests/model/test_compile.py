@@ -29,3 +29,18 @@ def test_forward_backward_compiles_without_graph_breaks(name: str, overrides: di
     (compiled.loss + compiled.aux_loss).backward()
     torch.testing.assert_close(compiled.loss, eager.loss)
     assert all(p.grad is not None for p in model.parameters())
+
+
+def test_flex_attention_path_traces_into_one_graph() -> None:
+    """The CUDA path for window / sinks / ALiBi (flex_attention with a block mask and an ALiBi
+    score_mod) traces without graph breaks: the block mask is built in the graph and
+    flex_attention is traced, not the separately compiled wrapper used in eager mode.
+    Forward only: flex_attention has no CPU backward (the GPU tests cover it)."""
+    torch._dynamo.reset()
+    config = dataclasses.replace(get_preset("tiny"), window=8, sinks=2, positions="alibi", attn_backend="flex")
+    model = Transformer(config)
+    tokens = torch.randint(0, 256, (2, 32))
+    with torch.no_grad():
+        eager = model(tokens, tokens)
+        compiled = torch.compile(model, backend="eager", fullgraph=True)(tokens, tokens)
+    torch.testing.assert_close(compiled.loss, eager.loss)

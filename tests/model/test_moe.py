@@ -194,3 +194,58 @@ def test_bias_balancing_evens_out_the_load() -> None:
         moe.router(x)
         update_expert_bias(torch.nn.Sequential(moe))
     assert before > 2.0 and imbalance() < 1.3
+
+
+class _UnwrittenTailGroupedMM(torch.autograd.Function):
+    """torch._grouped_mm with the CUDA kernel's contract made visible on the CPU: rows past
+    offs[-1] of the output, and of the input's gradient, are not written by the kernel, so
+    here they are NaN (on a GPU they hold whatever was in memory)."""
+
+    real = staticmethod(torch._grouped_mm)
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(a, b, offs)
+        out = _UnwrittenTailGroupedMM.real(a, b, offs=offs)
+        out[int(offs[-1]):] = float("nan")
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, None]:  # type: ignore[override]
+        a, b, offs = ctx.saved_tensors
+        with torch.enable_grad():
+            a_, b_ = a.detach().requires_grad_(), b.detach().requires_grad_()
+            ga, gb = torch.autograd.grad(_UnwrittenTailGroupedMM.real(a_, b_, offs=offs), (a_, b_), grad)
+        ga = ga.clone()
+        ga[int(offs[-1]):] = float("nan")
+        return ga, gb, None
+
+
+def test_grouped_experts_ignore_rows_the_gpu_kernel_leaves_unwritten(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a capacity factor, dropped assignments sort past offs[-1]; whatever the grouped
+    GEMM leaves in those rows (forward output, input gradient) must not reach the tokens."""
+    want = make_moe(torch.float32, expert_backend="loop", capacity_factor=0.5)
+    got = make_moe(torch.float32, expert_backend="grouped_mm", capacity_factor=0.5)
+    got.load_state_dict(want.state_dict())
+    x = torch.randn(40, 32)
+    g = torch.randn(40, 32)
+    results = []
+    for moe, poisoned in ((want, False), (got, True)):
+        if poisoned:
+            monkeypatch.setattr(torch, "_grouped_mm", lambda a, b, offs: _UnwrittenTailGroupedMM.apply(a, b, offs))
+        xi = x.clone().requires_grad_()
+        out, _ = moe(xi)
+        out.backward(g)
+        results.append((out.detach(), xi.grad, moe.experts.w1.grad, moe.experts.w2.grad))
+    assert int(kept_assignments(got, x)) < 40 * 2  # precondition: some assignments were dropped
+    for w, p in zip(*results):
+        assert torch.isfinite(p).all()
+        torch.testing.assert_close(p, w, atol=1e-5, rtol=1e-5)
+
+
+def kept_assignments(moe: MoE, x: torch.Tensor) -> int:
+    """Assignments kept under the layer's capacity."""
+    indices = moe.router(x).indices
+    cap = moe.capacity(x.shape[0])
+    assert cap is not None
+    return int(capacity_keep(indices, moe.n_experts, cap).sum())

@@ -109,3 +109,19 @@ def test_sinusoidal_matches_vaswani_formula() -> None:
     for d in (16, 15):
         torch.testing.assert_close(sinusoidal_embedding(torch.arange(50), d).double(),
                                    ref_sinusoidal(50, d), atol=1e-5, rtol=1e-5)
+
+
+def test_rope_table_equals_angles_computed_per_call_and_stays_float64() -> None:
+    """The tabled cos/sin (what a training step reads) equal the per-call float64 angles, past
+    the table too, and survive a cast of the model to bf16 unrounded."""
+    from model import ModelConfig
+    from model.positions import Positions
+
+    positions = Positions(ModelConfig(max_seq_len=64, positions="rope")).to(torch.bfloat16)
+    for start, length in ((0, 64), (10, 20), (60, 10), (100, 5)):  # the last two leave the table
+        pos = torch.arange(start, start + length)
+        got, want = positions.rope_span(start, length), positions.rope(pos)
+        assert got is not None and want is not None
+        for g, w in zip(got, want):
+            assert g.dtype == torch.float64
+            torch.testing.assert_close(g, w, atol=0, rtol=0)

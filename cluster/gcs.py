@@ -10,6 +10,7 @@ from __future__ import annotations
 import socket
 from typing import Any
 
+from cluster.demand import Demand, demand_from_resource_state
 from cluster.errors import FleetNotRunning
 from cluster.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL, RayNode
 
@@ -64,6 +65,15 @@ def read_nodes(gcs: Any, fleet: str | None = None, timeout_s: float = 5.0) -> tu
             is_head="node:__internal_head__" in resources,
         ))
     return tuple(nodes)
+
+
+def read_demand(gcs: Any, timeout_s: float = 5.0) -> Demand:
+    """Pending tasks, actors and placement groups, and live node usage (autoscaler v2's view)."""
+    from ray.core.generated.autoscaler_pb2 import GetClusterResourceStateReply
+
+    reply = GetClusterResourceStateReply()
+    reply.ParseFromString(gcs.get_cluster_resource_state(timeout_s=timeout_s))
+    return demand_from_resource_state(reply.cluster_resource_state)
 
 
 def kv_get(gcs: Any, key: str, timeout_s: float = 5.0) -> bytes | None:

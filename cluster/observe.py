@@ -24,4 +24,13 @@ def observe(client: Any, provider: Provider, fleet: str, launch_errors: Mapping[
     except Exception as error:
         log.warning("could not list the provider's instances: %s", error)
         instances = None
-    return ClusterView(ray_nodes=ray_nodes, instances=instances, launch_errors=dict(launch_errors))
+    try:
+        demand = gcs.read_demand(client)
+    except Exception as error:  # None, not empty: the autoscaler holds instead of removing nodes
+        log.warning("could not read Ray's pending demand: %s", error)
+        demand = None
+    # Busy: Ray's live resource view says RUNNING (resources in use, or busy workers). A Ray Train
+    # worker holds its placement-group bundle for its whole life, so every node running one is busy.
+    busy = demand.busy_nodes if demand is not None else frozenset()
+    return ClusterView(ray_nodes=ray_nodes, instances=instances, launch_errors=dict(launch_errors),
+                       busy_nodes=busy, demand=demand)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Mapping
 
+from cluster.demand import Demand
 POOL_LABEL = "rayfleet.io/pool"
 INSTANCE_LABEL = "rayfleet.io/instance"
 FLEET_LABEL = "rayfleet.io/fleet"
@@ -60,6 +61,7 @@ class ClusterView:
     instances: tuple[Instance, ...] | None
     launch_errors: Mapping[str, str] = field(default_factory=dict)  # instance -> error from the last act
     busy_nodes: frozenset[str] = frozenset()   # Ray node ids running training workers
+    demand: Demand | None = None               # Ray's pending demand and node usage; None: not read
 
     def ray_by_instance(self) -> dict[str, RayNode]:
         """The newest Ray node per instance label (a restarted raylet registers a new node id)."""

@@ -80,7 +80,7 @@ class FleetController:
         self.state = result.state
         self.loops += 1
         self.loop_ms.append((time.monotonic() - started) * 1000)
-        self.store.put_status(fleet_status(spec, result.state, targets, now, self.info()))
+        self.store.put_status(fleet_status(spec, result.state, targets, now, self.info(), result.autoscale))
         return spec.scaling.loop_period_s
 
     def _provider_for(self, spec: FleetSpec) -> Provider:

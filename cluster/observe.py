@@ -5,6 +5,7 @@ import logging
 from typing import Any, Mapping
 
 from cluster import gcs
+from cluster.demand import Demand
 from cluster.providers import Provider
 from cluster.view import ClusterView
 
@@ -24,13 +25,21 @@ def observe(client: Any, provider: Provider, fleet: str, launch_errors: Mapping[
     except Exception as error:
         log.warning("could not list the provider's instances: %s", error)
         instances = None
-    try:
-        demand = gcs.read_demand(client)
-    except Exception as error:  # None, not empty: the autoscaler holds instead of removing nodes
-        log.warning("could not read Ray's pending demand: %s", error)
-        demand = None
-    # Busy: Ray's live resource view says RUNNING (resources in use, or busy workers). A Ray Train
-    # worker holds its placement-group bundle for its whole life, so every node running one is busy.
-    busy = demand.busy_nodes if demand is not None else frozenset()
+    demand, busy = read_demand(client)
     return ClusterView(ray_nodes=ray_nodes, instances=instances, launch_errors=dict(launch_errors),
                        busy_nodes=busy, demand=demand)
+
+
+def read_demand(client: Any) -> tuple[Demand | None, frozenset[str]]:
+    """Pending demand, and the nodes running work: Ray's resource view says RUNNING (resources in
+    use, or busy workers), or the GCS has a bundle of a placed placement group there. A Ray Train
+    worker lives in its gang's bundle, so a node running one is busy by both, by the second the
+    moment it lands. Placement groups are read second, so a gang placed between the two reads is
+    still seen. If either read fails the demand is None: the autoscaler holds this loop."""
+    try:
+        demand = gcs.read_demand(client)
+        return demand, demand.busy_nodes | gcs.read_gang_nodes()
+    except Exception as error:
+        log.warning("could not read Ray's pending demand and placement groups: %s", error)
+        return None, frozenset()
+

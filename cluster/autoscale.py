@@ -9,8 +9,10 @@ For each pool that autoscales (`pools[].autoscale`, default `scaling.autoscale`)
    of its ready nodes, the full shape of nodes still starting (they will be empty when they join),
    then onto new nodes, up to max_nodes. A gang is placed all together or not at all
    (STRICT_SPREAD: one bundle per node; STRICT_PACK: all on one node);
-3. a ready node Ray reports idle for the pool's idle timeout, and that is not busy, is removable,
-   unless the packing needed it.
+3. a ready node idle for the pool's idle timeout, and not busy, is removable unless the packing
+   needed it. Idle time is Ray's `idle_duration_ms`, but no longer than the node has been ready:
+   Ray counts from the raylet's start, and a node that has just joined may be about to get the
+   very work it was launched for.
 
 The target is what the pool needs now: its nodes minus the removable ones plus the new ones.
 `plan.desired_nodes` combines it with the floor (manual target or spec) and max_nodes. No clock:
@@ -61,7 +63,8 @@ def node_shape(pool: PoolSpec) -> dict[str, float]:
 
 
 def autoscale_targets(spec: FleetSpec, members: Mapping[str, Sequence[NodeRecord]],
-                      demand: Demand | None, busy: frozenset[str] = frozenset()) -> dict[str, PoolTarget]:
+                      demand: Demand | None, busy: frozenset[str] = frozenset(),
+                      now: float = math.inf) -> dict[str, PoolTarget]:
     """Targets for every autoscaled pool. `members`: each pool's non-spare records that count as
     capacity. With `demand` None (Ray did not answer) every pool holds its size: nothing is
     launched for demand it cannot see, nothing removed as idle on stale figures."""
@@ -82,7 +85,7 @@ def autoscale_targets(spec: FleetSpec, members: Mapping[str, Sequence[NodeRecord
         home = _home((bundle,), pools, shapes, labels)
         if home is not None:
             tasks[home].append((bundle, count))
-    return {pool.name: _size(spec, pool, shapes[pool.name], members.get(pool.name, ()), demand, busy,
+    return {pool.name: _size(spec, pool, shapes[pool.name], members.get(pool.name, ()), demand, busy, now,
                              gangs[pool.name], tasks[pool.name])
             for pool in pools}
 
@@ -131,19 +134,20 @@ def _fits_once(shape: _Shape, bundle: Bundle) -> bool:
 
 # --- sizing one pool ----------------------------------------------------------------------------
 def _size(spec: FleetSpec, pool: PoolSpec, shape: _Shape, members: Sequence[NodeRecord], demand: Demand,
-          busy: frozenset[str], gangs: Sequence[Gang], tasks: Sequence[tuple[Bundle, int]]) -> PoolTarget:
-    timeout_ms = idle_timeout_s(spec, pool) * 1000
+          busy: frozenset[str], now: float, gangs: Sequence[Gang], tasks: Sequence[tuple[Bundle, int]]
+          ) -> PoolTarget:
+    timeout_s = idle_timeout_s(spec, pool)
     kept: list[Vector] = []
     idle: list[tuple[str, float]] = []
     for record in members:
         usage = demand.nodes.get(record.node_id or "")
+        idle_s = min(usage.idle_ms / 1000, now - record.since) if usage is not None else 0.0
         if record.state.starting:
             kept.append(shape.full)
         elif record.state is not NodeState.READY or record.node_id is None:
             kept.append(tuple(0.0 for _ in shape.keys))  # suspect or degraded: kept, given no work
-        elif (usage is not None and not usage.busy and record.node_id not in busy
-              and usage.idle_ms >= timeout_ms):
-            idle.append((record.instance, usage.idle_ms / 1000))
+        elif usage is not None and not usage.busy and record.node_id not in busy and idle_s >= timeout_s:
+            idle.append((record.instance, idle_s))
         else:
             kept.append(shape.free(usage))
     idle.sort(key=lambda item: (-item[1], item[0]))
@@ -162,8 +166,7 @@ def _size(spec: FleetSpec, pool: PoolSpec, shape: _Shape, members: Sequence[Node
     removable = tuple(idle[: len(idle) - packer.idle_used])
     nodes = len(members) - len(removable) + packer.new_nodes
     return PoolTarget(pool.name, nodes, packer.new_nodes, removable, pending, unplaced,
-                      _reason(pool, packer.new_nodes, removable, pending, unplaced, placed_gangs,
-                              idle_timeout_s(spec, pool)))
+                      _reason(pool, packer.new_nodes, removable, pending, unplaced, placed_gangs, timeout_s))
 
 
 def _largest_first(shape: _Shape, tasks: Sequence[tuple[Bundle, int]]) -> list[tuple[Vector, int]]:

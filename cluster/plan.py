@@ -263,7 +263,7 @@ class _Planner:
         capacity = self.capacity_by_pool()
         self.autoscale = autoscale_targets(
             self.spec, {pool.name: capacity.get((pool.name, False), []) for pool in self.spec.pools},
-            self.view.demand, self.view.busy_nodes)
+            self.view.demand, self.view.busy_nodes, self.now)
         for pool in self.spec.pools:
             target = self.autoscale.get(pool.name)
             self.wants[pool.name] = desired_nodes(pool, self.targets, target.nodes if target else None)

@@ -156,6 +156,7 @@ class SimulatedCloud:
     launches: int = 0                # provider launch calls that created a machine
     joins: int = 0                   # Ray nodes registered (also numbers their node ids)
     failure_log: list[tuple[float, str, str]] = field(default_factory=list)  # (time, kind, node or job)
+    interruptions: list[tuple[float, str, str]] = field(default_factory=list)  # (time, job, why)
     gpu_seconds: float = 0.0         # GPU-seconds of every machine that existed (what is paid for)
     rng: random.Random = field(init=False)
 
@@ -336,18 +337,25 @@ class SimulatedCloud:
             self.failure_log.append((self.now, kind, job.name))
             self._interrupt(job, "software failure")
             return
-        name = self._faults.choice(alive)
+        self.inject(kind, self._faults.choice(alive))
+
+    def inject(self, kind: str, name: str) -> None:
+        """Node `name` fails now: "gpu" (its job stops; the health check takes the node out of
+        Ray after `gpu_fault_detect_s`), "node" (the host is gone) or "spot" (reclaimed after the
+        notice; Ray drains it meanwhile). The failure process calls this; so can a test."""
         node = self.nodes[name]
         self.failure_log.append((self.now, kind, name))
         if kind == "gpu":
             node.gpu_fault = True
             self._release(node, "GPU fault")
-            self._at(self.now + rates.gpu_fault_detect_s, "detect", name)
+            self._at(self.now + self.failures.gpu_fault_detect_s, "detect", name)
         elif kind == "node":
             self.kill(name, "host failure")
-        else:
+        elif kind == "spot":
             node.draining = True  # Ray is told to drain on the notice; no new work lands
-            self._at(self.now + rates.spot_notice_s, "reclaim", name)
+            self._at(self.now + self.failures.spot_notice_s, "reclaim", name)
+        else:
+            raise ValueError(f"unknown failure kind {kind!r}; use gpu, node or spot")
         self._refresh(node)
 
     # --- jobs ---------------------------------------------------------------------------------
@@ -378,6 +386,7 @@ class SimulatedCloud:
             self._move(job, JobState.DONE)
 
     def _interrupt(self, job: SimulatedJob, why: str) -> None:
+        self.interruptions.append((self.now, job.name, why))
         saved, unsaved = job.trained(self.now)
         job.committed_s += saved
         job.lost_s += unsaved

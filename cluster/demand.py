@@ -15,6 +15,7 @@ never moves, so idle time and busyness come from here, not from `get_all_node_in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Iterable, Mapping
 
 Resources = tuple[tuple[str, float], ...]
@@ -99,7 +100,7 @@ class Demand:
     def pending_bundles(self) -> int:
         return sum(count for _, count in self.tasks) + sum(len(gang.bundles) for gang in self.gangs)
 
-    @property
+    @cached_property
     def busy_nodes(self) -> frozenset[str]:
         return frozenset(node_id for node_id, usage in self.nodes.items() if usage.busy)
 

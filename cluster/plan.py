@@ -22,6 +22,7 @@ from cluster.state import FleetState, NodeRecord, NodeState
 from cluster.view import SPARE_LABEL, ClusterView, Instance, InstanceStatus, RayNode
 
 S = NodeState
+CAPACITY = frozenset(state for state in NodeState if state.counts_as_capacity)
 
 RELAUNCH_AFTER_S = 30.0
 """A requested instance the provider still does not show after this long is asked for again.
@@ -276,8 +277,13 @@ class _Planner:
         pool (12,500 nodes in tens of pools must plan well inside a second)."""
         out: dict[tuple[str, bool], list[NodeRecord]] = {}
         for record in self.records.values():
-            if record.state.counts_as_capacity:
-                out.setdefault((record.pool, record.spare), []).append(record)
+            if record.state in CAPACITY:
+                key = (record.pool, record.spare)
+                members = out.get(key)
+                if members is None:
+                    out[key] = [record]
+                else:
+                    members.append(record)
         return out
 
     def replace(self, record: NodeRecord) -> None:

@@ -169,6 +169,8 @@ class SimulatedCloud:
         self._instances: dict[str, Instance] = {}
         self._rays: dict[str, RayNode] = {}
         self._free: dict[str, set[str]] = {}  # pool -> nodes a job could be placed on now
+        self._busy: dict[str, NodeUsage] = {}  # cached: a busy node's usage does not change
+        self._shapes: dict[str, tuple[tuple[str, float], ...]] = {}
         self._failure_cap: float | None = None
         if not self.boot_failure_rate and self.failures.boot_failure:
             self.boot_failure_rate = self.failures.boot_failure
@@ -215,7 +217,8 @@ class SimulatedCloud:
             if node.node_id is None or not node.ray_alive:
                 continue
             if node.job is not None:
-                usage[node.node_id] = NodeUsage(node.node_id, busy=True, idle_ms=0)
+                usage[node.node_id] = self._busy.get(node.node_id) or self._busy.setdefault(
+                    node.node_id, NodeUsage(node.node_id, busy=True, idle_ms=0))
             else:
                 usage[node.node_id] = NodeUsage(node.node_id, busy=False,
                                                 idle_ms=int((self.now - node.idle_since) * 1000),
@@ -422,7 +425,9 @@ class SimulatedCloud:
         return self.pools.get(name) or PoolSpec(name=name)
 
     def _shape(self, pool: str) -> tuple[tuple[str, float], ...]:
-        return resources(node_shape(self._pool(pool)))
+        if pool not in self._shapes:
+            self._shapes[pool] = resources(node_shape(self._pool(pool)))
+        return self._shapes[pool]
 
     def _refresh(self, node: SimulatedNode) -> None:
         """Rebuild the node's cached provider and Ray values after any change to it."""

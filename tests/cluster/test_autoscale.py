@@ -9,8 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ray.core.generated import autoscaler_pb2, common_pb2
 
+from cluster import gcs
 from cluster.autoscale import PoolTarget, autoscale_targets, node_shape
 from cluster.demand import Bundle, Demand, Gang, LabelConstraint, NodeUsage, Selector, demand_from_resource_state, resources
+from cluster.observe import observe
 from cluster.plan import Launch, Terminate, desired_nodes, plan
 from cluster.simulate import SimulatedCloud, SimulatedController, SimulatedJob
 from cluster.spec import FleetSpec
@@ -102,6 +104,60 @@ def test_ray_resource_state_becomes_bundles_gangs_and_node_usage() -> None:
     assert set(demand.nodes) == {"01", "02"}  # the dead node holds nothing
     assert demand.nodes["01"].busy and demand.busy_nodes == frozenset({"01"})
     assert (demand.nodes["02"].busy, demand.nodes["02"].idle_ms) == (False, 61_000)
+
+
+class FakeGcs:
+    """The two calls observe makes of Ray's GCS client, answering with real messages."""
+
+    def __init__(self, state: autoscaler_pb2.ClusterResourceState) -> None:
+        self.state = state
+        self.drained: list[tuple] = []
+
+    def get_all_node_info(self, timeout: float | None = None) -> dict:
+        return {}
+
+    def get_cluster_resource_state(self, timeout_s: float | None = None) -> bytes:
+        return autoscaler_pb2.GetClusterResourceStateReply(cluster_resource_state=self.state).SerializeToString()
+
+    def drain_node(self, node_id: object, *args: object, timeout: float | None = None) -> tuple[bool, str]:
+        self.drained.append((node_id, *args))
+        return True, ""
+
+
+class NoInstances:
+    def instances(self) -> list:
+        return []
+
+
+def two_nodes() -> autoscaler_pb2.ClusterResourceState:
+    state = autoscaler_pb2.ClusterResourceState()
+    state.node_states.add(node_id=b"\x01", status=autoscaler_pb2.RUNNING)
+    state.node_states.add(node_id=b"\x02", status=autoscaler_pb2.IDLE, idle_duration_ms=90_000)
+    return state
+
+
+def test_observe_counts_nodes_holding_a_placed_gang_as_busy_before_ray_reports_them(monkeypatch) -> None:
+    monkeypatch.setattr(gcs, "read_gang_nodes", lambda: frozenset({"02"}))  # the gang just landed on 02
+    view = observe(FakeGcs(two_nodes()), NoInstances(), "t", {})
+    assert view.demand is not None and not view.demand.nodes["02"].busy  # Ray's report lags
+    assert view.busy_nodes == frozenset({"01", "02"})
+
+
+def test_observe_gives_no_demand_when_placement_groups_cannot_be_read(monkeypatch) -> None:
+    def unreadable() -> frozenset[str]:
+        raise RuntimeError("GCS restarting")
+
+    monkeypatch.setattr(gcs, "read_gang_nodes", unreadable)
+    view = observe(FakeGcs(two_nodes()), NoInstances(), "t", {})
+    assert view.demand is None and view.busy_nodes == frozenset()  # the autoscaler holds, removes nothing
+    assert view.instances == () and view.ray_nodes == ()
+
+
+def test_drains_name_the_node_by_its_hex_id() -> None:
+    """A binary id reaches the GCS as NIL_ID, which accepts the drain and ignores it."""
+    client = FakeGcs(two_nodes())
+    gcs.drain(client, "ab" * 28, "idle", deadline_s=30, preemption=False, now_ms=1_000)
+    assert client.drained == [("ab" * 28, autoscaler_pb2.DRAIN_NODE_REASON_IDLE_TERMINATION, "idle", 31_000)]
 
 
 # --- the policy --------------------------------------------------------------------------------

@@ -21,6 +21,7 @@ idle time is Ray's own `idle_duration_ms`; no I/O: demand arrives in the Cluster
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import dataclass
 from typing import Iterable, Mapping, Sequence
 
@@ -98,6 +99,7 @@ class _Shape:
         self.keys = tuple(sorted(shape))
         self.full: Vector = tuple(shape[key] for key in self.keys)
         self.has_gpu = shape.get("GPU", 0) > 0
+        self._free: dict[tuple[tuple[str, float], ...], Vector] = {}  # nodes share few free vectors
 
     def vector(self, pairs: Iterable[tuple[str, float]]) -> Vector | None:
         """The bundle over this shape's resources; None if it asks for one the node lacks."""
@@ -111,18 +113,22 @@ class _Shape:
     def free(self, usage: NodeUsage | None) -> Vector:
         if usage is None:
             return self.full  # joined but not reported yet: empty
-        available = dict(usage.available)
-        return tuple(available.get(key, 0.0) for key in self.keys)
+        vector = self._free.get(usage.available)
+        if vector is None:
+            available = dict(usage.available)
+            vector = self._free[usage.available] = tuple(available.get(key, 0.0) for key in self.keys)
+        return vector
 
 
 def _home(bundles: Sequence[Bundle], pools: Sequence[PoolSpec], shapes: Mapping[str, _Shape],
           labels: Mapping[str, Mapping[str, str]]) -> str | None:
     """The first pool every bundle may run on and fits; CPU-only work tries CPU pools first."""
-    wants_gpu = any(name == "GPU" for bundle in bundles for name, _ in bundle.resources)
+    distinct = set(bundles)  # a gang is usually one shape many times (Ray Train: one per worker)
+    wants_gpu = any(name == "GPU" for bundle in distinct for name, _ in bundle.resources)
     ordered = sorted(pools, key=lambda pool: 0 if wants_gpu or not shapes[pool.name].has_gpu else 1)
     for pool in ordered:
         shape = shapes[pool.name]
-        if all(bundle.allowed_on(labels[pool.name]) and _fits_once(shape, bundle) for bundle in bundles):
+        if all(bundle.allowed_on(labels[pool.name]) and _fits_once(shape, bundle) for bundle in distinct):
             return pool.name
     return None
 
@@ -155,8 +161,12 @@ def _size(spec: FleetSpec, pool: PoolSpec, shape: _Shape, members: Sequence[Node
     pending = unplaced = placed_gangs = 0
     for gang in sorted(gangs, key=lambda g: (-len(g.bundles), g.name)):
         pending += len(gang.bundles)
-        vectors = [shape.vector(bundle.resources) for bundle in gang.bundles]
-        if packer.place_gang([v for v in vectors if v is not None], gang.strategy):
+        vectors: Counter[Vector] = Counter()
+        for bundle, count in Counter(gang.bundles).items():
+            vector = shape.vector(bundle.resources)
+            if vector is not None:  # always: the gang was homed here because every bundle fits
+                vectors[vector] += count
+        if packer.place_gang(vectors, gang.strategy):
             placed_gangs += 1
         else:
             unplaced += len(gang.bundles)
@@ -264,7 +274,7 @@ class _Packer:
         self.groups = self._merge(out)
         return count - left
 
-    def place_gang(self, bundles: Sequence[Vector], strategy: str) -> bool:
+    def place_gang(self, bundles: Mapping[Vector, int], strategy: str) -> bool:
         """All bundles or none: on failure the packer is left as it was."""
         saved = ([list(group) for group in self.groups], self.new_nodes, self.idle_used)
         ok = self._place_gang(bundles, strategy)
@@ -273,17 +283,16 @@ class _Packer:
             self.groups, self.new_nodes, self.idle_used = saved
         return ok
 
-    def _place_gang(self, bundles: Sequence[Vector], strategy: str) -> bool:
+    def _place_gang(self, bundles: Mapping[Vector, int], strategy: str) -> bool:
+        """`bundles`: each distinct bundle vector and how many of it the gang has."""
         if not bundles:
             return True
         if strategy == "STRICT_PACK":
-            total = tuple(sum(amounts) for amounts in zip(*bundles))
+            total = tuple(sum(amount * count for amount, count in zip(amounts, bundles.values()))
+                          for amounts in zip(*bundles))
             return self.place(total, 1) == 1
-        counts: dict[Vector, int] = {}
-        for vector in bundles:
-            counts[vector] = counts.get(vector, 0) + 1
         spread = strategy == "STRICT_SPREAD"
-        for vector, count in sorted(counts.items(), key=lambda item: (-_size_of(item[0], self.full), item[0])):
+        for vector, count in sorted(bundles.items(), key=lambda item: (-_size_of(item[0], self.full), item[0])):
             if self.place(vector, count, spread) < count:
                 return False
         return True

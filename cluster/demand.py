@@ -64,6 +64,14 @@ class Bundle:
 
     resources: Resources
     selectors: tuple[Selector, ...] = ()
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        # Gangs repeat one bundle thousands of times and are grouped by it every loop: hash once.
+        object.__setattr__(self, "_hash", hash((self.resources, self.selectors)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def allowed_on(self, labels: Mapping[str, str]) -> bool:
         return not self.selectors or any(selector.matches(labels) for selector in self.selectors)

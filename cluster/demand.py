@@ -59,7 +59,7 @@ class Bundle:
     """One unit of pending work: its resources and where it may run.
 
     `selectors` are alternatives in Ray's priority order (fallbacks): any one that matches a
-    node's labels will do. None means any node.
+    node's labels will do; none at all means any node.
     """
 
     resources: Resources

@@ -148,8 +148,8 @@ def _size(spec: FleetSpec, pool: PoolSpec, shape: _Shape, members: Sequence[Node
     for record in members:
         usage = demand.nodes.get(record.node_id or "")
         idle_s = min(usage.idle_ms / 1000, now - record.since) if usage is not None else 0.0
-        if record.state.starting:
-            kept.append(shape.full)
+        if record.state.starting or (record.state is NodeState.READY and not record.admitted):
+            kept.append(shape.full)  # empty when it joins, or once admitted (nodes join with no CPUs)
         elif record.state is not NodeState.READY or record.node_id is None:
             kept.append(tuple(0.0 for _ in shape.keys))  # suspect or degraded: kept, given no work
         elif usage is not None and not usage.busy and record.node_id not in busy and idle_s >= timeout_s:

@@ -46,6 +46,10 @@ def connect(fleet_name: str | None = None) -> Connection:
     head = fleet.read_head()
     if head is None:
         raise FleetNotRunning(f"fleet {fleet.name} is down; start it with `rayfleet up -f {fleet.spec_file}`")
+    if not gcs.reachable(head["gcs_address"]):
+        raise FleetNotRunning(f"fleet {fleet.name}: its Ray head at {head['gcs_address']} does not answer (it "
+                              f"crashed or was stopped); `rayfleet down --fleet {fleet.name}` cleans up what is "
+                              f"left, then `rayfleet up -f {fleet.spec_file}` starts it again")
     use_token(fleet.token_file)
     client = gcs.client(head["gcs_address"])
     return Connection(fleet=fleet, gcs_address=head["gcs_address"], dashboard_url=head["dashboard_url"],

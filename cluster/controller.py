@@ -1,38 +1,50 @@
 """The fleet controller: a detached, named Ray actor on the head node that reconciles forever.
 
-Each loop: observe (Ray's node table, the provider's instances) -> plan (pure) -> persist the new
-state (write-ahead: a crash after this line never forgets a launch it decided) -> act -> publish
-the status document. Its state lives in the GCS KV store (`cluster.store`), so when Ray restarts
-the actor (max_restarts=-1) the new instance resumes where the old one stopped: records of
-launched instances are there, and instances it never recorded are adopted by name, not relaunched.
+Each loop: observe (Ray's node table, the provider's instances, the agents' health reports, a
+raylet probe of nodes gone quiet) -> plan (pure) -> persist the new state (write-ahead: a crash
+after this line never forgets a launch it decided) -> act -> publish the status and health
+documents. Its state lives in the GCS KV store (`cluster.store`), so when Ray restarts the actor
+(max_restarts=-1) the new instance resumes where the old one stopped: records of launched
+instances are there, and instances it never recorded are adopted by name, not relaunched.
 """
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import logging
 import os
 import statistics
 import threading
 import time
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from cluster import gcs
 from cluster.act import act
+from cluster.demand import IdleClock
+from cluster.events import Event
+from cluster.health.agents import AgentSet
+from cluster.health.probe import probe_all
+from cluster.metrics import FleetMetrics
 from cluster.observe import observe
 from cluster.plan import plan
 from cluster.providers import Provider, make_provider
 from cluster.spec import FleetSpec
-from cluster.status import fleet_status
+from cluster.state import NodeState
+from cluster.status import fleet_status, health_document
 from cluster.store import FleetStore
 
 log = logging.getLogger("rayfleet.controller")
 
 CONTROLLER_NAME = "rayfleet-controller"
+JOB_WATCH_PERIOD_S = 5.0
 NAMESPACE = "rayfleet"
+PROBED = (NodeState.READY, NodeState.SUSPECT, NodeState.DEGRADED, NodeState.UNHEALTHY, NodeState.DRAINING)
 
 
 class FleetController:
-    """The actor's body. Ray calls its methods on the actor's main thread; the loop has its own."""
+    """The actor's body. Ray calls its methods on the actor's threads; the loop has its own."""
 
     def __init__(self, gcs_address: str) -> None:
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -43,8 +55,15 @@ class FleetController:
         self.loops = 0
         self.loop_ms: deque[float] = deque(maxlen=200)
         self.launch_errors: dict[str, str] = {}
+        self.idle_clock = IdleClock()  # how long nodes have had nothing in use (autoscale scale-down)
+        self.agents = AgentSet()
+        self._reported: dict[str, int] = {}  # instance -> sequence of the last report sent to metrics
+        self.quiet_until = time.time()  # reports from before a (re)start are not in memory
+        self._jobs_checked = time.monotonic()  # first job check one period after a (re)start
+        self._probes = ThreadPoolExecutor(max_workers=32, thread_name_prefix="rayfleet-probe")
         self._provider: Provider | None = None
         self._provider_spec: FleetSpec | None = None
+        self.metrics = FleetMetrics()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rayfleet-reconcile", daemon=True)
         self._thread.start()
@@ -52,14 +71,27 @@ class FleetController:
 
     # --- the loop -----------------------------------------------------------------------------
     def _run(self) -> None:
+        due = time.monotonic()
         while not self._stop.is_set():
             started = time.monotonic()
+            self._notice_own_lateness(started - due)
             period = 1.0
             try:
                 period = self.reconcile_once()
             except Exception:  # one bad loop must not end the controller; the next one retries
                 log.exception("reconcile loop failed")
-            self._stop.wait(max(0.0, period - (time.monotonic() - started)))
+            due = started + period
+            self._stop.wait(max(0.0, due - time.monotonic()))
+
+    def _notice_own_lateness(self, late_s: float) -> None:
+        """Lifeguard's local health: a loop that starts late means this process was starved or
+        paused; the silence of the nodes in that time is ours, not theirs."""
+        spec = self._provider_spec
+        limit = spec.health.heartbeat_timeout_s / 2 if spec else 1.5
+        if late_s > limit:
+            grace = spec.health.heartbeat_timeout_s if spec else 3.0
+            self.quiet_until = time.time() + grace
+            log.warning("the controller ran %.1fs late; node silence until now is not held against them", late_s)
 
     def reconcile_once(self) -> float:
         """One observe -> plan -> persist -> act -> publish pass; returns the loop period."""
@@ -69,7 +101,10 @@ class FleetController:
             return 1.0
         provider = self._provider_for(spec)
         targets = self.store.targets()
-        view = observe(self.client, provider, spec.name, self.launch_errors)
+        view = observe(self.client, provider, spec.name, self.launch_errors, self.idle_clock)
+        reports = self.agents.snapshot(self.state.nodes)
+        view = dataclasses.replace(view, health=reports, quiet_until=self.quiet_until,
+                                   probes=self._probe_quiet_nodes(spec, view, reports))
         now = time.time()
         result = plan(spec, self.state, view, now, targets)
         self.store.put_state(result.state)
@@ -78,10 +113,77 @@ class FleetController:
             log.info("%s: %s%s", event.kind, event.message, f" (reason: {event.reason})" if event.reason else "")
         self.launch_errors = act(result.actions, provider, spec, self.client)
         self.state = result.state
+        self._ensure_agents(spec)
+        if time.monotonic() - self._jobs_checked >= JOB_WATCH_PERIOD_S:
+            self._jobs_checked = time.monotonic()
+            self._watch_jobs(spec)
         self.loops += 1
         self.loop_ms.append((time.monotonic() - started) * 1000)
-        self.store.put_status(fleet_status(spec, result.state, targets, now, self.info(), result.autoscale))
+        status = fleet_status(spec, result.state, targets, now, self.info(), result.autoscale)
+        self.store.put_status(status)
+        self.store.put_health(health_document(result.state, reports, view.probes, now))
+        self.metrics.record(status, self.loop_ms[-1], result.events)
+        self._record_health(spec.name, result.state, reports)
         return spec.scaling.loop_period_s
+
+    def _record_health(self, fleet: str, state: Any, reports: dict[str, Any]) -> None:
+        """Each new report's check results into the metrics (once per report, not per loop)."""
+        for instance, report in reports.items():
+            record = state.nodes.get(instance)
+            if record is None or self._reported.get(instance) == report.sequence:
+                continue
+            self._reported[instance] = report.sequence
+            for check in report.checks:
+                self.metrics.record_health(fleet, record.pool, instance, check.name, check.status.value != "fail")
+
+    def _probe_quiet_nodes(self, spec: FleetSpec, view: Any, reports: dict[str, Any]) -> dict[str, Any]:
+        """Probe the raylets of nodes whose heartbeat is late (or that are already suspect)."""
+        if view.ray_nodes is None:
+            return {}
+        ray = view.ray_by_instance()
+        now = time.time()
+        quiet = []
+        for record in self.state.nodes.values():
+            node = ray.get(record.instance)
+            if record.state not in PROBED or node is None or not node.alive or not node.port:
+                continue
+            report = reports.get(record.instance)
+            late = report is not None and now - report.received_at > 2 * spec.health.heartbeat_interval_s
+            if late or record.state is NodeState.SUSPECT:
+                quiet.append((record.instance, node.address, node.port))
+        return probe_all(quiet, spec.health.probe_timeout_s, self._probes) if quiet else {}
+
+    def _watch_jobs(self, spec: FleetSpec) -> None:
+        """Resubmit jobs whose driver died (see jobs/watch.py); any error skips this round, never
+        resubmits: a job table that cannot be read says nothing about the jobs."""
+        from jobs import watch
+
+        runtime = self.store.runtime()
+        storage, dashboard = runtime.get("storage"), runtime.get("dashboard_url")
+        if not storage or not dashboard:
+            return
+        try:
+            from ray.job_submission import JobSubmissionClient
+
+            client = JobSubmissionClient(dashboard)
+            ray_jobs = {info.submission_id: str(info.status.value) for info in client.list_jobs()
+                        if info.submission_id}
+            actors = asyncio.run(_actor_table(self.client))
+            for orphan in watch.orphans(storage, ray_jobs, watch.dead_drivers(actors)):
+                submitted = watch.resubmit(client, storage, orphan, watch.python_for(spec.provider))
+                kind, message = ("resubmit", f"job {orphan.job} lost its driver; resubmitted as {submitted}") \
+                    if submitted else ("failed", f"job {orphan.job} lost its driver too often; given up")
+                self.store.append_events([Event(time.time(), kind, message, reason="driver lost")])
+        except Exception as error:
+            log.info("job watch skipped: %s", error)
+
+    def _ensure_agents(self, spec: FleetSpec) -> None:
+        import ray
+
+        try:
+            self.agents.ensure(spec, self.state.nodes.values(), ray.get_runtime_context().current_actor)
+        except Exception as error:
+            log.warning("health agents not ensured: %s", error)
 
     def _provider_for(self, spec: FleetSpec) -> Provider:
         if self._provider is None or spec != self._provider_spec:
@@ -90,6 +192,21 @@ class FleetController:
         return self._provider
 
     # --- called through Ray -------------------------------------------------------------------
+    def report_health(self, report: dict[str, Any]) -> None:
+        """A health agent's heartbeat with its newest check results."""
+        self.agents.receive(report)
+
+    def link_test(self, pool: str) -> dict[str, Any]:
+        """Run the ring all-reduce test among the pool's ready nodes; names stragglers."""
+        spec = self.store.spec()
+        if spec is None or pool not in spec.pool_names:
+            raise ValueError(f"no pool {pool!r}")
+        ready = sorted(r.instance for r in self.state.nodes.values()
+                       if r.pool == pool and r.state in (NodeState.READY, NodeState.DEGRADED))
+        result = self.agents.link_test(spec, pool, ready)
+        log.info("link test of pool %s: stragglers %s", pool, result["stragglers"] or "none")
+        return result
+
     def info(self) -> dict[str, Any]:
         samples = list(self.loop_ms)
         return {"pid": os.getpid(), "started_at": self.started_at, "loops": self.loops,
@@ -110,7 +227,7 @@ def start_controller(gcs_address: str) -> Any:
     actor = remote.options(
         name=CONTROLLER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         num_cpus=0, resources={"node:__internal_head__": 0.001},  # on the head, taking no pool CPU
-        max_restarts=-1, max_task_retries=-1, max_concurrency=4,
+        max_restarts=-1, max_task_retries=-1, max_concurrency=16,
     ).remote(gcs_address)
     ray.get(actor.info.remote(), timeout=120)
     return actor
@@ -130,3 +247,8 @@ def stop_controller() -> bool:
         log.info("controller did not stop cleanly: %s", error)
     ray.kill(actor, no_restart=True)
     return True
+
+
+async def _actor_table(client: Any) -> Any:
+    """The GCS actor table (its async call needs a running event loop, which the loop thread has not)."""
+    return await client.async_get_all_actor_info(timeout=5)

@@ -5,15 +5,20 @@ raylets' resource reports), which holds
 - pending tasks and actors, grouped by shape: `pending_resource_requests`;
 - pending placement groups, all-or-nothing gangs (how Ray Train asks for its workers):
   `pending_gang_resource_requests`, bundles with their label selectors in `bundle_selectors`;
-- every node's live status (RUNNING = resources in use or busy workers, IDLE), how long it has
-  been idle and what it has free: `node_states`.
+- every node's live status, how long Ray has seen it idle, and its total and free resources:
+  `node_states`.
 
 Measured with Ray 2.60 (tests/cluster/test_autoscale.py builds these messages; the real-Ray test
 reads them): the node table's `state_snapshot.idle_duration_ms` is the value at registration and
-never moves, so idle time and busyness come from here, not from `get_all_node_info`.
+never moves, so idle time comes from here, not from `get_all_node_info`. And any live actor makes
+Ray call a node RUNNING ("Busy workers on node"), a 0-CPU one too: with a health agent pinned to
+every node, Ray never reports one idle. So a node is busy when its resources are in use (a Ray
+Train worker holds its bundle's CPU and GPU), and `IdleClock` times how long a node Ray calls
+RUNNING has had nothing in use.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterable, Mapping
@@ -91,8 +96,8 @@ class NodeUsage:
     """One live Ray node as the resource view reports it."""
 
     node_id: str                 # hex, as RayNode.node_id
-    busy: bool                   # RUNNING: resources in use or busy workers (a training worker holds its bundle)
-    idle_ms: int                 # how long Ray has seen it idle; 0 while busy
+    busy: bool                   # resources in use (a training worker holds its bundle's CPU and GPU)
+    idle_ms: int                 # how long it has been idle (Ray's count, or IdleClock's); 0 while busy
     available: Resources = ()    # what is free on it now
 
 
@@ -124,10 +129,40 @@ def demand_from_resource_state(state: Any) -> Demand:
         if node.status not in (RUNNING, IDLE, DRAINING):
             continue  # dead: the node table says so, and it holds nothing
         node_id = bytes(node.node_id).hex()
-        nodes[node_id] = NodeUsage(node_id=node_id, busy=node.status == RUNNING,
+        available = dict(node.available_resources)
+        nodes[node_id] = NodeUsage(node_id=node_id, busy=_in_use(dict(node.total_resources), available),
                                    idle_ms=int(node.idle_duration_ms) if node.status == IDLE else 0,
-                                   available=resources(dict(node.available_resources)))
+                                   available=resources(available))
     return Demand(tasks=tasks, gangs=gangs, nodes=nodes)
+
+
+def _in_use(total: Mapping[str, float], available: Mapping[str, float]) -> bool:
+    """Any resource taken, but the object store (objects are cached anywhere) and `node:<ip>`."""
+    return any(available.get(name, 0.0) < amount - 1e-9 for name, amount in total.items()
+               if name != "object_store_memory" and not name.startswith("node:"))
+
+
+class IdleClock:
+    """How long each node has had nothing in use, by the controller's clock, for nodes Ray itself
+    calls RUNNING because an actor of ours lives there. Kept by the controller between loops (the
+    planner stays pure: it receives the result in the view); a restarted controller starts every
+    clock afresh, which only delays scale-down."""
+
+    def __init__(self) -> None:
+        self.since: dict[str, float] = {}
+
+    def update(self, demand: Demand, now: float) -> Demand:
+        since = {}
+        nodes = {}
+        for node_id, usage in demand.nodes.items():
+            if usage.busy:
+                nodes[node_id] = usage
+                continue
+            since[node_id] = self.since.get(node_id, now)
+            counted = int((now - since[node_id]) * 1000)
+            nodes[node_id] = dataclasses.replace(usage, idle_ms=max(usage.idle_ms, counted))
+        self.since = since
+        return dataclasses.replace(demand, nodes=nodes)
 
 
 def _bundle(request: Any) -> Bundle:

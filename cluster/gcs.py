@@ -8,6 +8,7 @@ environment before the first import (see `cluster.connection.use_token`).
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
 from typing import Any
 
 from cluster.demand import Demand, demand_from_resource_state
@@ -39,7 +40,8 @@ def client(address: str, timeout_s: float = 10.0) -> Any:
     try:
         return InnerGcsClient.standalone(address, None, int(timeout_s * 1000))
     except Exception as error:  # ray raises its own RpcError; keep the CLI's message plain
-        raise FleetNotRunning(f"the Ray head at {address} did not answer within {timeout_s:.0f}s: {error}") from None
+        raise FleetNotRunning(f"the Ray head at {address} did not answer within {timeout_s:.0f}s ({error}); "
+                              "`rayfleet status` checks the fleet, `rayfleet up -f FLEET.yaml` restarts it") from None
 
 
 def read_nodes(gcs: Any, fleet: str | None = None, timeout_s: float = 5.0) -> tuple[RayNode, ...]:
@@ -63,6 +65,7 @@ def read_nodes(gcs: Any, fleet: str | None = None, timeout_s: float = 5.0) -> tu
             resources=resources,
             labels=labels,
             is_head="node:__internal_head__" in resources,
+            port=int(info.node_manager_port),
         ))
     return tuple(nodes)
 
@@ -92,6 +95,34 @@ def read_gang_nodes() -> frozenset[str]:
     return frozenset(nodes)
 
 
+@dataclass(frozen=True)
+class MetricsEndpoint:
+    """Where Prometheus scrapes one Ray node: its metrics agent's `metrics_export_port`."""
+
+    node_id: str
+    address: str
+    port: int
+    pool: str | None
+    is_head: bool
+
+    @property
+    def target(self) -> str:
+        return f"{self.address}:{self.port}"
+
+
+def metrics_endpoints(gcs: Any, timeout_s: float = 5.0) -> list[MetricsEndpoint]:
+    """Every alive node's Prometheus endpoint, head first (the controller's metrics are there)."""
+    found = []
+    for node_id, info in gcs.get_all_node_info(timeout=timeout_s).items():
+        if info.state != ALIVE or not info.metrics_export_port:
+            continue
+        labels = dict(info.labels)
+        found.append(MetricsEndpoint(node_id=node_id.hex(), address=info.node_manager_address,
+                                     port=int(info.metrics_export_port), pool=labels.get(POOL_LABEL),
+                                     is_head="node:__internal_head__" in dict(info.resources_total)))
+    return sorted(found, key=lambda endpoint: (not endpoint.is_head, endpoint.pool or "", endpoint.port))
+
+
 def kv_get(gcs: Any, key: str, timeout_s: float = 5.0) -> bytes | None:
     return gcs.internal_kv_get(key.encode(), NAMESPACE, timeout=timeout_s)
 
@@ -117,7 +148,40 @@ def drain(gcs: Any, node_id: str, message: str, deadline_s: float, preemption: b
     reason = autoscaler_pb2.DRAIN_NODE_REASON_PREEMPTION if preemption \
         else autoscaler_pb2.DRAIN_NODE_REASON_IDLE_TERMINATION
     deadline_ms = now_ms + int(deadline_s * 1000)
-    # The node id goes as hex, as `ray drain-node` sends it: binary ids reach the GCS as NIL_ID
-    # ("Request to drain an unknown node", gcs_server.out, Ray 2.60), which it accepts and ignores.
-    accepted, rejection = gcs.drain_node(node_id, reason, message, deadline_ms, timeout=timeout_s)
+    # Ray 2.60 takes the hex id here (as resize_raylet_resource_instances does), not the binary one.
+    accepted, rejection = gcs.drain_node(node_id.encode(), reason, message, deadline_ms, timeout=timeout_s)
     return bool(accepted), rejection or ""
+
+
+def declare_dead(address: str, node_id: str, message: str, timeout_s: float = 5.0) -> None:
+    """Tell the GCS a node is gone, as its raylet does on a clean shutdown (UnregisterNode).
+
+    Only for nodes rayfleet has proof of: their processes are gone, or they were drained and are
+    being terminated. The GCS then fails the node's actors and reschedules its placement groups at
+    once; left alone it waits for its own health-check timeout (measured here: 13-17 s), and Ray
+    Train's restart waits behind the removal of the dead node's placement-group bundles.
+    """
+    import os
+
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    request = gcs_service_pb2.UnregisterNodeRequest(node_id=bytes.fromhex(node_id))
+    request.node_death_info.reason = request.node_death_info.UNEXPECTED_TERMINATION
+    request.node_death_info.reason_message = message
+    channel = grpc.insecure_channel(address)
+    try:
+        stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
+        stub.UnregisterNode(request, timeout=timeout_s, metadata=_auth_metadata(os.environ))
+    finally:
+        channel.close()
+
+
+def _auth_metadata(env: Any) -> list[tuple[str, str]]:
+    """The token as Ray's gRPC servers expect it (`authorization: Bearer ...`), when auth is on."""
+    token = env.get("RAY_AUTH_TOKEN")
+    path = env.get("RAY_AUTH_TOKEN_PATH")
+    if not token and path:
+        with open(path) as handle:
+            token = handle.read().strip()
+    return [("authorization", f"Bearer {token}")] if token else []

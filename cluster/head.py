@@ -6,17 +6,24 @@ the spec's `head.dashboard_host` says otherwise; Ray's token authentication stay
 """
 from __future__ import annotations
 
+import os
+import secrets
+import shutil
+import sys
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from cluster import gcs
-from cluster.errors import Failed, FleetNotRunning
+from cluster.errors import BadInput, Failed, FleetNotRunning
 from cluster.fleetdir import FleetDir
 from cluster.processes import Owned, free_port, spawn_detached, stop_tree, write_json_atomic
+from cluster.supervisor import CONFIG as SUPERVISOR_CONFIG
+from cluster.supervisor import read_state as read_supervisor_state
+from cluster.supervisor import supervisor_process
 from cluster.providers.local import node_environment, ray_executable
 from cluster.spec import FleetSpec
 from cluster.view import FLEET_LABEL
@@ -76,28 +83,79 @@ def head_command(spec: FleetSpec, fleet: FleetDir, port: int, dashboard_port: in
     ]
 
 
-def start_head(spec: FleetSpec, fleet: FleetDir, on_wait: Callable[[str], None] = lambda _: None) -> HeadInfo:
-    """Start the fleet's head and wait until its GCS and dashboard answer."""
+def start_head(spec: FleetSpec, fleet: FleetDir) -> HeadInfo:
+    """Start the fleet's supervisor, which starts the head (and Redis), then wait until the head's
+    GCS and dashboard answer."""
+    token = fleet.ensure_token()
     port = spec.head.port or free_port()
     dashboard_port = spec.head.dashboard_port or free_port()
-    token = fleet.ensure_token()
-    log_path = fleet.logs_dir / "head.log"
-    owned = spawn_detached(head_command(spec, fleet, port, dashboard_port), log_path,
-                           env=node_environment(token))
     host = "127.0.0.1" if spec.head.dashboard_host in ("0.0.0.0", "::") else spec.head.dashboard_host
-    info = HeadInfo(gcs_address=f"127.0.0.1:{port}", dashboard_url=f"http://{host}:{dashboard_port}",
-                    owned=owned)
-    write_json_atomic(fleet.head_file, {**info.to_json(), "started_at": time.time()})
-    on_wait("starting the Ray head")
+    gcs_address, dashboard_url = f"127.0.0.1:{port}", f"http://{host}:{dashboard_port}"
+    env = node_environment(token)
+    ft = spec.head.fault_tolerance
+    config: dict[str, Any] = {
+        "fleet": spec.name, "fault_tolerant": ft.enabled, "gcs_address": gcs_address,
+        "dashboard_url": dashboard_url, "head_temp_dir": str(fleet.temp_root / "head"),
+        "head_command": head_command(spec, fleet, port, dashboard_port), "head_env": env,
+    }
+    if ft.enabled:
+        config.update(fault_tolerance_config(spec, fleet))
+        env["RAY_REDIS_ADDRESS"] = config["redis_address"]
+        # A fresh `up` gets its own namespace: a Redis that outlived `down` never revives an old cluster.
+        env["RAY_external_storage_namespace"] = f"{spec.name}-{int(time.time())}"
+    fleet.head_file.unlink(missing_ok=True)
+    write_json_atomic(fleet.path / SUPERVISOR_CONFIG, config)
+    supervisor_env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
+    spawn_detached([sys.executable, "-m", "cluster.supervisor", str(fleet.path)], fleet.logs_dir / "supervisor.out",
+                   env=supervisor_env)
     deadline = time.monotonic() + HEAD_START_TIMEOUT_S
+    log_path = fleet.logs_dir / "head.log"
     while time.monotonic() < deadline:
-        if not owned.alive():
-            raise Failed(f"the Ray head exited while starting; see {log_path}:\n{_tail(log_path)}")
-        if gcs.reachable(info.gcs_address, timeout_s=0.5) and _dashboard_answers(info.dashboard_url):
-            return info
+        info = fleet.read_head()
+        if info is not None:
+            head = HeadInfo.from_json(info)
+            if head.owned is not None and not head.owned.alive():
+                raise Failed(f"the Ray head exited while starting; see {log_path}:\n{_tail(log_path)}")
+            if gcs.reachable(gcs_address, timeout_s=0.5) and _dashboard_answers(dashboard_url):
+                return head
         time.sleep(0.25)
-    stop_tree(owned)
-    raise Failed(f"the Ray head did not answer within {HEAD_START_TIMEOUT_S:.0f}s; see {log_path}")
+    stop_head(fleet)
+    raise Failed(f"the Ray head did not answer within {HEAD_START_TIMEOUT_S:.0f}s; see {log_path} and "
+                 f"{fleet.logs_dir / 'supervisor.log'}")
+
+
+def fault_tolerance_config(spec: FleetSpec, fleet: FleetDir) -> dict[str, Any]:
+    """Where the GCS keeps its state: an external Redis, or one rayfleet runs on 127.0.0.1."""
+    ft = spec.head.fault_tolerance
+    if ft.redis_address:
+        return {"redis_address": ft.redis_address, "password_env": ft.password_env,
+                "password_file": ft.password_file}
+    redis_dir = fleet.path / "redis"
+    redis_dir.mkdir(parents=True, exist_ok=True)
+    if ft.password_env:
+        source: dict[str, Any] = {"password_env": ft.password_env}
+        password = os.environ.get(ft.password_env, "")
+        if not password:
+            raise BadInput(f"head.fault_tolerance.password_env: {ft.password_env} is not set in this shell; "
+                           "export it, or drop password_env to let rayfleet make a password file")
+    else:
+        password_file = Path(ft.password_file) if ft.password_file else fleet.path / "redis_password"
+        if not password_file.exists():
+            _write_secret(password_file, secrets.token_hex(32))
+        source, password = {"password_file": str(password_file)}, password_file.read_text().strip()
+    port = free_port()
+    conf = redis_dir / "redis.conf"
+    # append-only with an fsync a second: a Redis restart loses at most a second of GCS writes
+    _write_secret(conf, "\n".join([
+        f"port {port}", "bind 127.0.0.1", "protected-mode yes", f"requirepass {password}",
+        "appendonly yes", "appendfsync everysec", 'save ""', f"dir {redis_dir}", "daemonize no", ""]))
+    return {"redis_address": f"127.0.0.1:{port}", "redis_port": port, "redis_conf": str(conf), **source}
+
+
+def _write_secret(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
 
 
 def use_external_head(spec: FleetSpec, fleet: FleetDir) -> HeadInfo:
@@ -114,12 +172,29 @@ def use_external_head(spec: FleetSpec, fleet: FleetDir) -> HeadInfo:
     return info
 
 
+def stop_supervisor(fleet: FleetDir) -> None:
+    """Stop the supervisor first, so nothing is restarted while the fleet goes down."""
+    owned = supervisor_process(fleet.path)
+    if owned is not None:
+        stop_tree(owned, grace_s=5.0, include_descendants=False)
+
+
 def stop_head(fleet: FleetDir) -> None:
+    """Stop the head and the Redis we started (never an external one) and remove the fleet's Ray
+    temp folders and local Redis data: the next `up` starts a new cluster."""
+    stop_supervisor(fleet)
     data = fleet.read_head()
+    state = read_supervisor_state(fleet.path) or {}
     if data is not None:
         info = HeadInfo.from_json(data)
         if info.owned is not None:
             stop_tree(info.owned, grace_s=10.0)
+            shutil.rmtree(fleet.temp_root, ignore_errors=True)  # sessions and logs of head and nodes
+    redis = (state.get("redis") or {}).get("owned")
+    if redis:
+        stop_tree(Owned.from_json(redis), grace_s=5.0)
+    for stale in (fleet.path / "redis").glob("appendonly*"):
+        shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     fleet.head_file.unlink(missing_ok=True)
 
 

@@ -108,13 +108,14 @@ def signal_owned(owned: Owned, signum: int) -> bool:
         return False
 
 
-def stop_tree(owned: Owned, grace_s: float = 10.0, extra: Sequence[Owned] = ()) -> None:
+def stop_tree(owned: Owned, grace_s: float = 10.0, extra: Sequence[Owned] = (),
+              include_descendants: bool = True) -> None:
     """SIGTERM a process we own, wait up to `grace_s`, then SIGKILL it and every descendant.
 
     Descendants are listed before the first signal: once the parent exits they are reparented and
     can no longer be found through it. `extra` adds owned processes found some other way.
     """
-    tree = [owned, *descendants(owned), *extra]
+    tree = [owned, *(descendants(owned) if include_descendants else ()), *extra]
     signal_owned(owned, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and any(member.alive() for member in tree):

@@ -23,10 +23,12 @@ from typing import Mapping, Sequence
 
 from cluster.autoscale import autoscales, idle_timeout_s, node_shape
 from cluster.demand import Bundle, Demand, Gang, LabelConstraint, NodeUsage, Selector, resources
-from cluster.plan import MAX_BACKOFF_S, RELAUNCH_AFTER_S, TERMINATE_RETRY_S, Drain, Launch, Plan, Terminate, plan
+from cluster.health.report import Check, HealthReport
+from cluster.plan import (MAX_BACKOFF_S, RELAUNCH_AFTER_S, TERMINATE_RETRY_S, Admit, Drain, Launch, Plan, Terminate,
+                          plan)
 from cluster.spec import FleetSpec, PoolSpec
 from cluster.state import FleetState, NodeState
-from cluster.view import INSTANCE_LABEL, POOL_LABEL, ClusterView, Instance, InstanceStatus, RayNode
+from cluster.view import INSTANCE_LABEL, POOL_LABEL, ClusterView, Instance, InstanceStatus, Probe, RayNode
 
 HOUR = 3600.0
 TICK = 1e-3
@@ -138,6 +140,9 @@ class SimulatedNode:
     job: str | None = None          # the job whose worker it runs
     idle_since: float = 0.0
     gpu_fault: bool = False
+    hung: bool = False                                   # silent agent, raylet health check unanswered
+    failing: tuple[Check, ...] = ()                      # checks its agent reports as failing
+    admitted: bool = False
 
 
 @dataclass
@@ -153,6 +158,7 @@ class SimulatedCloud:
     pools: Mapping[str, PoolSpec] = field(default_factory=dict)  # node shapes (GPUs, CPUs) by pool
     nodes: dict[str, SimulatedNode] = field(default_factory=dict)
     jobs: list[SimulatedJob] = field(default_factory=list)
+    reports: dict[str, HealthReport] = field(default_factory=dict)
     launches: int = 0                # provider launch calls that created a machine
     joins: int = 0                   # Ray nodes registered (also numbers their node ids)
     failure_log: list[tuple[float, str, str]] = field(default_factory=list)  # (time, kind, node or job)
@@ -198,6 +204,7 @@ class SimulatedCloud:
     def terminate(self, names: Sequence[str], wait: bool = False) -> None:
         for name in names:
             node = self.nodes.get(name)
+            self.reports.pop(name, None)
             if node is not None:
                 self._release(node, "terminated")
                 self._drop(name)
@@ -228,11 +235,18 @@ class SimulatedCloud:
     def view(self, launch_errors: Mapping[str, str] | None = None) -> ClusterView:
         demand = self.demand()
         return ClusterView(ray_nodes=self.ray_nodes(), instances=tuple(self._instances.values()),
-                           launch_errors=dict(launch_errors or {}), busy_nodes=demand.busy_nodes, demand=demand)
+                           launch_errors=dict(launch_errors or {}), busy_nodes=demand.busy_nodes, demand=demand,
+                           health=self.reports, probes=self.probes())
+
+    def probes(self) -> dict[str, Probe]:
+        """What the raylet health check of each joined node answers (the controller probes them)."""
+        return {node.name: Probe.HUNG if node.hung else Probe.OK if node.ray_alive else Probe.GONE
+                for node in self.nodes.values() if node.node_id is not None}
 
     # --- the world moving ---------------------------------------------------------------------
     def advance(self, seconds: float) -> None:
-        """Move the clock, processing every event due on the way in time order."""
+        """Move the clock, processing every event due on the way in time order; then every joined
+        node's agent reports, unless hung (the planner only looks at the end of an advance)."""
         end = self.now + seconds
         self._start_failures()
         while self._events and self._events[0][0] <= end:
@@ -241,6 +255,10 @@ class SimulatedCloud:
             self._handle(kind, target, epoch)
             self._place_jobs()
         self._clock(end)
+        for node in self.nodes.values():
+            if node.ray_alive and not node.hung:
+                self.reports[node.name] = HealthReport(node.name, node.node_id or "", self.now, node.failing,
+                                                       received_at=self.now)
 
     def next_event_at(self) -> float:
         self._start_failures()
@@ -263,10 +281,22 @@ class SimulatedCloud:
         node.detail = detail
         self._refresh(node)
 
+    def hang(self, name: str, hung: bool = True) -> None:
+        """The node stops answering (agent silent, raylet health check times out) or comes back."""
+        self.nodes[name].hung = hung
+        self._refresh(self.nodes[name])
+
+    def fail_check(self, name: str, check: Check | None) -> None:
+        """Its agent reports this failing check from now on (None: healthy again)."""
+        self.nodes[name].failing = (check,) if check else ()
+
     def apply(self, actions: Sequence[object]) -> None:
         for action in actions:
             if isinstance(action, Drain) and action.instance in self.nodes:
                 self.nodes[action.instance].draining = True
+                self._refresh(self.nodes[action.instance])
+            if isinstance(action, Admit) and action.instance in self.nodes:
+                self.nodes[action.instance].admitted = True
                 self._refresh(self.nodes[action.instance])
         self.terminate([a.instance for a in actions if isinstance(a, Terminate)])
         for action in actions:
@@ -432,7 +462,8 @@ class SimulatedCloud:
     def _refresh(self, node: SimulatedNode) -> None:
         """Rebuild the node's cached provider and Ray values after any change to it."""
         free = self._free.setdefault(node.pool, set())
-        if node.ray_alive and node.job is None and not node.draining and not node.gpu_fault:
+        # Ray places work only on admitted nodes: they join with no CPUs until their checks pass
+        if node.ray_alive and node.admitted and node.job is None and not node.draining and not node.gpu_fault:
             free.add(node.name)
         else:
             free.discard(node.name)
@@ -497,6 +528,8 @@ class SimulatedController:
         other state than these wakes the next loop: unknown deadlines are never skipped. Deadlines
         already past were seen by the loop that just did nothing, and it chose to wait."""
         now = self.cloud.now
+        if any(node.hung for node in self.cloud.nodes.values()):
+            return now  # its silence turns into suspicion and death on the health policy's clock
         deadlines = []
         scaling = self.spec.scaling
         for record in self.state.nodes.values():

@@ -70,18 +70,31 @@ class Strict(BaseModel):
 
 
 class FaultTolerance(Strict):
-    """GCS fault tolerance through an external Redis (see the head fault-tolerance issue)."""
+    """GCS fault tolerance through an external Redis: a lost head is restarted with its state.
+
+    The password comes from an environment variable or a file, never from the spec itself, and
+    rayfleet never writes it into a log, a manifest or the GCS. For a local fleet without
+    `redis_address`, `rayfleet up` starts a Redis on 127.0.0.1 and makes a password file for it.
+    """
 
     enabled: bool = False
     redis_address: str | None = Field(
-        default=None, description="host:port of an existing Redis; empty = rayfleet starts one (local)")
+        default=None, description="host:port of an existing Redis; empty: rayfleet starts one (local fleets)")
     password_env: str | None = Field(default=None, description="environment variable holding the password")
     password_file: str | None = Field(default=None, description="file holding the password")
+    reconnect_timeout_s: float = Field(
+        default=120.0, ge=5, le=3600,
+        description="how long worker raylets wait for a restarted head (RAY_gcs_rpc_server_reconnect_timeout_s; "
+                    "Ray's default 60)")
 
     @model_validator(mode="after")
     def _one_password_source(self) -> FaultTolerance:
         if self.password_env and self.password_file:
             raise ValueError("give password_env or password_file, not both")
+        if self.redis_address and not (self.password_env or self.password_file):
+            raise ValueError("an external redis_address needs its password: set password_env or password_file")
+        if self.redis_address is not None and not re.match(r"^[A-Za-z0-9.\-]+:\d{2,5}$", self.redis_address):
+            raise ValueError("redis_address: expected host:port, e.g. 10.0.0.7:6379")
         return self
 
 
@@ -268,13 +281,18 @@ class PoolSpec(Strict):
 
 
 class HealthPolicy(Strict):
-    """Thresholds that turn check results into healthy / degraded / unhealthy."""
+    """Thresholds that turn check results into healthy / degraded / unhealthy, and the limits
+    that keep remediation from draining a fleet."""
 
-    check_interval_s: float = Field(default=5.0, gt=0, le=3600)
+    heartbeat_interval_s: float = Field(default=1.0, gt=0, le=60, description="agent heartbeat period")
+    check_interval_s: float = Field(default=5.0, gt=0, le=3600, description="passive checks refresh period")
     heartbeat_timeout_s: float = Field(default=3.0, gt=0, description="agent silence before a node is suspect")
-    confirm_window_s: float = Field(default=10.0, ge=0, description="suspicion confirmed over this window")
+    confirm_window_s: float = Field(
+        default=45.0, ge=0, description="a suspect node is failed only if the evidence agrees this long")
+    probe_timeout_s: float = Field(default=1.0, gt=0, le=30, description="deadline of the raylet health probe")
+    drain_deadline_s: float = Field(default=10.0, ge=0, description="work on a failing node gets this long")
     max_gpu_temperature_c: float = Field(default=87.0, gt=0, le=120)
-    min_tflops_fraction: float = Field(default=0.7, gt=0, le=1, description="burn below this x expected: degraded")
+    min_tflops_fraction: float = Field(default=0.7, gt=0, le=1, description="burn below this x expected: failed")
     straggler_fraction: float = Field(default=0.7, gt=0, le=1, description="below this x median bandwidth: straggler")
     max_disk_used_fraction: float = Field(default=0.95, gt=0, le=1)
     max_memory_used_fraction: float = Field(default=0.97, gt=0, le=1)
@@ -283,7 +301,7 @@ class HealthPolicy(Strict):
 
 
 class ScalingPolicy(Strict):
-    loop_period_s: float = Field(default=1.0, gt=0, le=60, description="controller reconcile period")
+    loop_period_s: float = Field(default=0.5, gt=0, le=60, description="controller reconcile period")
     boot_timeout_s: float = Field(default=300.0, gt=0, description="a node not joined by then is replaced")
     idle_timeout_s: float = Field(default=600.0, ge=0, description="idle nodes above the floor are removed after")
     upscaling_speed: int = Field(default=16, ge=1, description="nodes per pool launched per loop at most")
@@ -389,6 +407,14 @@ class FleetSpec(Strict):
             if getattr(self, block) is not None and self.provider != block:
                 raise ValueError(f"{block}: is given but the fleet's provider is {self.provider}; "
                                  f"set provider: {block} or remove the {block} block")
+        return self
+
+    @model_validator(mode="after")
+    def _fault_tolerance_where(self) -> FleetSpec:
+        ft = self.head.fault_tolerance
+        if ft.enabled and self.provider != "local" and not ft.redis_address:
+            raise ValueError(f"head.fault_tolerance.redis_address is required on {self.provider}: rayfleet starts "
+                             "a Redis only for local fleets; give the address of an HA Redis (e.g. ElastiCache)")
         return self
 
     def pool(self, name: str) -> PoolSpec:

@@ -19,7 +19,7 @@ class NodeState(str, Enum):
     READY = "ready"              # joined Ray, alive, passing checks
     SUSPECT = "suspect"          # unresponsive; being confirmed by more evidence before it is failed
     DEGRADED = "degraded"        # working but below thresholds (slow, warm): kept, watched
-    UNHEALTHY = "unhealthy"      # failed (dead raylet, gone instance, failed check): to be replaced
+    UNHEALTHY = "unhealthy"      # alive but failing a check: to be drained and replaced (or held)
     DRAINING = "draining"        # Ray drain requested: no new work lands; terminated after
     QUARANTINED = "quarantined"  # failed a hardware check; drained and kept for diagnosis
     TERMINATING = "terminating"  # terminate requested from the provider
@@ -35,8 +35,11 @@ class NodeState(str, Enum):
         return self in (NodeState.REQUESTED, NodeState.BOOTING)
 
 
+# UNHEALTHY counts: a failing node that remediation has not started to drain (held by a rate
+# limit) still runs its work; its replacement comes when it drains, not before, or a flapping
+# check would launch a node per flap.
 _CAPACITY = frozenset({NodeState.REQUESTED, NodeState.BOOTING, NodeState.READY,
-                       NodeState.SUSPECT, NodeState.DEGRADED})
+                       NodeState.SUSPECT, NodeState.DEGRADED, NodeState.UNHEALTHY})
 
 S = NodeState
 TRANSITIONS: Mapping[NodeState, frozenset[NodeState]] = {
@@ -45,7 +48,7 @@ TRANSITIONS: Mapping[NodeState, frozenset[NodeState]] = {
     S.READY: frozenset({S.SUSPECT, S.DEGRADED, S.UNHEALTHY, S.DRAINING, S.QUARANTINED, S.TERMINATING}),
     S.SUSPECT: frozenset({S.READY, S.DEGRADED, S.UNHEALTHY, S.DRAINING, S.TERMINATING}),
     S.DEGRADED: frozenset({S.READY, S.SUSPECT, S.UNHEALTHY, S.DRAINING, S.QUARANTINED, S.TERMINATING}),
-    S.UNHEALTHY: frozenset({S.DRAINING, S.QUARANTINED, S.TERMINATING}),
+    S.UNHEALTHY: frozenset({S.READY, S.SUSPECT, S.DEGRADED, S.DRAINING, S.QUARANTINED, S.TERMINATING}),
     S.DRAINING: frozenset({S.QUARANTINED, S.TERMINATING, S.UNHEALTHY}),
     S.QUARANTINED: frozenset({S.READY, S.TERMINATING}),
     S.TERMINATING: frozenset({S.TERMINATED}),
@@ -70,6 +73,8 @@ class NodeRecord:
     node_id: str | None = None       # Ray node id once joined
     address: str | None = None
     spare: bool = False              # a hot spare: joined, kept out of the pool's capacity
+    admitted: bool = False           # given its CPUs: nodes join with none, so no work lands before
+    hardware: bool = False           # its failure came from a hardware check (quarantine, not delete)
     launch_attempts: int = 0
     last_action_at: float = 0.0      # last launch or terminate request (both are retried, idempotently)
 

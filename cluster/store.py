@@ -7,6 +7,7 @@
 | targets  | `rayfleet scale`      | manual node targets per pool (user intent)              |
 | state    | the controller        | its FleetState: node records, sequences, backoffs       |
 | status   | the controller        | the status document `rayfleet status` prints            |
+| health   | the controller        | per node, per check: what `rayfleet health` prints      |
 | events   | the controller        | the newest decisions with their reasons                 |
 
 Each key has one writer, so no read-modify-write races between the CLI and the controller.
@@ -61,6 +62,12 @@ class FleetStore:
 
     def status(self) -> dict[str, Any] | None:
         return self._json("status", None)
+
+    def put_health(self, health: dict[str, Any]) -> None:
+        gcs.kv_put(self.client, "health", json.dumps(health, sort_keys=True))
+
+    def health(self) -> dict[str, Any] | None:
+        return self._json("health", None)
 
     def append_events(self, new: Iterable[Event]) -> None:
         new = list(new)

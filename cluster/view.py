@@ -11,10 +11,20 @@ from enum import Enum
 from typing import Mapping
 
 from cluster.demand import Demand
+from cluster.health.report import HealthReport
+
 POOL_LABEL = "rayfleet.io/pool"
 INSTANCE_LABEL = "rayfleet.io/instance"
 FLEET_LABEL = "rayfleet.io/fleet"
 SPARE_LABEL = "rayfleet.io/spare"
+
+
+class Probe(str, Enum):
+    """The raylet's answer to a gRPC health check (what Ray's GCS itself asks it)."""
+
+    OK = "ok"              # SERVING
+    HUNG = "hung"          # no answer before the deadline: stopped, overloaded or cut off
+    GONE = "gone"          # connection refused: no process listens any more
 
 
 class InstanceStatus(str, Enum):
@@ -51,6 +61,7 @@ class RayNode:
     resources: Mapping[str, float] = field(default_factory=dict)
     labels: Mapping[str, str] = field(default_factory=dict)
     is_head: bool = False
+    port: int = 0                   # the raylet's gRPC port (health probes)
 
 
 @dataclass(frozen=True)
@@ -62,6 +73,9 @@ class ClusterView:
     launch_errors: Mapping[str, str] = field(default_factory=dict)  # instance -> error from the last act
     busy_nodes: frozenset[str] = frozenset()   # Ray node ids running training workers
     demand: Demand | None = None               # Ray's pending demand and node usage; None: not read
+    health: Mapping[str, HealthReport] = field(default_factory=dict)  # instance -> newest agent report
+    probes: Mapping[str, Probe] = field(default_factory=dict)         # instance -> raylet probe this loop
+    quiet_until: float = 0.0   # the controller itself was starved until then: silence before it proves nothing
 
     def ray_by_instance(self) -> dict[str, RayNode]:
         """The newest Ray node per instance label (a restarted raylet registers a new node id)."""

@@ -48,6 +48,29 @@ def build_trainer(spec: Any, run: dict[str, Any]) -> Any:
                         scaling_config=scaling, run_config=config, torch_config=torch_config)
 
 
+def own_node_temp_dir() -> str | None:
+    """The temp dir of the node this driver runs on, from its raylet's command line.
+
+    Ray Jobs starts the driver under a JobSupervisor (a worker of some node's raylet), but
+    `ray.init` attaches to the head's raylet whenever several nodes share one IP (every local node
+    does), and Ray Train pins its controller to the driver's node: a job meant to run off the head
+    would still die with the head. Connecting with the node's own temp dir picks the right raylet.
+    """
+    import psutil
+
+    try:
+        ancestor = psutil.Process().parent()
+        while ancestor is not None and ancestor.name() != "raylet":
+            ancestor = ancestor.parent()
+        args = ancestor.cmdline() if ancestor is not None else []
+    except psutil.Error:
+        return None
+    for arg in args:
+        if arg.startswith("--temp_dir="):
+            return arg.split("=", 1)[1]
+    return None
+
+
 def main() -> int:
     from jobs import history
     from jobs.spec import JobSpec
@@ -60,10 +83,10 @@ def main() -> int:
         run["submission_id"] = new_submission_id(spec.name)
         history.record(run["storage"], spec.name, "submitted", submission_id=run["submission_id"],
                        pool=spec.pool, strategy=spec.parallelism.strategy, steps=spec.steps,
-                       spec=spec.model_dump(mode="json"), user="rayjob")
+                       spec=spec.model_dump(mode="json"), run=json.dumps(run), user="rayjob")
     import ray
 
-    ray.init(logging_level="WARNING")
+    ray.init(logging_level="WARNING", _temp_dir=own_node_temp_dir())
     try:
         result = build_trainer(spec, run).fit()
     except Exception as error:  # the job failed for good: record why, exit non-zero

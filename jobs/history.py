@@ -55,16 +55,18 @@ def job_names(storage: str | Path) -> Iterator[str]:
 def summary(storage: str | Path, name: str) -> dict[str, Any]:
     """The latest submission of a job, folded from its history."""
     latest: dict[str, Any] = {"job": name, "submissions": 0, "restarts": 0}
+    carried = 0  # restarts of earlier submissions that the controller resubmitted after a lost driver
     for event in events(storage, name):
         kind = event["event"]
         if kind == "submitted":
+            carried = carried + latest.get("restarts", 0) + 1 if event.get("after_lost_driver") else 0
             latest.update(submission_id=event["submission_id"], submitted_at=event["time"],
                           pool=event.get("pool"), strategy=event.get("strategy"), steps=event.get("steps"),
-                          state="PENDING", restarts=0, attempts=0, final_step=None)
+                          state="PENDING", restarts=carried, attempts=0, final_step=None)
             latest["submissions"] += 1
         elif kind == "started" and event.get("submission_id") == latest.get("submission_id"):
             latest["attempts"] = latest.get("attempts", 0) + 1
-            latest["restarts"] = max(0, latest["attempts"] - 1)
+            latest["restarts"] = carried + max(0, latest["attempts"] - 1)
             latest["state"] = "RUNNING"
             latest["resumed_from"] = event.get("from_step")
         elif kind == "finished" and event.get("submission_id") == latest.get("submission_id"):

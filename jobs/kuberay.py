@@ -6,7 +6,6 @@ It never creates or deletes a cluster: `clusterSelector` names the fleet's RayCl
 """
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import yaml
@@ -15,9 +14,8 @@ from cluster.errors import BadInput
 from cluster.render.k8s import MANAGED, RAY_API, settings, token_env
 from cluster.spec import FleetSpec
 from cluster.view import FLEET_LABEL
-from jobs.entrypoint import RUN_ENV, SPEC_ENV
 from jobs.spec import JobSpec
-from jobs.submit import job_metadata, run_info
+from jobs.submit import job_environment, job_metadata, run_info
 
 ENTRYPOINT = "python -m jobs.entrypoint"
 
@@ -29,7 +27,7 @@ def ray_job(spec: JobSpec, fleet: FleetSpec, fleet_path: str) -> dict[str, Any]:
         raise BadInput(f"{fleet_path}: storage: a job on Kubernetes needs checkpoint storage every pod reaches; "
                        "set storage to a shared mount (a ReadWriteMany volume) or object-store path")
     k8s = settings(fleet)
-    env = {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run_info(spec, fleet, fleet.storage, None))}
+    env = job_environment(spec, run_info(spec, fleet, fleet.storage, None))
     return {
         "apiVersion": RAY_API, "kind": "RayJob",
         "metadata": {"name": spec.name, "namespace": k8s.namespace, "labels": {**MANAGED, FLEET_LABEL: fleet.name}},

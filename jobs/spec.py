@@ -77,6 +77,10 @@ class CheckpointSection(Strict):
 
 class FailureSection(Strict):
     max_restarts: int = Field(default=3, ge=-1, description="-1: restart forever")
+    poll_interval_s: float = Field(
+        default=0.5, gt=0, le=60,
+        description="how often Ray Train's controller polls its workers (Ray's default 2 s): a failure is "
+                    "noticed, and a report returns, within it; raise it for jobs of thousands of workers")
 
 
 class JobSpec(Strict):

@@ -19,6 +19,7 @@ from cluster import gcs
 from cluster.connection import Connection
 from cluster.errors import BadInput, FleetNotRunning, NotFound
 from cluster.spec import ACCELERATOR_PEAK_TFLOPS, FleetSpec
+from cluster.view import POOL_LABEL
 from jobs import history
 from jobs.entrypoint import RUN_ENV, SPEC_ENV
 from jobs.progress import progress_key
@@ -34,7 +35,8 @@ def job_client(conn: Connection) -> Any:
     try:
         return JobSubmissionClient(conn.dashboard_url)
     except Exception as error:
-        raise FleetNotRunning(f"the job API at {conn.dashboard_url} does not answer: {error}") from None
+        raise FleetNotRunning(f"the job API at {conn.dashboard_url} does not answer ({error}); `rayfleet status` "
+                              f"checks the fleet, `rayfleet dashboard` the dashboard and its token") from None
 
 
 def local_gpus_are_real() -> bool:
@@ -74,10 +76,29 @@ def run_info(spec: JobSpec, fleet: FleetSpec, storage: str, submission_id: str |
     return run
 
 
+def driver_placement(spec: JobSpec, fleet: FleetSpec) -> dict[str, Any]:
+    """On a fault-tolerant fleet the driver runs on one of the job's pool nodes, not the head: Ray
+    Train pins its controller to the driver's node, so the job then trains straight through a head
+    restart (measured with Ray 2.60: the same workers kept stepping through a SIGKILL of every head
+    process). Elsewhere the driver stays on the head, Ray's default."""
+    if fleet.head.fault_tolerance.enabled:
+        return {"entrypoint_label_selector": {POOL_LABEL: spec.pool}}
+    return {}
+
+
+def job_environment(spec: JobSpec, run: dict[str, Any]) -> dict[str, str]:
+    """The job's runtime_env variables: its spec and run info, and Ray Train's polling periods."""
+    return {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run),
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(spec.failure.poll_interval_s),
+            # a drain (rayfleet's remediation, a spot notice) is seen within a second, not five
+            "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": str(min(1.0, spec.failure.poll_interval_s * 2))}
+
+
 def job_metadata(spec: JobSpec) -> dict[str, str]:
-    """Ray job metadata: what the dashboard's Jobs view shows beside the job."""
+    """Ray job metadata: what the dashboard's Jobs view shows beside the job. `job_name` is the
+    key its Name column reads (the column's help in Ray 2.60's dashboard says so)."""
     workers = spec.workers if isinstance(spec.workers, int) else f"{spec.workers.min}-{spec.workers.max}"
-    return {JOB_KEY: spec.name, "pool": spec.pool, "strategy": spec.parallelism.strategy,
+    return {JOB_KEY: spec.name, "job_name": spec.name, "pool": spec.pool, "strategy": spec.parallelism.strategy,
             "workers": str(workers), "model": spec.model.preset, "steps": str(spec.steps)}
 
 
@@ -100,13 +121,14 @@ def submit(conn: Connection, spec: JobSpec, path: str | Path) -> str:
     client.submit_job(
         entrypoint=f"{python} -m jobs.entrypoint",
         submission_id=submission_id,
-        runtime_env={"env_vars": {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run)}},
+        runtime_env={"env_vars": job_environment(spec, run)},
         metadata=job_metadata(spec),
         entrypoint_num_cpus=0,
+        **driver_placement(spec, fleet),
     )
     history.record(storage, spec.name, "submitted", submission_id=submission_id, pool=spec.pool,
                    strategy=spec.parallelism.strategy, steps=spec.steps, spec=spec.model_dump(mode="json"),
-                   user=os.environ.get("USER", ""))
+                   run=json.dumps(run), placement=driver_placement(spec, fleet), user=os.environ.get("USER", ""))
     return submission_id
 
 

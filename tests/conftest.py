@@ -17,8 +17,10 @@ T = TypeVar("T")
 
 def rayfleet(*args: str, home: Path | None = None, timeout: float = 600, env: dict | None = None,
              ) -> subprocess.CompletedProcess[str]:
-    """Run the `rayfleet` console script as a user would."""
+    """Run the `rayfleet` console script as a user would, on this checkout's code (PYTHONPATH: the
+    script may be installed from another checkout; the fleet's processes inherit it too)."""
     full_env = {**os.environ, **(env or {})}
+    full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
     if home is not None:
         full_env["RAYFLEET_HOME"] = str(home)
     return subprocess.run([RAYFLEET, *args], capture_output=True, text=True, timeout=timeout,

@@ -1,9 +1,12 @@
 """`rayfleet`: the command line. One file per command under cluster/cli/commands/.
 
 This is the one place errors become messages and exit codes: 0 done, 1 failed, 2 bad input.
+An error that is not a RayfleetError (a bug, or a library's failure nobody translated) prints one
+line too, with RAYFLEET_DEBUG=1 to see its traceback.
 """
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
@@ -25,7 +28,7 @@ app = typer.Typer(
 def _register() -> None:
     # Each module adds its command(s) to `app` on import.
     from cluster.cli.commands import (  # noqa: F401
-        demo, down, events, jobs, logs, render, scale, schema, status, stop, submit, up,
+        chaos, dashboard, demo, down, events, health, jobs, logs, render, scale, schema, status, stop, submit, up,
     )
 
 
@@ -39,7 +42,17 @@ def main() -> None:
     except KeyboardInterrupt:
         errors.print("interrupted")
         sys.exit(130)
+    except Exception as error:  # a failure nobody turned into a RayfleetError: one line, not a traceback
+        if os.environ.get("RAYFLEET_DEBUG"):
+            raise
+        errors.print(f"[bold red]error:[/] {escape(type(error).__name__)}: {escape(str(error))} "
+                     "(unexpected: RAYFLEET_DEBUG=1 shows the traceback to report)")
+        sys.exit(1)
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m cluster.cli.main`: the commands register on the importable module's `app`, not
+    # on this `__main__` copy, so run that module's main.
+    from cluster.cli import main as cli_module
+
+    cli_module.main()

@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -24,7 +25,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cluster.processes import Owned, find_by_marker, spawn_detached, stop_tree, write_json_atomic
+from cluster.processes import (
+    Owned, descendants, find_by_marker, process_of, signal_owned, spawn_detached, stop_tree, write_json_atomic,
+)
 from cluster.spec import FleetSpec, PoolSpec
 from cluster.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL, Instance, InstanceStatus
 
@@ -33,8 +36,9 @@ log = logging.getLogger(__name__)
 START_GRACE_S = 30.0
 """A node folder without a pid (a crash between recording and spawning) counts as pending this long."""
 
-STOP_GRACE_S = 10.0
-"""`ray start --block` stops its raylet and agents on SIGTERM in about 3 s here; then SIGKILL."""
+STOP_GRACE_S = 5.0
+"""`ray start --block` answers SIGTERM by draining for up to 30 s; the controller drains through the
+GCS first when it matters, so 5 s of grace, then SIGKILL."""
 
 
 def ray_executable() -> str:
@@ -65,6 +69,7 @@ class LocalProvider:
         self.temp_root = temp_root
         self._stopper = ThreadPoolExecutor(max_workers=8, thread_name_prefix="rayfleet-stop")
         self._stopping: dict[str, Future[None]] = {}
+        self._raylets: dict[str, Owned] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -128,7 +133,9 @@ class LocalProvider:
             ray_executable(), "start", "--block",
             f"--address={self.gcs_address}",
             "--node-ip-address=127.0.0.1",
-            f"--num-cpus={_number(pool.cpus_per_node)}",
+            # No CPUs until the controller admits the node (checks passed, not a spare): nothing
+            # that needs a CPU, which is every task and training worker, can land on it before.
+            "--num-cpus=0",
             f"--num-gpus={pool.gpus_per_node}",
             f"--memory={pool.memory}",
             f"--object-store-memory={object_store}",
@@ -140,7 +147,12 @@ class LocalProvider:
         ]
 
     def _pool_env(self, pool: PoolSpec) -> dict[str, str]:
-        return dict(pool.provider.local.env) if pool.provider.local else {}
+        env = dict(pool.provider.local.env) if pool.provider.local else {}
+        ft = self.spec.head.fault_tolerance
+        if ft.enabled:
+            # How long the raylet waits for a restarted head before it gives up and exits (Ray: 60 s).
+            env["RAY_gcs_rpc_server_reconnect_timeout_s"] = str(int(ft.reconnect_timeout_s))
+        return env
 
     # --- terminating --------------------------------------------------------------------------
     def _terminate_one(self, name: str) -> Future[None]:
@@ -159,13 +171,19 @@ class LocalProvider:
             stop_tree(owned, grace_s=STOP_GRACE_S)
         shutil.rmtree(self._temp_dir(name), ignore_errors=True)
         shutil.rmtree(self._folder(name), ignore_errors=True)
+        self._raylets.pop(name, None)
         log.info("terminated local node %s", name)
 
     # --- records ------------------------------------------------------------------------------
     def _instance(self, name: str, record: Mapping[str, Any]) -> Instance:
         owned = self._owned(name, record)
         launched_at = float(record.get("launched_at", 0.0))
-        if owned is not None and owned.alive():
+        raylet = self._raylet(name, owned)
+        if raylet is not None and not raylet.alive():
+            # `ray start --block` needs ~1.3 s (more under load) to notice its raylet died; the
+            # raylet's own pid tells at once.
+            status, detail = InstanceStatus.TERMINATED, "raylet exited (its process is gone)"
+        elif owned is not None and owned.alive():
             status, detail = InstanceStatus.RUNNING, ""
         elif "pid" not in record and time.time() - launched_at < START_GRACE_S:
             status, detail = InstanceStatus.PENDING, "starting"
@@ -173,6 +191,30 @@ class LocalProvider:
             status, detail = InstanceStatus.TERMINATED, self._exit_detail(name)
         return Instance(id=name, pool=str(record.get("pool", "")), status=status, launched_at=launched_at,
                         detail=detail, provider_id=str(owned.pid) if owned else None)
+
+    def _raylet(self, name: str, owned: Owned | None) -> Owned | None:
+        """The node's raylet process, found once under `ray start` and remembered."""
+        if name in self._raylets:
+            return self._raylets[name]
+        if owned is None:
+            return None
+        for child in descendants(owned):
+            process = process_of(child)
+            if process is not None and process.name() == "raylet":
+                self._raylets[name] = child
+                return child
+        return None
+
+    def kill(self, name: str) -> int:
+        """Chaos: SIGKILL every process of the node at once, as a hard node death. Returns the count."""
+        record = self._read(name)
+        owned = self._owned(name, record) if record is not None else None
+        if owned is None or not owned.alive():
+            raise ValueError(f"node {name} has no running process to kill")
+        tree = [owned, *descendants(owned)]
+        for member in tree:
+            signal_owned(member, signal.SIGKILL)
+        return len(tree)
 
     def _owned(self, name: str, record: Mapping[str, Any]) -> Owned | None:
         if "pid" in record:

@@ -131,6 +131,10 @@ def head_template_data(spec: FleetSpec) -> dict[str, Any]:
                                  "Ebs": {"VolumeSize": 100, "VolumeType": "gp3",
                                          "DeleteOnTermination": True, "Encrypted": True}}],
         "MetadataOptions": _metadata_options(),
+        # EC2 moves the head to healthy hardware on a system-check failure, keeping its address and
+        # volume; on boot its unit runs `rayfleet up` again, whose supervisor also restarts a head
+        # process that dies. With head.fault_tolerance (an external Redis) no worker is lost.
+        "MaintenanceOptions": {"AutoRecovery": "default"},
         "TagSpecifications": [{"ResourceType": kind,
                                "Tags": tags({FLEET_LABEL: spec.name, ROLE_TAG: "head",
                                              "Name": f"{spec.name}-head"})}
@@ -211,8 +215,10 @@ def _environment(aws: AwsFleet, fleet: str, token_file: str, extra: dict[str, st
 def ray_start_command(spec: FleetSpec, pool: PoolSpec, instance: str, head_address: str) -> list[str]:
     """The worker's `ray start`: the pool's resources and the labels that join node and instance."""
     ray = f"{aws_settings(spec).ray_bin_dir}/ray"
+    # No CPUs at start: the controller admits the node (resizes its CPUs to cpus_per_node) once
+    # its health agent reported it healthy; a hot spare stays unadmitted until promoted.
     return [ray, "start", "--block", f"--address={head_address}",
-            f"--num-cpus={number(pool.cpus_per_node)}", f"--num-gpus={pool.gpus_per_node}",
+            "--num-cpus=0", f"--num-gpus={pool.gpus_per_node}",
             f"--memory={pool.memory}", f"--resources={resources_argument(pool)}",
             f"--labels={labels_argument(node_labels(spec.name, pool, instance))}",
             "--disable-usage-stats"]

@@ -145,7 +145,9 @@ def worker_group(spec: FleetSpec, pool: PoolSpec) -> dict[str, Any]:
     selector.update(own.node_selector)
     tolerations.extend(t.model_dump(exclude_none=True) for t in own.tolerations)
     labels = {**pool_labels(spec.name, pool), INSTANCE_LABEL: f"$({INSTANCE_ENV})"}
-    start_params = {"labels": labels_argument(labels)}
+    # num-cpus 0: the controller admits the node (resizes its CPUs to cpus_per_node) once its
+    # health agent reported it healthy; a hot spare stays unadmitted until promoted.
+    start_params = {"labels": labels_argument(labels), "num-cpus": "0"}
     if pool.accelerator:
         start_params["resources"] = _quoted_resources(pool)
     pod_spec: dict[str, Any] = {
@@ -156,8 +158,8 @@ def worker_group(spec: FleetSpec, pool: PoolSpec) -> dict[str, Any]:
             "image": own.image or k8s.image,
             "env": [{"name": INSTANCE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                     *token_env(spec)],
-            # Extended resources (GPUs) need requests == limits; KubeRay derives Ray's num-cpus,
-            # num-gpus and memory from these limits.
+            # Extended resources (GPUs) need requests == limits; KubeRay derives Ray's num-gpus and
+            # memory from these limits (num-cpus is set to 0 above, for admission).
             "resources": {"requests": dict(resources), "limits": dict(resources)},
             # NCCL and Ray's object store need a /dev/shm larger than the container default 64 MiB.
             "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
@@ -245,8 +247,23 @@ def ray_cluster(spec: FleetSpec) -> dict[str, Any]:
             "enableInTreeAutoscaling": False,
             "headGroupSpec": head_group(spec),
             "workerGroupSpecs": [worker_group(spec, pool) for pool in spec.pools],
+            **gcs_fault_tolerance(spec),
         },
     }
+
+
+def gcs_fault_tolerance(spec: FleetSpec) -> dict[str, Any]:
+    """KubeRay's GCS fault tolerance: the GCS keeps its state in the fleet's Redis, and KubeRay
+    restarts a dead head pod against it while the workers wait. The password is a reference to
+    the Secret `<fleet>-redis-password` (key `password`), never a value."""
+    ft = spec.head.fault_tolerance
+    if not ft.enabled:
+        return {}
+    return {"gcsFaultToleranceOptions": {
+        "redisAddress": ft.redis_address,
+        "redisPassword": {"valueFrom": {"secretKeyRef": {"name": f"{spec.name}-redis-password", "key": "password"}}},
+        "externalStorageNamespace": spec.name,
+    }}
 
 
 def fleet_objects(spec: FleetSpec) -> list[dict[str, Any]]:

@@ -2,6 +2,7 @@
 planner sizing pools from them over the simulated cloud."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import pytest
@@ -11,7 +12,8 @@ from ray.core.generated import autoscaler_pb2, common_pb2
 
 from cluster import gcs
 from cluster.autoscale import PoolTarget, autoscale_targets, node_shape
-from cluster.demand import Bundle, Demand, Gang, LabelConstraint, NodeUsage, Selector, demand_from_resource_state, resources
+from cluster.demand import (Bundle, Demand, Gang, IdleClock, LabelConstraint, NodeUsage, Selector,
+                            demand_from_resource_state, resources)
 from cluster.observe import observe
 from cluster.plan import Launch, Terminate, desired_nodes, plan
 from cluster.simulate import SimulatedCloud, SimulatedController, SimulatedJob
@@ -42,7 +44,8 @@ def gang(count: int, strategy: str = "PACK", name: str = "pg1", **bundle: float)
 
 
 def ready(number: int, pool: str = "h100", spare: bool = False) -> NodeRecord:
-    return NodeRecord(f"t-{pool}-{number:04d}", pool, S.READY, 0.0, node_id=f"{number:056x}", spare=spare)
+    return NodeRecord(f"t-{pool}-{number:04d}", pool, S.READY, 0.0, node_id=f"{number:056x}", spare=spare,
+                      admitted=True)
 
 
 def idle(number: int, seconds: float, spec: FleetSpec, pool: str = "h100") -> NodeUsage:
@@ -85,10 +88,13 @@ def test_ray_resource_state_becomes_bundles_gangs_and_node_usage() -> None:
     request = legacy.requests.add()
     request.resources_bundle.update({"CPU": 2.0})
     request.placement_constraints.add().anti_affinity.label_name = "_PG_x"
-    for node_id, status, idle_ms in ((b"\x01", autoscaler_pb2.RUNNING, 0), (b"\x02", autoscaler_pb2.IDLE, 61_000),
-                                     (b"\x03", autoscaler_pb2.DEAD, 0)):
+    for node_id, status, idle_ms, free_cpu in ((b"\x01", autoscaler_pb2.RUNNING, 0, 0.0),
+                                               (b"\x02", autoscaler_pb2.IDLE, 61_000, 1.0),
+                                               (b"\x03", autoscaler_pb2.DEAD, 0, 0.0),
+                                               (b"\x04", autoscaler_pb2.RUNNING, 0, 1.0)):  # an agent, no work
         node = state.node_states.add(node_id=node_id, status=status, idle_duration_ms=idle_ms)
-        node.available_resources.update({"CPU": 1.0})
+        node.total_resources.update({"CPU": 1.0, "object_store_memory": 1e8, "node:10.0.0.1": 1.0})
+        node.available_resources.update({"CPU": free_cpu, "object_store_memory": 5e7, "node:10.0.0.1": 1.0})
 
     demand = demand_from_resource_state(state)
 
@@ -101,9 +107,23 @@ def test_ray_resource_state_becomes_bundles_gangs_and_node_usage() -> None:
     assert demand.gangs[0].bundles == (Bundle((("CPU", 1.0), ("GPU", 1.0)), on("h100")),) * 3
     assert demand.gangs[1].strategy == "STRICT_SPREAD"  # from the anti-affinity constraint
     assert demand.pending_bundles == 2 + 3 + 1
-    assert set(demand.nodes) == {"01", "02"}  # the dead node holds nothing
-    assert demand.nodes["01"].busy and demand.busy_nodes == frozenset({"01"})
+    assert set(demand.nodes) == {"01", "02", "04"}  # the dead node holds nothing
+    assert demand.busy_nodes == frozenset({"01"})  # its CPU is taken; objects cached elsewhere do not count
     assert (demand.nodes["02"].busy, demand.nodes["02"].idle_ms) == (False, 61_000)
+    assert (demand.nodes["04"].busy, demand.nodes["04"].idle_ms) == (False, 0)  # Ray: RUNNING, our agent
+
+
+def test_idle_clock_times_nodes_ray_calls_running_only_for_our_agents() -> None:
+    clock = IdleClock()
+    agent_only = NodeUsage("04", busy=False, idle_ms=0)
+    ray_idle = NodeUsage("02", busy=False, idle_ms=61_000)
+    working = NodeUsage("01", busy=True, idle_ms=0)
+    clock.update(Demand(nodes={"01": working, "02": ray_idle, "04": agent_only}), now=100.0)
+    later = clock.update(Demand(nodes={"01": working, "02": ray_idle, "04": agent_only}), now=130.0)
+    assert {n: u.idle_ms for n, u in later.nodes.items()} == {"01": 0, "02": 61_000, "04": 30_000}
+    clock.update(Demand(nodes={"04": dataclasses.replace(agent_only, busy=True)}), now=140.0)  # work landed
+    again = clock.update(Demand(nodes={"04": agent_only}), now=150.0)
+    assert again.nodes["04"].idle_ms == 0  # the clock starts over after any work
 
 
 class FakeGcs:
@@ -131,7 +151,8 @@ class NoInstances:
 
 def two_nodes() -> autoscaler_pb2.ClusterResourceState:
     state = autoscaler_pb2.ClusterResourceState()
-    state.node_states.add(node_id=b"\x01", status=autoscaler_pb2.RUNNING)
+    busy_ = state.node_states.add(node_id=b"\x01", status=autoscaler_pb2.RUNNING)
+    busy_.total_resources.update({"CPU": 1.0})
     state.node_states.add(node_id=b"\x02", status=autoscaler_pb2.IDLE, idle_duration_ms=90_000)
     return state
 
@@ -157,7 +178,9 @@ def test_drains_name_the_node_by_its_hex_id() -> None:
     """A binary id reaches the GCS as NIL_ID, which accepts the drain and ignores it."""
     client = FakeGcs(two_nodes())
     gcs.drain(client, "ab" * 28, "idle", deadline_s=30, preemption=False, now_ms=1_000)
-    assert client.drained == [("ab" * 28, autoscaler_pb2.DRAIN_NODE_REASON_IDLE_TERMINATION, "idle", 31_000)]
+    (node_id, *rest), = client.drained
+    assert (bytes(node_id, "ascii") if isinstance(node_id, str) else node_id) == b"ab" * 28  # hex, not binary
+    assert rest == [autoscaler_pb2.DRAIN_NODE_REASON_IDLE_TERMINATION, "idle", 31_000]
 
 
 # --- the policy --------------------------------------------------------------------------------
@@ -198,6 +221,16 @@ def test_starting_nodes_absorb_pending_demand_so_nothing_is_launched_twice() -> 
     assert (result.nodes, result.new_nodes) == (2, 0)
 
 
+def test_a_joined_node_not_yet_admitted_counts_as_starting() -> None:
+    """Nodes join Ray with no CPUs until their health checks pass (admission): Ray shows nothing
+    free on them, but the pending gang will land there, so it launches nothing more."""
+    spec = make_spec()
+    waiting = NodeRecord("t-h100-0002", "h100", S.READY, 0.0, node_id=f"{2:056x}", admitted=False)
+    no_cpu = NodeUsage(f"{2:056x}", busy=False, idle_ms=5_000, available=resources({"GPU": 8}))
+    result = target(spec, [waiting], Demand(gangs=(gang(1),), nodes={no_cpu.node_id: no_cpu}))
+    assert (result.new_nodes, result.removable) == (0, ())
+
+
 def test_free_resources_of_busy_nodes_are_used_before_new_nodes() -> None:
     spec = make_spec()
     partly = NodeUsage("1".zfill(56), busy=True, idle_ms=0,
@@ -220,7 +253,7 @@ def test_idle_time_counts_only_since_the_node_joined() -> None:
     """Ray counts idle time from the raylet's start; a node that joined 5 s ago may be about to
     get the work it was launched for (seen on a real fleet: the gang landed, the report lagged)."""
     spec = make_spec()
-    joined = NodeRecord("t-h100-0001", "h100", S.READY, since=1000.0, node_id=f"{1:056x}")
+    joined = NodeRecord("t-h100-0001", "h100", S.READY, since=1000.0, node_id=f"{1:056x}", admitted=True)
     demand = Demand(nodes={f"{1:056x}": idle(1, 300, spec)})
     assert target(spec, [joined], demand, now=1005.0).removable == ()
     assert target(spec, [joined], demand, now=1061.0).removable == (("t-h100-0001", 61.0),)
@@ -281,7 +314,7 @@ def scenario(max_nodes: int, gangs: list, tasks: list, nodes: list) -> tuple[Fle
     records, usage = [], {}
     for number, (state, is_busy, idle_s) in enumerate(nodes, start=1):
         records.append(NodeRecord(f"t-h100-{number:04d}", "h100", S(state), 0.0,
-                                  node_id=f"{number:056x}" if state != "booting" else None))
+                                  node_id=f"{number:056x}" if state != "booting" else None, admitted=True))
         if state == "ready":
             usage[f"{number:056x}"] = busy(number) if is_busy else idle(number, idle_s, spec)
     demand = Demand(gangs=tuple(Gang(f"g{i}", (gpu_bundle(**shape),) * count, strategy)

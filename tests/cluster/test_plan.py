@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from cluster.plan import RELAUNCH_AFTER_S, Drain, Launch, Terminate, desired_nodes, plan
+from cluster.plan import RELAUNCH_AFTER_S, Admit, Drain, Evict, Launch, Terminate, desired_nodes, plan
 from cluster.simulate import SimulatedCloud, SimulatedController
 from cluster.spec import FleetSpec
 from cluster.state import FleetState, IllegalTransition, NodeRecord, NodeState
@@ -76,9 +76,10 @@ def test_dead_instance_is_replaced_in_the_same_pass_with_its_reason() -> None:
     controller.cloud.kill("t-h100-0001", detail="raylet exited with -9 (signal 9)")
     result = controller.tick()
     assert Terminate("h100", "t-h100-0001", "instance gone: raylet exited with -9 (signal 9)") in result.actions
+    assert any(isinstance(a, Evict) and a.instance == "t-h100-0001" for a in result.actions)  # jobs fail over now
     assert Launch("h100", "t-h100-0003") in result.actions
-    replace = [e for e in result.events if e.kind == "replace"]
-    assert replace and "signal 9" in replace[0].reason
+    lost = [e for e in result.events if e.kind == "lost"]
+    assert lost and "signal 9" in lost[0].message
     settle(controller)
     assert ready(controller, "h100") == 2
     assert "t-h100-0001" not in controller.state.nodes

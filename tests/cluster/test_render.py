@@ -322,3 +322,21 @@ def test_the_cli_refuses_a_fleet_of_another_provider_and_a_job_without_its_fleet
     assert result.returncode == 2 and "--fleet-file" in result.stderr
     result = rayfleet("render", "k8s", "-f", str(job), "--fleet-file", str(EXAMPLES / "local-fleet.yaml"), timeout=120)
     assert result.returncode == 2 and "a RayJob runs on a kubernetes fleet" in result.stderr
+
+
+def test_fault_tolerant_fleets_render_kuberay_gcs_fault_tolerance_without_the_password() -> None:
+    data = yaml.safe_load((EXAMPLES / "k8s-fleet.yaml").read_text())
+    data["head"]["fault_tolerance"] = {"enabled": True, "redis_address": "redis.rayfleet.svc:6379",
+                                       "password_env": "REDIS_PASSWORD"}
+    spec = FleetSpec.model_validate(data)
+    cluster = k8s.ray_cluster(spec)
+    validate_object(cluster)
+    options = cluster["spec"]["gcsFaultToleranceOptions"]
+    assert options["redisAddress"] == "redis.rayfleet.svc:6379" and options["externalStorageNamespace"] == "k8s-demo"
+    assert options["redisPassword"] == {"valueFrom": {"secretKeyRef": {"name": "k8s-demo-redis-password",
+                                                                       "key": "password"}}}
+    assert "gcsFaultToleranceOptions" not in k8s.ray_cluster(FleetSpec.model_validate(
+        yaml.safe_load((EXAMPLES / "k8s-fleet.yaml").read_text())))["spec"]
+    data["head"]["fault_tolerance"] = {"enabled": True}
+    with pytest.raises(Exception, match="redis_address is required on kubernetes"):
+        FleetSpec.model_validate(data)

@@ -7,6 +7,7 @@ from typing import Optional
 import typer
 
 from cluster import gcs
+from cluster.cli.completion import complete_fleet
 from cluster.cli.main import app
 from cluster.cli.output import console
 from cluster.connection import ray_driver, use_token
@@ -18,7 +19,8 @@ from cluster.spec import load_fleet_spec
 
 
 @app.command()
-def down(fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)")) -> None:
+def down(fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)",
+                                             autocompletion=complete_fleet)) -> None:
     """Stop the controller, every node, and the head. Safe to repeat."""
     fleet = resolve_fleet(fleet_name)
     with fleet.lock():

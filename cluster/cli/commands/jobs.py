@@ -7,8 +7,9 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
+from cluster.cli.completion import complete_fleet
 from cluster.cli.main import app
-from cluster.cli.output import Format, console, emit
+from cluster.cli.output import Format, age, console, count, emit, table
 from cluster.connection import connect
 
 
@@ -16,9 +17,10 @@ from cluster.connection import connect
 def jobs(
     all_jobs: bool = typer.Option(False, "--all", help="every job in the fleet's history, not only this head's"),
     output: Format = typer.Option(Format.table, "-o", "--output", help="table, json or yaml"),
-    fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)"),
+    fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)",
+                                             autocompletion=complete_fleet),
 ) -> None:
-    """List jobs: state, step, loss, tokens/s, restarts."""
+    """List jobs: state, step, loss, tokens/s, MFU, restarts (submission ids with -o json)."""
     from jobs import history
     from jobs.submit import job_client, progress, rayfleet_jobs, storage_of
 
@@ -41,17 +43,32 @@ def jobs(
                                   "start_time": summary.get("submitted_at")}, None, summary))
     if emit(rows, output):
         return
-    table = Table(box=None, header_style="bold")
-    for column in ("JOB", "SUBMISSION", "STATE", "STEP", "LOSS", "TOK/S", "RESTARTS", "POOL", "STRATEGY", "AGE"):
-        table.add_column(column)
+    if not rows:
+        console.print("no jobs yet: `rayfleet submit -f JOB.yaml` starts one")
+        return
+    console.print(jobs_table(rows, time.time()))
+
+
+def jobs_table(rows: list[dict[str, Any]], now: float) -> Table:
+    """One row per job name (its newest submission, which `logs NAME` and `stop NAME` address);
+    submission ids are in -o json. Fits 80 columns: only JOB folds, and MFU shows only where a
+    job reports one (GPU jobs with a known peak)."""
+    fixed = {"no_wrap": True}
+    right = {"no_wrap": True, "justify": "right"}
+    with_mfu = any(row.get("mfu") is not None for row in rows)
+    columns = [("JOB", {"overflow": "fold", "min_width": 8}), ("STATE", fixed), ("STEP", right), ("LOSS", right),
+               ("TOK/S", right), *([("MFU", right)] if with_mfu else []), ("RESTARTS", right), ("POOL", fixed),
+               ("STRATEGY", fixed), ("AGE", right)]
+    out = table(*columns)
     for row in rows:
-        age = f"{time.time() - row['start_time']:.0f}s" if row.get("start_time") else "-"
-        table.add_row(row["job"], row["submission_id"] or "-", row["status"] or "-",
-                      f"{row['step']}/{row['steps']}" if row["step"] is not None else f"-/{row['steps']}",
-                      f"{row['loss']:.4f}" if row["loss"] is not None else "-",
-                      f"{row['tokens_per_s']:,.0f}" if row["tokens_per_s"] else "-", str(row["restarts"]),
-                      row["pool"] or "-", row["strategy"] or "-", age)
-    console.print(table)
+        step = f"{row['step'] if row['step'] is not None else '-'}/{row['steps'] or '-'}"
+        mfu = [f"{row['mfu']:.1%}" if row.get("mfu") is not None else "-"] if with_mfu else []
+        out.add_row(row["job"], row["status"] or "-", step,
+                    f"{row['loss']:.4f}" if row["loss"] is not None else "-",
+                    count(row["tokens_per_s"]) if row["tokens_per_s"] else "-", *mfu, str(row["restarts"]),
+                    row["pool"] or "-", row["strategy"] or "-",
+                    age(now - row["start_time"]) if row.get("start_time") else "-")
+    return out
 
 
 def _row(job: dict[str, Any], live: dict[str, Any] | None, summary: dict[str, Any]) -> dict[str, Any]:

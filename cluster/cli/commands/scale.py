@@ -5,6 +5,7 @@ from typing import Optional
 
 import typer
 
+from cluster.cli.completion import complete_fleet, complete_pool
 from cluster.cli.main import app
 from cluster.cli.output import console
 from cluster.cli.progress import wait_for_pools
@@ -16,11 +17,12 @@ from cluster.plan import desired_nodes
 
 @app.command()
 def scale(
-    pool: str = typer.Argument(..., help="pool name"),
+    pool: str = typer.Argument(..., help="pool name", autocompletion=complete_pool),
     nodes: int = typer.Option(..., "--nodes", "-n", help="desired nodes, within the pool's [min_nodes, max_nodes]"),
     wait: bool = typer.Option(False, help="wait until the pool has that many ready nodes"),
     timeout: float = typer.Option(600.0, help="seconds to wait with --wait"),
-    fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)"),
+    fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)",
+                                             autocompletion=complete_fleet),
 ) -> None:
     """Set how many nodes POOL should have. The target persists across controller restarts."""
     conn = connect(fleet_name)

@@ -5,6 +5,7 @@ from typing import Optional
 
 import typer
 
+from cluster.cli.completion import complete_fleet, complete_job
 from cluster.cli.main import app
 from cluster.cli.output import console
 from cluster.connection import connect
@@ -12,8 +13,10 @@ from cluster.connection import connect
 
 @app.command()
 def stop(
-    ident: str = typer.Argument(..., help="job name (its newest submission) or submission id"),
-    fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)"),
+    ident: str = typer.Argument(..., help="job name (its newest submission) or submission id",
+                               autocompletion=complete_job),
+    fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)",
+                                             autocompletion=complete_fleet),
 ) -> None:
     """Stop a running job."""
     from jobs.submit import stop as stop_job

@@ -8,6 +8,7 @@ from typing import Any, Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from cluster.cli.completion import complete_fleet
 from cluster.cli.main import app
 from cluster.cli.output import console
 from cluster.connection import Connection, connect
@@ -18,7 +19,8 @@ from cluster.errors import Failed
 def submit(
     file: Path = typer.Option(..., "-f", "--file", help="job spec (YAML)"),
     follow: bool = typer.Option(False, "--follow", help="show live progress until the job ends"),
-    fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)"),
+    fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)",
+                                             autocompletion=complete_fleet),
 ) -> None:
     """Submit a training job. A name that has checkpoints continues from the newest one."""
     from jobs.spec import load_job_spec

@@ -1,6 +1,7 @@
 """`rayfleet up -f FLEET.yaml`: start (or re-apply) a fleet and wait until its pools are ready."""
 from __future__ import annotations
 
+import json
 import shutil
 import time
 from pathlib import Path
@@ -13,11 +14,12 @@ from cluster.cli.output import console
 from cluster.cli.progress import wait_for_pools
 from cluster.connection import ray_driver, use_token
 from cluster.controller import start_controller
-from cluster.errors import BadInput
+from cluster.errors import BadInput, Failed
 from cluster.fleetdir import FleetDir, set_current_fleet
 from cluster.head import running_head, start_head, use_external_head
 from cluster.local_capacity import check_local_capacity
 from cluster.processes import write_json_atomic
+from cluster.providers import make_provider
 from cluster.spec import FleetSpec, load_fleet_spec
 from cluster.store import FleetStore
 
@@ -44,6 +46,7 @@ def up(
             head = use_external_head(spec, fleet)
             console.print(f"using the Ray head at {head.gcs_address}")
         elif head is None:
+            refuse_orphans(fleet)
             if spec.provider == "local":
                 nodes = sum(pool.desired + pool.hot_spares for pool in spec.pools)
                 check_local_capacity(nodes, f"{file}: pools[*].nodes + hot_spares")
@@ -83,3 +86,16 @@ def apply_spec(store: FleetStore, spec: FleetSpec) -> None:
         if kept != targets:
             store.put_targets(kept)
     store.put_spec(spec)
+
+
+def refuse_orphans(fleet: FleetDir) -> None:
+    """A fleet whose head was lost without fault tolerance still has nodes that point at the dead
+    cluster: starting a new head beside them would leave them stranded. Say what to do instead."""
+    runtime = fleet.path / "runtime.json"
+    if not (runtime.exists() and fleet.spec_file.exists()):
+        return
+    provider = make_provider(load_fleet_spec(fleet.spec_file), json.loads(runtime.read_text()))
+    running = [i.id for i in provider.instances() if i.status.value == "running"]
+    if running:
+        raise Failed(f"fleet {fleet.name} lost its head (fault tolerance is off, so its cluster state is gone) "
+                     f"but {len(running)} of its nodes still run; `rayfleet down` stops them, then `rayfleet up`")

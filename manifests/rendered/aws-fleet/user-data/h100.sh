@@ -30,7 +30,7 @@ chmod 0644 /etc/rayfleet/fetch-token.py
 install -d -m 0755 /etc/rayfleet
 cat > /etc/rayfleet/start-node.sh <<'RAYFLEET_EOF'
 #!/bin/bash
-exec /opt/rayfleet/venv/bin/ray start --block --address=HEAD_PRIVATE_IP:GCS_PORT --num-cpus=192 --num-gpus=8 --memory=2147483648000 '--resources={"accelerator_type:H100": 1.0}' --labels=rayfleet.io/fleet=aws-demo,rayfleet.io/pool=h100,team=research,rayfleet.io/accelerator=H100,rayfleet.io/instance=aws-demo-h100-0001 --disable-usage-stats
+exec /opt/rayfleet/venv/bin/ray start --block --address=HEAD_PRIVATE_IP:GCS_PORT --num-cpus=0 --num-gpus=8 --memory=2147483648000 '--resources={"accelerator_type:H100": 1.0}' --labels=rayfleet.io/fleet=aws-demo,rayfleet.io/pool=h100,team=research,rayfleet.io/accelerator=H100,rayfleet.io/instance=aws-demo-h100-0001 --disable-usage-stats
 RAYFLEET_EOF
 chmod 0755 /etc/rayfleet/start-node.sh
 install -d -m 0755 /etc/systemd/system

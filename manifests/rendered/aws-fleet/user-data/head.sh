@@ -37,6 +37,7 @@ head:
   dashboard_host: 127.0.0.1
   fault_tolerance:
     enabled: false
+    reconnect_timeout_s: 120.0
 pools:
 - name: h100
   accelerator: H100
@@ -86,9 +87,12 @@ pools:
       root_volume_gb: 200
       root_device_name: /dev/sda1
 health:
+  heartbeat_interval_s: 1.0
   check_interval_s: 5.0
   heartbeat_timeout_s: 3.0
-  confirm_window_s: 10.0
+  confirm_window_s: 45.0
+  probe_timeout_s: 1.0
+  drain_deadline_s: 10.0
   max_gpu_temperature_c: 87.0
   min_tflops_fraction: 0.7
   straggler_fraction: 0.7

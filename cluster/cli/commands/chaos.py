@@ -1,0 +1,76 @@
+"""`rayfleet chaos kill-node NODE` and `rayfleet chaos inject NODE --fault F`: fault injection.
+
+kill-node SIGKILLs every process of a local node (raylet, agents, workers) at once. inject writes
+the node's simulated GPU telemetry only: it never touches a real GPU's state.
+"""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from cluster.cli.main import app
+from cluster.cli.output import Format, console, emit
+from cluster.connection import connect, ray_driver
+from cluster.errors import BadInput, NotFound
+from cluster.health.telemetry import FAULTS
+
+chaos = typer.Typer(help="Inject faults: kill a node, or simulate a GPU fault on it.", no_args_is_help=True)
+app.add_typer(chaos, name="chaos")
+
+
+def _known_node(conn: object, node: str) -> None:
+    status = conn.store.status() or {"nodes": []}  # type: ignore[attr-defined]
+    names = [n["instance"] for n in status["nodes"]]
+    if node not in names:
+        raise NotFound(f"chaos: no node {node!r} in the fleet; nodes: {', '.join(names) or 'none'}")
+
+
+@chaos.command("kill-node")
+def kill_node(node: str = typer.Argument(..., help="instance name (see `rayfleet status`)"),
+              fleet_name: Optional[str] = typer.Option(None, "--fleet")) -> None:
+    """SIGKILL the node's raylet, agents and workers at once (a hard node death)."""
+    from cluster.providers import make_provider
+    from cluster.spec import load_fleet_spec
+
+    conn = connect(fleet_name)
+    _known_node(conn, node)
+    spec = load_fleet_spec(conn.fleet.spec_file)
+    if spec.provider != "local":
+        raise BadInput(f"chaos kill-node: fleet {spec.name} runs on {spec.provider}; kill-node kills local "
+                       "nodes' processes (terminate the instance through your cloud to do the same there)")
+    provider = make_provider(spec, json.loads((conn.fleet.path / "runtime.json").read_text()))
+    count = provider.kill(node)  # type: ignore[attr-defined]
+    console.print(f"killed {count} processes of {node}")
+
+
+@chaos.command("inject")
+def inject(node: str = typer.Argument(..., help="instance name (see `rayfleet status`)"),
+           fault: str = typer.Option(..., "--fault", help=f"{' | '.join(FAULTS)} | clear"),
+           gpu: int = typer.Option(0, "--gpu", help="which GPU of the node"),
+           output: Format = typer.Option(Format.table, "-o", "--output"),
+           fleet_name: Optional[str] = typer.Option(None, "--fleet")) -> None:
+    """Make NODE's simulated telemetry show a fault (or clear it); its agent reports at once."""
+    import ray
+
+    from cluster.controller import NAMESPACE
+    from cluster.health.agent import agent_name
+
+    if fault not in (*FAULTS, "clear"):
+        raise BadInput(f"chaos inject --fault: got {fault!r}; one of {', '.join(FAULTS)} or clear")
+    conn = connect(fleet_name)
+    _known_node(conn, node)
+    with ray_driver(conn.gcs_address):
+        try:
+            agent = ray.get_actor(agent_name(node), namespace=NAMESPACE)
+        except ValueError:
+            raise NotFound(f"chaos inject: {node} has no health agent yet; wait until it is ready") from None
+        try:
+            report = ray.get(agent.inject.remote(fault, gpu), timeout=60)
+        except ray.exceptions.RayTaskError as error:
+            raise BadInput(f"chaos inject {node}: {error.cause}") from None
+    failing = [c for c in report["checks"] if c["status"] != "ok"]
+    if not emit({"node": node, "fault": fault, "checks": failing}, output):
+        console.print(f"{node}: {fault} injected; its checks now: "
+                      + ("; ".join(f"{c['name']} {c['status']}: {c['message']}" for c in failing) or "all ok"))

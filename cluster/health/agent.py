@@ -1,0 +1,146 @@
+"""The health agent: one actor pinned to each node, named `rayfleet-health-<instance>`.
+
+It heartbeats every `heartbeat_interval_s` with its latest check results (the controller times
+the heartbeat on receipt), refreshes passive checks every `check_interval_s`, runs the matmul burn
+when it starts (a node is admitted only once it passed) and on demand, joins the pool's ring
+all-reduce test on demand, and takes simulated faults from `rayfleet chaos inject`.
+It takes no CPU from the node (num_cpus=0), so it runs on hot spares too.
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Any
+
+from cluster.health import ring
+from cluster.health.burn import run_burn
+from cluster.health.checks import burn_check, gpu_checks, host_checks
+from cluster.health.report import Check, HealthReport, Status
+from cluster.health.telemetry import SimulatedGpus, open_telemetry
+from cluster.spec import HealthPolicy
+
+log = logging.getLogger("rayfleet.health")
+
+AGENT_PREFIX = "rayfleet-health-"
+
+
+def agent_name(instance: str) -> str:
+    return f"{AGENT_PREFIX}{instance}"
+
+
+class HealthAgent:
+    def __init__(self, instance: str, node_id: str, gpus: int, expected_tflops: float | None,
+                 policy_json: str, controller: Any, disk_path: str = "/") -> None:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        self.instance = instance
+        self.node_id = node_id
+        self.policy = HealthPolicy.model_validate_json(policy_json)
+        self.controller = controller
+        self.disk_path = disk_path
+        self.expected = expected_tflops
+        self.telemetry = open_telemetry(gpus)
+        self.sequence = 0
+        self.checks: list[Check] = []
+        self.burn: Check | None = None
+        self.link: Check | None = None
+        self._ring_server: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self.run_burn()
+        self.refresh()
+        self._thread = threading.Thread(target=self._heartbeat, name="rayfleet-health", daemon=True)
+        self._thread.start()
+
+    # --- the schedule -------------------------------------------------------------------------
+    def _heartbeat(self) -> None:
+        last_refresh = time.monotonic()
+        while not self._stop.wait(self.policy.heartbeat_interval_s):
+            if time.monotonic() - last_refresh >= self.policy.check_interval_s:
+                self.refresh()
+                last_refresh = time.monotonic()
+            self.send()
+
+    def refresh(self) -> None:
+        """Re-read telemetry and host state into the passive checks."""
+        try:
+            checks = gpu_checks(self.telemetry.sample(), self.policy) if self.gpu_count else []
+            checks += host_checks(self.disk_path, self.policy)
+        except Exception as error:  # a check that cannot run warns; it is no evidence against the node
+            checks = [Check("agent", Status.WARN, f"checks could not run: {error}")]
+        with self._lock:
+            self.checks = checks
+
+    def report(self) -> HealthReport:
+        with self._lock:
+            self.sequence += 1
+            extra = [c for c in (self.burn, self.link) if c is not None]
+            return HealthReport(instance=self.instance, node_id=self.node_id, sent_at=time.time(),
+                                checks=tuple(self.checks + extra), sequence=self.sequence,
+                                simulated=self.telemetry.simulated)
+
+    def send(self) -> None:
+        try:
+            self.controller.report_health.remote(self.report().to_json())
+        except Exception as error:  # the controller is restarting: the next heartbeat tries again
+            log.debug("heartbeat not sent: %s", error)
+
+    @property
+    def gpu_count(self) -> int:
+        return len(self.telemetry.sample())
+
+    # --- called by the controller and `rayfleet chaos` ------------------------------------------
+    def ping(self) -> dict[str, Any]:
+        return {"instance": self.instance, "simulated": self.telemetry.simulated, "sequence": self.sequence}
+
+    def run_burn(self) -> dict[str, Any] | None:
+        """The matmul burn against the pool's expected TFLOP/s; its result joins the reports."""
+        if self.expected is None or not self.gpu_count:
+            return None
+        achieved = run_burn(self.telemetry, self.expected)
+        check = burn_check(achieved, self.expected, self.policy, self.telemetry.simulated)
+        with self._lock:
+            self.burn = check
+        return check.to_json()
+
+    def inject(self, fault: str, gpu: int = 0) -> dict[str, Any]:
+        """A simulated fault (or `clear`). Refused on real GPUs: chaos never touches a real GPU."""
+        if not isinstance(self.telemetry, SimulatedGpus):
+            raise ValueError(f"{self.instance} has real GPUs (NVML); faults are injected only into simulated telemetry")
+        self.telemetry.inject(fault, gpu)
+        if fault == "clear":  # the active checks' results go too; a slow GPU shows at the next burn
+            self.run_burn()
+            with self._lock:
+                self.link = None
+        self.refresh()
+        self.send()  # at once, not at the next heartbeat
+        return self.report().to_json()
+
+    def ring_listen(self) -> tuple[str, int]:
+        """Open this agent's port for the ring test; returns (address, port)."""
+        import ray
+
+        self._ring_server = ring.listen()
+        return ray.util.get_node_ip_address(), self._ring_server.getsockname()[1]
+
+    def ring_run(self, rank: int, peers: list[tuple[str, int]], elements: int) -> dict[str, Any]:
+        assert self._ring_server is not None, "ring_listen first"
+        speed = self.telemetry.speed if isinstance(self.telemetry, SimulatedGpus) else 1.0
+        throttle = speed * ring.SIMULATED_LINK_BYTES_PER_S if speed < 1.0 else None
+        try:
+            result = ring.ring_allreduce(rank, [tuple(p) for p in peers], self._ring_server, elements, throttle)
+        finally:
+            self._ring_server.close()
+            self._ring_server = None
+        return {"rank": result.rank, "instance": self.instance, "bandwidth": result.predecessor_bandwidth,
+                "sum_ok": result.sum_ok}
+
+    def set_link_check(self, check_json: dict[str, Any] | None) -> None:
+        """The controller's verdict on this node's link, kept in the reports until the next test."""
+        with self._lock:
+            self.link = Check.from_json(check_json) if check_json else None
+
+    def stop(self) -> None:
+        self._stop.set()
+

@@ -1,0 +1,246 @@
+"""The local head's supervisor: `python -m cluster.supervisor FLEET_DIR`, started by `rayfleet up`.
+
+It owns the head (`ray start --head --block`) and, with fault tolerance on and no external Redis,
+a Redis server, and watches both every 0.5 s:
+- Redis gone: started again with the same port, password and append-only file, so nothing is lost.
+- head gone, fault tolerance on: started again with the same ports against the same Redis; the
+  worker raylets reconnect (they wait `reconnect_timeout_s` for it) and keep their node ids. The
+  old head node is then declared dead in the restarted GCS, so the actors that lived on it (the
+  controller) restart at once instead of after Ray's health-check timeout.
+- head gone, fault tolerance off: not restarted (a head without Redis is a new, empty cluster
+  whose old raylets never re-register); the loss is recorded for `rayfleet status` to report.
+
+Its state (`supervisor.json` in the fleet folder) says what runs and what happened; its events go
+to `logs/supervisor.log`. The Redis password lives in a 0600 file or the environment only: never
+in supervisor.json, a log or a manifest.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from cluster.processes import Owned, process_of, write_json_atomic
+
+log = logging.getLogger("rayfleet.supervisor")
+POLL_S = 0.5
+CONFIG = "supervisor-config.json"
+STATE = "supervisor.json"
+
+
+@dataclass
+class Child:
+    """A process the supervisor starts and restarts."""
+
+    name: str
+    command: list[str]
+    env: dict[str, str]
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+    owned: Owned | None = None
+    starts: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+    def start(self, extra_args: list[str] | None = None, extra_env: dict[str, str] | None = None) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as out:
+            self.popen = subprocess.Popen([*self.command, *(extra_args or [])], stdout=out, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL, env={**self.env, **(extra_env or {})},
+                                          start_new_session=True, close_fds=True)
+        self.owned = Owned(self.popen.pid, psutil.Process(self.popen.pid).create_time())
+        self.starts += 1
+
+
+class Supervisor:
+    def __init__(self, fleet_dir: Path) -> None:
+        self.fleet_dir = fleet_dir
+        config = json.loads((fleet_dir / CONFIG).read_text())
+        self.config = config
+        self.fault_tolerant: bool = config["fault_tolerant"]
+        self.password = _password(config)
+        logs = fleet_dir / "logs"
+        self.head = Child("head", config["head_command"], config["head_env"], logs / "head.log")
+        self.redis = Child("redis", ["redis-server", config["redis_conf"]], dict(os.environ),
+                           logs / "redis-server.log") if config.get("redis_conf") else None
+        self.events: list[dict[str, Any]] = []
+        self.head_node_id: str | None = None
+        self.previous_heads: set[str] = set()
+        self.head_lost_at: float | None = None
+        self.stopping = False
+
+    # --- the loop -----------------------------------------------------------------------------
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        while not self.stopping:
+            try:
+                self.step()
+            except Exception:  # keep supervising whatever one step hit
+                log.exception("supervisor step failed")
+            time.sleep(POLL_S)
+        self.write_state()
+
+    def _stop(self, *_: Any) -> None:
+        self.stopping = True
+
+    def step(self) -> None:
+        if self.redis is not None and not self.redis.alive():
+            first = self.redis.starts == 0
+            if not first:
+                self.event("redis-lost", "Redis exited; starting it again from its append-only file")
+            self.redis.start()
+            self.event("redis-started" if first else "redis-restarted", f"Redis pid {self.redis.popen.pid}")
+            self.wait_for_redis()
+        if not self.head.alive():
+            if self.head.starts == 0:
+                self.start_head()
+            elif self.fault_tolerant:
+                if self.head_lost_at is None:
+                    self.head_lost_at = time.time()
+                    self.event("head-lost", "the head's processes are gone; restarting it against Redis")
+                self.start_head()
+                self.head_lost_at = None
+            elif self.head_lost_at is None:
+                self.head_lost_at = time.time()
+                self.event("head-lost", "the head's processes are gone and fault tolerance is off: the cluster "
+                                        "is lost (its state was in the head's memory); `rayfleet down`, then `up`")
+        if self.head.alive() and self.head_node_id is None:
+            self.learn_head_node()
+        self.write_state()
+
+    def start_head(self) -> None:
+        old_node = self.head_node_id
+        if old_node is not None:
+            self.previous_heads.add(old_node)
+        temp = Path(self.config["head_temp_dir"])
+        # `ray start --head` refuses while a previous session's file names this address.
+        (temp / "ray_current_cluster").unlink(missing_ok=True)
+        extra = [f"--redis-password={self.password}"] if self.fault_tolerant else []
+        self.head.start(extra)
+        self.head_node_id = None
+        info = {"gcs_address": self.config["gcs_address"], "dashboard_url": self.config["dashboard_url"],
+                **(self.head.owned.to_json() if self.head.owned else {}), "started_at": time.time(),
+                "restarts": self.head.starts - 1}
+        write_json_atomic(self.fleet_dir / "head.json", info)
+        kind = "head-started" if self.head.starts == 1 else "head-restarted"
+        self.event(kind, f"head pid {self.head.popen.pid}" + (f" (restart {self.head.starts - 1})"
+                                                             if self.head.starts > 1 else ""))
+        if old_node is not None:
+            self.forget_old_head(old_node)
+
+    def forget_old_head(self, node_id: str) -> None:
+        """Once the restarted GCS answers, declare the old head node dead: the controller actor that
+        lived there restarts now rather than after Ray's health-check timeout (~15-30 s)."""
+        from cluster import gcs
+
+        address = self.config["gcs_address"]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not self.stopping:
+            if gcs.reachable(address, timeout_s=0.5):
+                try:
+                    gcs.declare_dead(address, node_id, "rayfleet: the head restarted")
+                    self.event("old-head-forgotten", f"declared the previous head node {node_id[:12]} dead")
+                    return
+                except Exception as error:  # the GCS is still loading from Redis: try again
+                    log.info("old head not declared dead yet: %s", error)
+            time.sleep(0.25)
+
+    def learn_head_node(self) -> None:
+        from cluster import gcs
+
+        if not gcs.reachable(self.config["gcs_address"], timeout_s=0.5):
+            return
+        try:
+            client = gcs.client(self.config["gcs_address"], timeout_s=5)
+            heads = [n for n in gcs.read_nodes(client) if n.is_head and n.alive
+                     and n.labels.get("rayfleet.io/fleet") == self.config["fleet"]]
+        except Exception:
+            return
+        current = [n for n in heads if n.node_id not in self.previous_heads]
+        if current:
+            self.head_node_id = current[0].node_id
+
+    def wait_for_redis(self) -> None:
+        import socket
+
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", int(self.config["redis_port"])), timeout=0.5):
+                    return
+            except OSError:
+                time.sleep(0.1)
+
+    # --- record ---------------------------------------------------------------------------------
+    def event(self, kind: str, message: str) -> None:
+        entry = {"time": time.time(), "kind": kind, "message": message}
+        self.events = [*self.events[-99:], entry]
+        log.info("%s: %s", kind, message)
+
+    def write_state(self) -> None:
+        write_json_atomic(self.fleet_dir / STATE, {
+            "pid": os.getpid(), "updated_at": time.time(), "fault_tolerant": self.fault_tolerant,
+            "head": {"alive": self.head.alive(), "owned": self.head.owned.to_json() if self.head.owned else None,
+                     "restarts": max(0, self.head.starts - 1), "lost_at": self.head_lost_at,
+                     "node_id": self.head_node_id},
+            "redis": None if self.redis is None else {
+                "alive": self.redis.alive(), "owned": self.redis.owned.to_json() if self.redis.owned else None,
+                "restarts": max(0, self.redis.starts - 1), "port": self.config["redis_port"]},
+            "events": self.events[-20:],
+        })
+
+
+def _password(config: dict[str, Any]) -> str | None:
+    if not config["fault_tolerant"]:
+        return None
+    if config.get("password_env"):
+        value = os.environ.get(config["password_env"])
+        if not value:
+            raise SystemExit(f"the Redis password variable {config['password_env']} is not set")
+        return value
+    return Path(config["password_file"]).read_text().strip()
+
+
+def read_state(fleet_dir: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((fleet_dir / STATE).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def supervisor_process(fleet_dir: Path) -> Owned | None:
+    """The running supervisor of this fleet, if any."""
+    state = read_state(fleet_dir)
+    if not state:
+        return None
+    try:
+        owned = Owned(int(state["pid"]), psutil.Process(int(state["pid"])).create_time())
+    except (psutil.NoSuchProcess, KeyError, ValueError):
+        return None
+    process = process_of(owned)
+    if process is None or "cluster.supervisor" not in " ".join(process.cmdline()):
+        return None
+    return owned
+
+
+def main() -> None:
+    fleet_dir = Path(sys.argv[1])
+    (fleet_dir / "logs").mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(filename=fleet_dir / "logs" / "supervisor.log", level=logging.INFO,
+                        format="%(asctime)s %(levelname)s %(message)s")
+    Supervisor(fleet_dir).run()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The common failures, through the real `rayfleet` script: one line saying what to do, no
+traceback, the documented exit code (1 failed, 2 bad input). No Ray is started here."""
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import rayfleet
+
+
+def one_line_error(result, code: int) -> str:
+    assert result.returncode == code, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+def closed_port() -> int:
+    with socket.socket() as probe:  # bound, never listening, released: nothing answers there
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def fleet_folder(home: Path, name: str, head: dict | None = None) -> Path:
+    folder = home / "fleets" / name
+    folder.mkdir(parents=True)
+    (folder / "fleet.yaml").write_text(f"name: {name}\n")
+    if head is not None:
+        (folder / "head.json").write_text(json.dumps(head))
+    (home / "current").write_text(name + "\n")
+    return folder
+
+
+@pytest.mark.parametrize("command", [["status"], ["events"], ["jobs"], ["dashboard"], ["logs", "x"],
+                                     ["scale", "h100", "--nodes", "1"], ["down"]])
+def test_no_fleet_up_says_how_to_start_one(tmp_path: Path, command: list[str]) -> None:
+    line = one_line_error(rayfleet(*command, home=tmp_path, timeout=60), 2)
+    assert "rayfleet up -f" in line
+
+
+def test_an_unknown_fleet_name_lists_the_known_ones(tmp_path: Path) -> None:
+    fleet_folder(tmp_path, "alpha")
+    line = one_line_error(rayfleet("status", "--fleet", "beta", home=tmp_path, timeout=60), 2)
+    assert "beta" in line and "known: alpha" in line
+
+
+def test_a_fleet_that_is_down_names_its_spec_to_start_it_again(tmp_path: Path) -> None:
+    folder = fleet_folder(tmp_path, "alpha")
+    line = one_line_error(rayfleet("status", home=tmp_path, timeout=60), 1)
+    assert f"rayfleet up -f {folder / 'fleet.yaml'}" in line
+
+
+def test_a_crashed_head_says_to_clean_up_and_start_again(tmp_path: Path) -> None:
+    address = f"127.0.0.1:{closed_port()}"
+    fleet_folder(tmp_path, "alpha", head={"gcs_address": address, "dashboard_url": "http://127.0.0.1:1"})
+    for command in (["events"], ["dashboard", "-o", "json"], ["jobs"]):
+        line = one_line_error(rayfleet(*command, home=tmp_path, timeout=60), 1)
+        assert address in line and "rayfleet down --fleet alpha" in line and "rayfleet up -f" in line
+
+
+def test_a_missing_spec_file_is_bad_input_naming_it(tmp_path: Path) -> None:
+    line = one_line_error(rayfleet("up", "-f", str(tmp_path / "nope.yaml"), home=tmp_path, timeout=60), 2)
+    assert "nope.yaml: no such file" in line
+
+
+def test_following_a_log_as_json_is_refused_before_anything_is_contacted(tmp_path: Path) -> None:
+    line = one_line_error(rayfleet("logs", "job", "--follow", "-o", "json", home=tmp_path, timeout=60), 2)
+    assert "drop --follow" in line
+
+
+def test_an_unexpected_failure_is_one_line_too_with_the_way_to_the_traceback(tmp_path: Path) -> None:
+    home = tmp_path / "not-a-folder"
+    home.write_text("")  # RAYFLEET_HOME is a file: reading <home>/current fails with NotADirectoryError
+    line = one_line_error(rayfleet("status", home=home, timeout=60), 1)
+    assert "NotADirectoryError" in line and "RAYFLEET_DEBUG=1" in line
+    debug = rayfleet("status", home=home, timeout=60, env={"RAYFLEET_DEBUG": "1"})
+    assert debug.returncode == 1 and "Traceback" in debug.stderr

@@ -498,7 +498,7 @@ class _Planner:
                                           deadline_s=30.0, preemption=False))
             self.move(record, S.TERMINATING, reason, last_action_at=self.now)
             self.actions.append(Terminate(pool.name, record.instance, reason))
-            what = "drained and removed" if drained else "removed"
+            what = "removed, drain requested first" if drained else "removed"
             self.event("scale", f"{record.instance} {what}: {reason}", record, reason=reason)
 
     def result(self) -> Plan:

@@ -106,7 +106,7 @@ def test_idle_nodes_are_drained_and_removed_after_the_timeout_down_to_the_manual
                "one idle node removed, down to the manual floor of 2")
     removed = scale_events(fleet)
     assert len(removed) == 1, removed
-    assert "drained and removed" in removed[0]["message"]
+    assert "removed, drain requested first" in removed[0]["message"]  # Ray was asked to drain it
     reason = removed[0]["reason"]
     assert reason.startswith("idle ") and "idle_timeout 8s" in reason and "floor 2" in reason, reason
     assert float(reason.split()[1].rstrip("s")) >= IDLE_S  # idle as long as the timeout, by Ray's clock

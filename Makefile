@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 DEBS   := redis-server=redis-server chromium=chromium chromedriver=chromium-driver stress-ng=stress-ng
 PYTEST_ARGS ?=
 
-.PHONY: demo test install system-deps bench clean
+.PHONY: demo test test-gpu install system-deps bench clean
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+
+# On a machine with a CUDA GPU: the kernels and the compiled model against float64 references.
+test-gpu: install
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests_gpu
 
 bench: install
 	$(BIN)/python bench/fleet_up.py

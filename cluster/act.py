@@ -53,6 +53,17 @@ def act(actions: Sequence[Action], provider: Provider, spec: FleetSpec, client: 
     return errors
 
 
+def _drain(client: Any, action: Drain) -> None:
+    """Ask Ray to drain the node; a refusal or failure is logged and the plan's terminate follows."""
+    try:
+        accepted, rejection = gcs.drain(client, action.node_id, action.reason, action.deadline_s,
+                                        action.preemption, now_ms=int(time.time() * 1000))
+        if not accepted:
+            log.info("Ray declined to drain %s: %s", action.instance, rejection)
+    except Exception as error:  # a node that is already gone cannot be drained; terminate follows
+        log.info("drain of %s failed: %s", action.instance, error)
+
+
 def _admit(client: Any, action: Admit) -> None:
     _resize(client, action.instance, action.node_id, float(action.cpus))
 

@@ -21,6 +21,7 @@ from typing import Any
 
 from cluster import gcs
 from cluster.act import act
+from cluster.demand import IdleClock
 from cluster.events import Event
 from cluster.health.agents import AgentSet
 from cluster.health.probe import probe_all
@@ -53,6 +54,7 @@ class FleetController:
         self.loops = 0
         self.loop_ms: deque[float] = deque(maxlen=200)
         self.launch_errors: dict[str, str] = {}
+        self.idle_clock = IdleClock()  # how long nodes have had nothing in use (autoscale scale-down)
         self.agents = AgentSet()
         self._reported: dict[str, int] = {}  # instance -> sequence of the last report sent to metrics
         self.quiet_until = time.time()  # reports from before a (re)start are not in memory
@@ -102,7 +104,7 @@ class FleetController:
             return 1.0
         provider = self._provider_for(spec)
         targets = self.store.targets()
-        view = observe(self.client, provider, spec.name, self.launch_errors)
+        view = observe(self.client, provider, spec.name, self.launch_errors, self.idle_clock)
         reports = self.agents.snapshot(self.state.nodes)
         view = dataclasses.replace(view, health=reports, quiet_until=self.quiet_until,
                                    probes=self._probe_quiet_nodes(spec, view, reports),
@@ -127,7 +129,7 @@ class FleetController:
             self._watch_jobs(spec)
         self.loops += 1
         self.loop_ms.append((time.monotonic() - started) * 1000)
-        status = fleet_status(spec, result.state, targets, now, self.info())
+        status = fleet_status(spec, result.state, targets, now, self.info(), result.autoscale)
         self.store.put_status(status)
         self.store.put_health(health_document(result.state, reports, view.probes, now))
         self.metrics.record(status, self.loop_ms[-1], result.events)

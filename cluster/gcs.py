@@ -11,6 +11,7 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from cluster.demand import Demand, demand_from_resource_state
 from cluster.errors import FleetNotRunning
 from cluster.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL, RayNode
 
@@ -67,6 +68,31 @@ def read_nodes(gcs: Any, fleet: str | None = None, timeout_s: float = 5.0) -> tu
             port=int(info.node_manager_port),
         ))
     return tuple(nodes)
+
+
+def read_demand(gcs: Any, timeout_s: float = 5.0) -> Demand:
+    """Pending tasks, actors and placement groups, and live node usage (autoscaler v2's view)."""
+    from ray.core.generated.autoscaler_pb2 import GetClusterResourceStateReply
+
+    reply = GetClusterResourceStateReply()
+    reply.ParseFromString(gcs.get_cluster_resource_state(timeout_s=timeout_s))
+    return demand_from_resource_state(reply.cluster_resource_state)
+
+
+def read_gang_nodes() -> frozenset[str]:
+    """Ray node ids (hex) holding a bundle of a placed placement group: the gangs of training
+    workers. The GCS's own table is current the moment a group is placed, where the raylets'
+    usage reports that `read_demand` sees lag (about 0.2-0.4 s measured on Ray 2.60), so a node a
+    gang just landed on is never mistaken for idle. Needs a Ray driver (the controller actor)."""
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("placement groups are read through a Ray driver; none in this process")
+    nodes = set()
+    for group in ray.util.placement_group_table().values():
+        if group.get("state") in ("CREATED", "RESCHEDULING"):
+            nodes.update(node for node in group.get("bundles_to_node_id", {}).values() if node)
+    return frozenset(nodes)
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import re
-from dataclasses import dataclass
-from typing import Mapping, Union
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence, Union
 
+from cluster.autoscale import PoolTarget, autoscale_targets, idle_timeout_s
 from cluster.events import Event
 from cluster.health.policy import judge, liveness
 from cluster.spec import FleetSpec, PoolSpec
@@ -22,6 +23,7 @@ from cluster.state import FleetState, NodeRecord, NodeState
 from cluster.view import SPARE_LABEL, ClusterView, Instance, InstanceStatus, Probe, RayNode
 
 S = NodeState
+CAPACITY = frozenset(state for state in NodeState if state.counts_as_capacity)
 
 RELAUNCH_AFTER_S = 30.0
 """A requested instance the provider still does not show after this long is asked for again.
@@ -124,11 +126,14 @@ class Plan:
     state: FleetState
     actions: tuple[Action, ...]
     events: tuple[Event, ...]
+    autoscale: Mapping[str, PoolTarget] = field(default_factory=dict)  # per autoscaled pool (status)
 
 
-def desired_nodes(pool: PoolSpec, targets: Mapping[str, int]) -> int:
-    """A manual target (rayfleet scale) wins over the spec's `nodes`; both lie within [min, max]."""
-    wanted = targets.get(pool.name, pool.desired)
+def desired_nodes(pool: PoolSpec, targets: Mapping[str, int], autoscale: int | None = None) -> int:
+    """The pool's size. Its floor is the manual target (rayfleet scale) if set, else the spec's
+    `nodes`, else min_nodes; the autoscaler's target raises it, never lowers it; within [min, max]."""
+    floor = targets.get(pool.name, pool.desired)
+    wanted = floor if autoscale is None else max(floor, autoscale)
     return max(pool.min_nodes, min(pool.max_nodes, wanted))
 
 
@@ -166,6 +171,8 @@ class _Planner:
         self.events: list[Event] = []
         self.pools = {pool.name: pool for pool in spec.pools}
         self.failed_pools: set[str] = set()
+        self.autoscale: dict[str, PoolTarget] = {}
+        self.wants: dict[str, int] = {}
         self.replacements = dict(state.replacements)
 
     # ---- helpers -------------------------------------------------------------------------
@@ -379,11 +386,34 @@ class _Planner:
             elif record.state is S.TERMINATING and self.now - record.last_action_at >= TERMINATE_RETRY_S:
                 self.records[record.instance] = dataclasses.replace(record, last_action_at=self.now)
                 self.actions.append(Terminate(record.pool, record.instance, record.reason))
+        capacity = self.capacity_by_pool()
+        self.autoscale = autoscale_targets(
+            self.spec, {pool.name: capacity.get((pool.name, False), []) for pool in self.spec.pools},
+            self.view.demand, self.view.busy_nodes, self.now)
         for pool in self.spec.pools:
-            self.size_pool(pool, spare=False, want=desired_nodes(pool, self.targets))
-            self.size_pool(pool, spare=True, want=pool.hot_spares)
+            target = self.autoscale.get(pool.name)
+            self.wants[pool.name] = desired_nodes(pool, self.targets, target.nodes if target else None)
+            self.size_pool(pool, spare=False, want=self.wants[pool.name],
+                           members=capacity.get((pool.name, False), []))
+            # spares promoted into the pool just now are spares no more
+            spares = [self.records[r.instance] for r in capacity.get((pool.name, True), [])]
+            self.size_pool(pool, spare=True, want=pool.hot_spares, members=[r for r in spares if r.spare])
         for record in list(self.records.values()):
             self.admit(record)
+
+    def capacity_by_pool(self) -> dict[tuple[str, bool], list[NodeRecord]]:
+        """Records that count as capacity, by (pool, spare): one pass over the fleet, not one per
+        pool (12,500 nodes in tens of pools must plan well inside a second)."""
+        out: dict[tuple[str, bool], list[NodeRecord]] = {}
+        for record in self.records.values():
+            if record.state in CAPACITY:
+                key = (record.pool, record.spare)
+                members = out.get(key)
+                if members is None:
+                    out[key] = [record]
+                else:
+                    members.append(record)
+        return out
 
     def remediate(self, record: NodeRecord) -> None:
         """A live node failing its checks is drained (no new work lands; running work gets
@@ -505,9 +535,12 @@ class _Planner:
                        reason="replacing capacity")
         return min(count, len(ready))
 
-    def size_pool(self, pool: PoolSpec, spare: bool, want: int) -> None:
-        members = [r for r in self.records.values()
-                   if r.pool == pool.name and r.spare == spare and r.state.counts_as_capacity]
+    def size_pool(self, pool: PoolSpec, spare: bool, want: int,
+                  members: Sequence[NodeRecord] | None = None) -> None:
+        if members is None:
+            members = [r for r in self.records.values()
+                       if r.pool == pool.name and r.spare == spare and r.state.counts_as_capacity]
+        members = list(members)
         have = len(members)
         if have < want:
             promoted = self.promote_spares(pool, want - have) if not spare else 0
@@ -539,30 +572,48 @@ class _Planner:
     def growth_reason(self, pool: PoolSpec, spare: bool) -> str:
         if spare:
             return f"hot_spares={pool.hot_spares}"
+        target = self.autoscale.get(pool.name)
+        if target is not None and target.nodes > desired_nodes(pool, self.targets):
+            return target.reason
         if pool.name in self.targets:
             return f"manual target {self.targets[pool.name]}"
         return f"spec nodes={pool.desired}"
 
     def shrink(self, pool: PoolSpec, members: list[NodeRecord], count: int, spare: bool) -> None:
+        """Remove `count` nodes. An autoscaled pool gives up its idle nodes, longest idle first:
+        its target never asks for more than those (busy nodes stay) unless max_nodes was lowered."""
         busy = self.view.busy_nodes
+        target = None if spare else self.autoscale.get(pool.name)
+        idle = dict(target.removable) if target else {}
 
         def cost(record: NodeRecord) -> tuple[int, int, float]:
             # Cheapest first: not yet started, then idle, then newest. Busy nodes last of all.
             return (0 if record.state.starting else 1, 1 if record.node_id in busy else 0, -record.launched_at)
 
         newest_first = sorted(members, key=lambda record: record.instance, reverse=True)
-        for record in sorted(newest_first, key=cost)[:count]:
-            reason = (f"scale down to {desired_nodes(pool, self.targets)}" if not spare
-                      else f"hot_spares={pool.hot_spares}")
-            if record.node_id and record.state is S.READY:
+        order = sorted(newest_first, key=cost)
+        if idle:
+            order = sorted((r for r in members if r.instance in idle), key=lambda r: (-idle[r.instance], r.instance)) \
+                + [r for r in order if r.instance not in idle]
+        for record in order[:count]:
+            if record.instance in idle:
+                reason = (f"idle {idle[record.instance]:.0f}s over idle_timeout {idle_timeout_s(self.spec, pool):g}s "
+                          f"(autoscale; floor {desired_nodes(pool, self.targets)})")
+            elif spare:
+                reason = f"hot_spares={pool.hot_spares}"
+            else:
+                reason = f"scale down to {self.wants.get(pool.name, desired_nodes(pool, self.targets))}"
+            drained = bool(record.node_id and record.state is S.READY)
+            if drained:
                 self.actions.append(Drain(pool.name, record.instance, record.node_id, reason,
                                           deadline_s=30.0, preemption=False))
             self.move(record, S.TERMINATING, reason, last_action_at=self.now)
             self.actions.append(Terminate(pool.name, record.instance, reason))
-            self.event("scale", f"{record.instance} removed: {reason}", record, reason=reason)
+            what = "removed, drain requested first" if drained else "removed"
+            self.event("scale", f"{record.instance} {what}: {reason}", record, reason=reason)
 
     def result(self) -> Plan:
         nodes = {key: value for key, value in self.records.items() if value.state is not S.TERMINATED}
         state = dataclasses.replace(self.state, nodes=nodes, sequence=self.sequence, pool_failures=self.failures,
                                     replacements=self.replacements)
-        return Plan(state=state, actions=tuple(self.actions), events=tuple(self.events))
+        return Plan(state=state, actions=tuple(self.actions), events=tuple(self.events), autoscale=self.autoscale)

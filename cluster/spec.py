@@ -233,6 +233,8 @@ class PoolSpec(Strict):
         default=None, gt=0, description="matmul TFLOP/s a healthy GPU reaches; default from the accelerator")
     max_unavailable: int = Field(default=1, ge=0, description="nodes of this pool remediation may take down at once")
     idle_timeout_s: float | None = Field(default=None, ge=0, description="override of scaling.idle_timeout_s")
+    autoscale: bool | None = Field(
+        default=None, description="size this pool from Ray's pending demand; empty: scaling.autoscale")
     provider: PoolProvider = PoolProvider()
 
     @field_validator("accelerator")
@@ -305,7 +307,9 @@ class ScalingPolicy(Strict):
     boot_timeout_s: float = Field(default=300.0, gt=0, description="a node not joined by then is replaced")
     idle_timeout_s: float = Field(default=600.0, ge=0, description="idle nodes above the floor are removed after")
     upscaling_speed: int = Field(default=16, ge=1, description="nodes per pool launched per loop at most")
-    autoscale: bool = Field(default=False, description="size pools from Ray's pending demand")
+    autoscale: bool = Field(
+        default=False, description="size pools from Ray's pending demand (pools[].autoscale overrides per pool); "
+                                   "the manual target or spec nodes stay the floor")
 
 
 class AwsFleet(Strict):

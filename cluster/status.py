@@ -4,7 +4,9 @@
   "fleet": str, "provider": str, "observed_at": float (unix time of the controller's last loop),
   "controller": {"loop_ms_p50": float, "loop_ms_max": float, "started_at": float, "loops": int},
   "pools": [{"name", "accelerator", "gpus_per_node", "desired", "ready", "starting", "unhealthy",
-             "draining", "quarantined", "spares", "spares_ready", "min", "max", "gpus_ready"}],
+             "draining", "quarantined", "spares", "spares_ready", "min", "max", "gpus_ready",
+             "floor", "autoscale", "autoscale_target", "pending_bundles", "unplaced_bundles",
+             "autoscale_reason"}],
   "nodes": [{"instance", "pool", "state", "node_id", "address", "since", "reason", "spare", "admitted"}]
 }
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from cluster.autoscale import PoolTarget, autoscales
 from cluster.health.report import HealthReport
 from cluster.plan import desired_nodes
 from cluster.spec import FleetSpec
@@ -26,10 +29,17 @@ S = NodeState
 
 
 def fleet_status(spec: FleetSpec, state: FleetState, targets: Mapping[str, int], now: float,
-                 controller: Mapping[str, Any]) -> dict[str, Any]:
+                 controller: Mapping[str, Any], autoscale: Mapping[str, PoolTarget] | None = None,
+                 ) -> dict[str, Any]:
+    """`desired` is the size the planner works toward: the floor (manual target, else spec) raised
+    by the autoscaler's target; `autoscale_target` is null for pools that do not autoscale."""
     pools = []
+    by_pool: dict[str, list] = {pool.name: [] for pool in spec.pools}
+    for record in state.nodes.values():
+        by_pool.setdefault(record.pool, []).append(record)
     for pool in spec.pools:
-        members = state.in_pool(pool.name)
+        members = by_pool[pool.name]
+        target = (autoscale or {}).get(pool.name)
         workers = [r for r in members if not r.spare]
         spares = [r for r in members if r.spare]
         # ready: joined, passing (or only warning on) its checks, and admitted to take work
@@ -38,7 +48,7 @@ def fleet_status(spec: FleetSpec, state: FleetState, targets: Mapping[str, int],
             "name": pool.name,
             "accelerator": pool.accelerator,
             "gpus_per_node": pool.gpus_per_node,
-            "desired": desired_nodes(pool, targets),
+            "desired": desired_nodes(pool, targets, target.nodes if target else None),
             "ready": ready,
             "starting": sum(r.state.starting or (r.state is S.READY and not r.admitted) for r in workers),
             "unhealthy": sum(r.state in (S.UNHEALTHY, S.SUSPECT) for r in members),
@@ -50,6 +60,12 @@ def fleet_status(spec: FleetSpec, state: FleetState, targets: Mapping[str, int],
             "min": pool.min_nodes,
             "max": pool.max_nodes,
             "gpus_ready": ready * pool.gpus_per_node,
+            "floor": desired_nodes(pool, targets),
+            "autoscale": autoscales(spec, pool),
+            "autoscale_target": target.nodes if target else None,
+            "pending_bundles": target.pending_bundles if target else 0,
+            "unplaced_bundles": target.unplaced_bundles if target else 0,
+            "autoscale_reason": target.reason if target else "",
         })
     nodes = [{
         "instance": r.instance, "pool": r.pool, "state": r.state.value, "node_id": r.node_id,

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Mapping
 
+from cluster.demand import Demand
 from cluster.health.report import HealthReport
 
 POOL_LABEL = "rayfleet.io/pool"
@@ -71,6 +72,7 @@ class ClusterView:
     instances: tuple[Instance, ...] | None
     launch_errors: Mapping[str, str] = field(default_factory=dict)  # instance -> error from the last act
     busy_nodes: frozenset[str] = frozenset()   # Ray node ids running training workers
+    demand: Demand | None = None               # Ray's pending demand and node usage; None: not read
     health: Mapping[str, HealthReport] = field(default_factory=dict)  # instance -> newest agent report
     probes: Mapping[str, Probe] = field(default_factory=dict)         # instance -> raylet probe this loop
     quiet_until: float = 0.0   # the controller itself was starved until then: silence before it proves nothing

@@ -33,9 +33,10 @@ class DrainRecorder:
 
     drained: list[str] = field(default_factory=list)
 
-    def drain_node(self, node_id: bytes, reason: int, message: str, deadline_ms: int,
+    def drain_node(self, node_id: str | bytes, reason: int, message: str, deadline_ms: int,
                    timeout: float | None = None) -> tuple[bool, str]:
-        self.drained.append(node_id.hex())
+        # Ray's GCS client takes the node id in hex (a binary id reaches the GCS as NIL_ID)
+        self.drained.append(node_id.decode() if isinstance(node_id, bytes) else node_id)
         return True, ""
 
 

@@ -310,3 +310,37 @@ class _Packer:
             key = (tuple(round(x, 9) for x in free), kind, touched)
             merged[key] = merged.get(key, 0) + nodes
         return [[free, nodes, kind, touched] for (free, kind, touched), nodes in merged.items()]
+
+
+# --- explaining pending work (rayfleet explain) --------------------------------------------------
+def pending_report(spec: FleetSpec, demand: Demand | None, limit: int = 50) -> list[dict[str, object]]:
+    """Each pending gang (and pending task shape) with where it could run: for every pool, whether
+    its labels allow the work and whether one node of its shape holds a bundle. The same homing
+    and fitting the autoscaler uses (`_home`, `_fits_once`), over every pool, autoscaled or not."""
+    if demand is None:
+        return []
+    shapes = {pool.name: _Shape(node_shape(pool)) for pool in spec.pools}
+    labels = {pool.name: pool_labels(spec.name, pool) for pool in spec.pools}
+    out: list[dict[str, object]] = []
+    work = [(gang.name, gang.bundles, gang.strategy) for gang in demand.gangs]
+    work += [("tasks", (bundle,) * count, "") for bundle, count in demand.tasks]
+    for name, bundles, strategy in work[:limit]:
+        distinct = list(dict.fromkeys(bundles))
+        pools = {}
+        for pool in spec.pools:
+            if not all(bundle.allowed_on(labels[pool.name]) for bundle in distinct):
+                pools[pool.name] = "its labels do not match the bundles' selectors"
+            elif not all(_fits_once(shapes[pool.name], bundle) for bundle in distinct):
+                pools[pool.name] = f"a bundle does not fit its node shape {_show(node_shape(pool))}"
+            else:
+                pools[pool.name] = "fits"
+        out.append({"gang": name, "bundles": len(bundles), "strategy": strategy,
+                    "shapes": [_show(dict(bundle.resources)) for bundle in distinct],
+                    "selectors": sorted({str(selector) for bundle in distinct for selector in bundle.selectors}),
+                    "home": _home(bundles, spec.pools, shapes, labels), "pools": pools})
+    return out
+
+
+def _show(resources: Mapping[str, float]) -> str:
+    return "{" + ", ".join(f"{key}: {value:g}" for key, value in sorted(resources.items())
+                           if key != "memory" or value) + "}"

@@ -17,10 +17,11 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Sequence
 
 from cluster import gcs
 from cluster.act import act
+from cluster.autoscale import pending_report
 from cluster.demand import IdleClock
 from cluster.events import Event
 from cluster.health.agents import AgentSet
@@ -33,11 +34,14 @@ from cluster.spec import FleetSpec
 from cluster.state import NodeState
 from cluster.status import fleet_status, health_document
 from cluster.store import FleetStore
+from cluster.usage import accumulate, gpu_hours
 
 log = logging.getLogger("rayfleet.controller")
 
 CONTROLLER_NAME = "rayfleet-controller"
 JOB_WATCH_PERIOD_S = 5.0
+FAULT_KINDS = frozenset({"lost", "unhealthy", "quarantine", "drain"})
+"""Events that take a node, and the job workers on it, out of service (recorded in those jobs' histories)."""
 NAMESPACE = "rayfleet"
 PROBED = (NodeState.READY, NodeState.SUSPECT, NodeState.DEGRADED, NodeState.UNHEALTHY, NodeState.DRAINING)
 
@@ -58,6 +62,8 @@ class FleetController:
         self.agents = AgentSet()
         self._reported: dict[str, int] = {}  # instance -> sequence of the last report sent to metrics
         self.quiet_until = time.time()  # reports from before a (re)start are not in memory
+        self.usage, self.usage_at = self.store.usage()  # GPU-seconds by pool and state, kept across restarts
+        self._faults_recorded: set[tuple[str, str, str]] = set()  # (job, submission, instance)
         self._jobs_checked = time.monotonic()  # first job check one period after a (re)start
         self._published_notices: dict[str, float] = {}
         from jobs.supervise import HangWatch
@@ -123,13 +129,23 @@ class FleetController:
             log.info("%s: %s%s", event.kind, event.message, f" (reason: {event.reason})" if event.reason else "")
         self.launch_errors = act(result.actions, provider, spec, self.client)
         self._ensure_agents(spec)
-        self._supervise_jobs(result.state, now)
+        self._supervise_jobs(result.state, now, result.events)
         if time.monotonic() - self._jobs_checked >= JOB_WATCH_PERIOD_S:
             self._jobs_checked = time.monotonic()
             self._watch_jobs(spec)
         self.loops += 1
         self.loop_ms.append((time.monotonic() - started) * 1000)
+        if self.usage_at is not None and now - self.usage_at < 60:  # a longer gap: the controller was down
+            self.usage = accumulate(self.usage, result.state.nodes.values(),
+                                    {pool.name: pool.gpus_per_node for pool in spec.pools}, view.busy_nodes,
+                                    now - self.usage_at)
+        self.usage_at = now
+        self.store.put_usage(self.usage, now)
         status = fleet_status(spec, result.state, targets, now, self.info(), result.autoscale)
+        status["gpu_hours"] = gpu_hours(self.usage)
+        status["pending"] = pending_report(spec, view.demand)
+        status["pool_failures"] = {pool: {"count": count, "last": last}
+                                   for pool, (count, last) in result.state.pool_failures.items()}
         self.store.put_status(status)
         self.store.put_health(health_document(result.state, reports, view.probes, now))
         self.metrics.record(status, self.loop_ms[-1], result.events)
@@ -180,9 +196,10 @@ class FleetController:
         return {r.node_id: r.notice_deadline for r in self.state.nodes.values()
                 if r.state is NodeState.DRAINING and r.notice_deadline and r.node_id}
 
-    def _supervise_jobs(self, state: Any, now: float) -> None:
-        """Publish notices for the jobs' workers; find hung jobs and respond (see jobs/supervise.py)."""
-        from jobs import supervise
+    def _supervise_jobs(self, state: Any, now: float, events: Sequence[Event] = ()) -> None:
+        """Publish notices for the jobs' workers; find hung jobs and respond (see jobs/supervise.py);
+        record in a job's history when a node it runs on fails (its goodput's detection time)."""
+        from jobs import history, supervise
 
         try:
             notices = self._notices()
@@ -203,7 +220,16 @@ class FleetController:
                 except Exception:
                     return None
 
-            for job, hang, folder in self._hangs.check(supervise.read_beats(self.client), storage, agent_of, now):
+            beats = supervise.read_beats(self.client)
+            failed = {e.instance: e for e in events if e.kind in FAULT_KINDS and e.instance}
+            if failed:
+                node_of = {r.instance: r.node_id for r in state.nodes.values() if r.node_id}
+                for job, instance, submission in supervise.jobs_on(beats, {i: node_of.get(i) for i in failed}):
+                    if (job, submission, instance) not in self._faults_recorded:
+                        self._faults_recorded.add((job, submission, instance))
+                        history.record(storage, job, "fault", submission_id=submission, instance=instance,
+                                       reason=failed[instance].message)
+            for job, hang, folder in self._hangs.check(beats, storage, agent_of, now):
                 where = instance_of.get(hang.node_id, hang.node_id[:12])
                 self.store.append_events([Event(now, "hang", f"job {job}: {hang.reason} on {where}; stacks in "
                                                 f"{folder}; restarting it from its checkpoint", instance=where,
@@ -234,6 +260,12 @@ class FleetController:
                 self.store.append_events([Event(time.time(), kind, message, reason="driver lost")])
         except Exception as error:
             log.info("job watch skipped: %s", error)
+        try:
+            from jobs import goodput
+
+            self.metrics.record_jobs(spec.name, goodput.recent(storage, time.time()))
+        except Exception as error:
+            log.info("job goodput not published: %s", error)
 
     def _ensure_agents(self, spec: FleetSpec) -> None:
         import ray

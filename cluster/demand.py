@@ -58,6 +58,10 @@ class Selector:
     def matches(self, labels: Mapping[str, str]) -> bool:
         return all(constraint.matches(labels) for constraint in self.constraints)
 
+    def __str__(self) -> str:
+        return " and ".join(f"{c.key} {'not in' if c.negate else 'in'} ({', '.join(sorted(c.values))})"
+                            for c in self.constraints) or "any node"
+
 
 @dataclass(frozen=True)
 class Bundle:

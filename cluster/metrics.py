@@ -18,6 +18,9 @@ which is what the dashboard's Metrics view (through Grafana) and any Prometheus 
 | rayfleet_health_checks                  | counter   | fleet, pool, check, result    | `record_health`           |
 | rayfleet_health_check_seconds           | histogram | fleet, pool, check            | `record_health`           |
 | rayfleet_health_failing_nodes           | gauge     | fleet, pool, check            | `record_health`           |
+| rayfleet_pool_gpu_hours                 | gauge     | fleet, pool, state            | cluster/usage.py totals   |
+| rayfleet_job_ettr                       | gauge     | fleet, job                    | jobs/goodput.py           |
+| rayfleet_job_seconds                    | gauge     | fleet, job, part              | jobs/goodput.py           |
 
 (1) <state>: desired, ready, starting, unhealthy, degraded, draining, quarantined (POOL_GAUGES).
 
@@ -122,6 +125,14 @@ class FleetMetrics:
                                                 boundaries=list(CHECK_BUCKETS_S), tag_keys=("fleet", "pool", "check"))
         self._failing_gauge = metrics.Gauge("rayfleet_health_failing_nodes", "nodes whose latest result of "
                                             "the check failed", tag_keys=("fleet", "pool", "check"))
+        self._gpu_hours = metrics.Gauge("rayfleet_pool_gpu_hours", "GPU-hours since the fleet came up, by "
+                                        "node state (training, idle, spare, quarantined, booting, unavailable)",
+                                        tag_keys=("fleet", "pool", "state"))
+        self._job_ettr = metrics.Gauge("rayfleet_job_ettr", "effective training time ratio: kept training "
+                                       "time over wall time", tag_keys=("fleet", "job"))
+        self._job_seconds = metrics.Gauge("rayfleet_job_seconds", "a job's wall time by part (waiting, startup, "
+                                          "training, rollback, checkpoint, detection, recovery)",
+                                          tag_keys=("fleet", "job", "part"))
         self._causes: dict[str, str] = {}   # instance -> kind of the reason it last failed for
         self._failing: dict[tuple[str, str, str], set[str]] = {}   # (fleet, pool, check) -> instances
 
@@ -135,6 +146,10 @@ class FleetMetrics:
                 for name, key, _ in POOL_GAUGES:
                     self._pool[name].set(float(pool.get(key) or 0), tags=tags)
                 self._desired_gpus.set(float(pool.get("desired", 0) * pool.get("gpus_per_node", 0)), tags=tags)
+            for pool, states in (status.get("gpu_hours") or {}).items():
+                if pool != "all":
+                    for state, hours in states.items():
+                        self._gpu_hours.set(float(hours), tags={"fleet": fleet, "pool": pool, "state": state})
             self._reconcile.observe(loop_ms / 1000.0, tags={"fleet": fleet})
             for event in events:
                 self._count(fleet, event)
@@ -161,6 +176,17 @@ class FleetMetrics:
             self._causes.pop(instance, None)
         elif instance and event.reason and _SLUG.match(event.reason):
             self._causes[instance] = reason_kind(event.reason)
+
+    def record_jobs(self, fleet: str, goodput: Mapping[str, Mapping[str, Any]]) -> None:
+        """Publish each job's ETTR and wall time by part (job -> Goodput.to_json())."""
+        try:
+            for job, figures in goodput.items():
+                if figures.get("ettr") is not None:
+                    self._job_ettr.set(float(figures["ettr"]), tags={"fleet": fleet, "job": job})
+                for part, seconds in figures.get("parts", {}).items():
+                    self._job_seconds.set(float(seconds), tags={"fleet": fleet, "job": job, "part": part})
+        except Exception as error:
+            self._warn(error)
 
     # --- health checks --------------------------------------------------------------------------
     def record_health(self, fleet: str, pool: str, instance: str, check: str, passed: bool,

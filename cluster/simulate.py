@@ -28,6 +28,7 @@ from cluster.plan import (MAX_BACKOFF_S, RELAUNCH_AFTER_S, TERMINATE_RETRY_S, Ad
                           QuarantineRequests, RunChecks, Terminate, Unadmit, plan)
 from cluster.spec import FleetSpec, PoolSpec
 from cluster.state import FleetState, NodeState
+from cluster.usage import accumulate, gpu_hours
 from cluster.view import INSTANCE_LABEL, POOL_LABEL, ClusterView, Instance, InstanceStatus, Probe, RayNode
 
 HOUR = 3600.0
@@ -509,18 +510,34 @@ class SimulatedController:
     events: list[object] = field(default_factory=list)
     requests: QuarantineRequests = field(default_factory=QuarantineRequests)
     ticks: int = 0
+    usage: dict[str, dict[str, float]] = field(default_factory=dict)   # GPU-seconds by pool and state
+    _usage_at: float | None = None
+    _busy: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
         if not self.cloud.pools:
             self.cloud.pools = {pool.name: pool for pool in self.spec.pools}
 
     def tick(self) -> Plan:
-        result = plan(self.spec, self.state, self.cloud.view(), self.cloud.now, self.targets, self.requests)
+        view = self.cloud.view()
+        if self._usage_at is not None:  # the nodes as the last loop left them, for the time since
+            self.usage = accumulate(self.usage, self.state.nodes.values(), self._gpus, self._busy,
+                                    self.cloud.now - self._usage_at)
+        self._usage_at, self._busy = self.cloud.now, view.busy_nodes
+        result = plan(self.spec, self.state, view, self.cloud.now, self.targets, self.requests)
         self.state = result.state
         self.events.extend(result.events)
         self.cloud.apply(result.actions)
         self.ticks += 1
         return result
+
+    @property
+    def _gpus(self) -> dict[str, int]:
+        return {pool.name: pool.gpus_per_node for pool in self.spec.pools}
+
+    def gpu_hours(self) -> dict[str, dict[str, float]]:
+        """GPU-hours by pool and state so far (cluster/usage.py), as the controller reports them."""
+        return gpu_hours(self.usage)
 
     def run(self, seconds: float, period: float | None = None, fast: bool = False) -> None:
         """Loop every `period` for `seconds`. `fast`: after a loop that did nothing, sleep to the

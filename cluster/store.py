@@ -66,6 +66,14 @@ class FleetStore:
     def state(self) -> FleetState:
         return FleetState.from_json(gcs.kv_get(self.client, "state"))
 
+    def put_usage(self, totals: dict[str, dict[str, float]], at: float) -> None:
+        """GPU-seconds by pool and state (cluster/usage.py), and when they were last added to."""
+        gcs.kv_put(self.client, "usage", json.dumps({"totals": totals, "at": at}, sort_keys=True))
+
+    def usage(self) -> tuple[dict[str, dict[str, float]], float | None]:
+        doc = self._json("usage", {})
+        return doc.get("totals", {}), doc.get("at")
+
     def put_status(self, status: dict[str, Any]) -> None:
         gcs.kv_put(self.client, "status", json.dumps(status, sort_keys=True))
 

@@ -86,6 +86,7 @@ def main() -> int:
         history.record(run["storage"], spec.name, "submitted", submission_id=run["submission_id"],
                        pool=spec.pool, strategy=spec.parallelism.strategy, steps=spec.steps,
                        spec=spec.model_dump(mode="json"), run=json.dumps(run), user="rayjob")
+    history.record(run["storage"], spec.name, "driver", submission_id=run["submission_id"])
     import ray
 
     ray.init(logging_level="WARNING", _temp_dir=own_node_temp_dir())

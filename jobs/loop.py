@@ -91,6 +91,8 @@ def train_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device() if run.device == "cuda" else torch.device("cpu")
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    if rank == 0:  # the gang was placed and its processes run (goodput: the end of waiting)
+        history.record(run.storage, spec.name, "worker", submission_id=run.submission_id, world=world)
     trainer = Trainer(spec, run, rank, world, device, history.job_dir(run.storage, spec.name))
     trainer.watch(ray.get_runtime_context().get_node_id())
     trainer.train(report=_ray_report())
@@ -154,8 +156,12 @@ class Trainer:
             self.step += 1
             if self.spec.step_time_s:  # benchmarks pad steps to a known length
                 time.sleep(max(0.0, self.spec.step_time_s - (time.perf_counter() - step_started)))
+            step_s = time.perf_counter() - step_started
             if self.beats is not None:
-                self.beats.publish(self.step, time.perf_counter() - step_started)
+                self.beats.publish(self.step, step_s)
+            if self.rank == 0:  # goodput accounting (jobs/goodput.py): one line per step
+                history.record(self.run.storage, self.spec.name, "step", submission_id=self.run.submission_id,
+                               step=self.step, duration_s=round(step_s, 4))
             if self.notice_deadline() > time.time():
                 self.hold_for_notice(report)
                 continue
@@ -198,6 +204,8 @@ class Trainer:
                 report({"step": self.step, "loss": self.losses[-1][1] if self.losses else None}, path)
         if self.rank == 0:
             acknowledge(self.spec.name, self.run.submission_id, self.step, deadline)
+            history.record(self.run.storage, self.spec.name, "notice", submission_id=self.run.submission_id,
+                           step=self.step, deadline=deadline, reason="a node of the job goes away (notice)")
             print(f"[rayfleet] notice: checkpointed at step {self.step}; holding until the node is replaced",
                   flush=True)
         while time.time() < deadline:
@@ -229,6 +237,7 @@ class Trainer:
         return float(value)
 
     def save(self) -> Path:
+        saving = time.perf_counter()
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = checkpoint.save_checkpoint(self.run_dir, self.step, self.par, self.optimizer,
                                           {"job": self.spec.name, "submission_id": self.run.submission_id,
@@ -236,6 +245,8 @@ class Trainer:
         self.checkpoint_step = self.step
         if self.rank == 0:
             checkpoint.prune(self.job_dir, self.spec.checkpoint.keep, self.run_dir)
+            history.record(self.run.storage, self.spec.name, "checkpoint", submission_id=self.run.submission_id,
+                           step=self.step, duration_s=round(time.perf_counter() - saving, 4))
         return path
 
 

@@ -57,6 +57,17 @@ def acknowledged(notices: Mapping[str, float], beats: Mapping[str, Mapping[int, 
     return frozenset(out)
 
 
+def jobs_on(beats: Mapping[str, Mapping[int, Beat]], nodes: Mapping[str, str | None]) -> list[tuple[str, str, str]]:
+    """(job, instance, submission id) for each job with a rank on one of `nodes` (instance -> Ray node id)."""
+    out = []
+    for job, ranks in beats.items():
+        for instance, node_id in nodes.items():
+            hit = next((b for b in ranks.values() if node_id and b.node_id == node_id), None)
+            if hit is not None:
+                out.append((job, instance, hit.submission_id))
+    return out
+
+
 class HangWatch:
     """Finds hung jobs and responds, once per hang."""
 

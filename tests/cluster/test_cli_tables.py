@@ -64,14 +64,16 @@ def test_jobs_fit_with_every_figure_and_fold_only_the_name() -> None:
     rows = [
         {"job": "moe-demo", "status": "RUNNING", "step": 1234, "steps": 2000, "loss": 5.12345,
          "tokens_per_s": 12345.6, "mfu": None, "restarts": 1, "pool": "h100", "strategy": "moe",
-         "start_time": NOW - 725},
+         "start_time": NOW - 725, "ettr": 0.874},
         {"job": "a-rather-long-job-name-for-the-table", "status": "SUCCEEDED", "step": 2000, "steps": 2000,
          "loss": 1.2, "tokens_per_s": None, "mfu": None, "restarts": 0, "pool": "a100-big", "strategy": "fsdp",
          "start_time": NOW - 2 * 86400},
     ]
     lines = render(jobs_table(rows, NOW))
-    assert lines[0].split() == ["JOB", "STATE", "STEP", "LOSS", "TOK/S", "RESTARTS", "POOL", "STRATEGY", "AGE"]
-    assert lines[1].split() == ["moe-demo", "RUNNING", "1234/2000", "5.1235", "12.3k", "1", "h100", "moe", "12m05s"]
+    assert lines[0].split() == ["JOB", "STATE", "STEP", "LOSS", "TOK/S", "ETTR", "RESTARTS", "POOL", "STRATEGY",
+                                "AGE"]
+    assert lines[1].split() == ["moe-demo", "RUNNING", "1234/2000", "5.1235", "12.3k", "87%", "1", "h100", "moe",
+                                "12m05s"]
     assert column(lines, "JOB") == "moe-demoa-rather-long-job-name-for-the-table"
     with_mfu = render(jobs_table([{**rows[0], "mfu": 0.412}], NOW))
     assert "MFU" in with_mfu[0] and "41.2%" in with_mfu[1]

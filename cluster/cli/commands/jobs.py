@@ -20,8 +20,8 @@ def jobs(
     fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)",
                                              autocompletion=complete_fleet),
 ) -> None:
-    """List jobs: state, step, loss, tokens/s, MFU, restarts (submission ids with -o json)."""
-    from jobs import history
+    """List jobs: state, step, loss, tokens/s, MFU, ETTR, restarts (submission ids with -o json)."""
+    from jobs import goodput, history
     from jobs.submit import job_client, progress, rayfleet_jobs, storage_of
 
     conn = connect(fleet_name)
@@ -32,7 +32,8 @@ def jobs(
         if job["job"] in seen:
             continue  # the newest submission of each name
         seen.add(job["job"])
-        rows.append(_row(job, progress(conn, job["job"]), history.summary(storage, job["job"])))
+        rows.append(_row(job, progress(conn, job["job"]), history.summary(storage, job["job"]),
+                         goodput.of_job(storage, job["job"], time.time())))
     if all_jobs:
         for name in history.job_names(storage):
             if name not in seen:
@@ -40,7 +41,8 @@ def jobs(
                 rows.append(_row({"job": name, "submission_id": summary.get("submission_id"),
                                   "status": summary.get("state"), "pool": summary.get("pool"),
                                   "strategy": summary.get("strategy"), "steps": summary.get("steps"),
-                                  "start_time": summary.get("submitted_at")}, None, summary))
+                                  "start_time": summary.get("submitted_at")}, None, summary,
+                                 goodput.of_job(storage, name, time.time())))
     if emit(rows, output):
         return
     if not rows:
@@ -57,7 +59,8 @@ def jobs_table(rows: list[dict[str, Any]], now: float) -> Table:
     right = {"no_wrap": True, "justify": "right"}
     with_mfu = any(row.get("mfu") is not None for row in rows)
     columns = [("JOB", {"overflow": "fold", "min_width": 8}), ("STATE", fixed), ("STEP", right), ("LOSS", right),
-               ("TOK/S", right), *([("MFU", right)] if with_mfu else []), ("RESTARTS", right), ("POOL", fixed),
+               ("TOK/S", right), *([("MFU", right)] if with_mfu else []), ("ETTR", right), ("RESTARTS", right),
+               ("POOL", fixed),
                ("STRATEGY", fixed), ("AGE", right)]
     out = table(*columns)
     for row in rows:
@@ -65,15 +68,18 @@ def jobs_table(rows: list[dict[str, Any]], now: float) -> Table:
         mfu = [f"{row['mfu']:.1%}" if row.get("mfu") is not None else "-"] if with_mfu else []
         out.add_row(row["job"], row["status"] or "-", step,
                     f"{row['loss']:.4f}" if row["loss"] is not None else "-",
-                    count(row["tokens_per_s"]) if row["tokens_per_s"] else "-", *mfu, str(row["restarts"]),
+                    count(row["tokens_per_s"]) if row["tokens_per_s"] else "-", *mfu,
+                    f"{row['ettr']:.0%}" if row.get("ettr") is not None else "-", str(row["restarts"]),
                     row["pool"] or "-", row["strategy"] or "-",
                     age(now - row["start_time"]) if row.get("start_time") else "-")
     return out
 
 
-def _row(job: dict[str, Any], live: dict[str, Any] | None, summary: dict[str, Any]) -> dict[str, Any]:
+def _row(job: dict[str, Any], live: dict[str, Any] | None, summary: dict[str, Any], figures: Any) -> dict[str, Any]:
     live = live if live and live.get("submission_id") == job["submission_id"] else None
     return {**job, "step": (live or {}).get("step", summary.get("final_step")),
+            "ettr": figures.ettr if figures is not None else None,
+            "goodput": figures.to_json() if figures is not None else None,
             "loss": (live or {}).get("loss", summary.get("loss")),
             "tokens_per_s": (live or {}).get("tokens_per_s"), "mfu": (live or {}).get("mfu"),
             "restarts": summary.get("restarts", 0) if summary.get("submission_id") == job["submission_id"] else 0}

@@ -1,5 +1,6 @@
-"""Health on a real local fleet, through the CLI: an XID under a training job, a hard node kill,
-a slow node named a straggler, and a flapping check that causes no replacement storm."""
+"""Health on a real local fleet, through the CLI: an XID under a training job quarantines the node
+(released only once its checks pass), a hard node kill, a slow node named a straggler and
+quarantined after a failed burn, and a flapping check that causes no replacement storm."""
 from __future__ import annotations
 
 import json
@@ -29,6 +30,11 @@ def health(fleet: Fleet) -> dict[str, dict[str, Any]]:
     result = fleet.cli("health", "-o", "json", timeout=60)
     assert result.returncode == 0, result.stderr
     return {node["instance"]: node for node in json.loads(result.stdout)["nodes"]}
+
+
+def state_of(fleet: Fleet, instance: str) -> str | None:
+    """The node's state as the controller has it (`rayfleet status`)."""
+    return next((n["state"] for n in fleet.status()["nodes"] if n["instance"] == instance), None)
 
 
 def pool_nodes(fleet: Fleet) -> list[str]:
@@ -61,7 +67,7 @@ def test_every_node_is_checked_and_spares_wait_unadmitted(fleet: Fleet) -> None:
     assert len(spares) == 1 and not spares[0]["admitted"]
 
 
-def test_xid_under_a_training_job_drains_the_node_a_spare_takes_over_and_the_job_finishes(fleet: Fleet) -> None:
+def test_xid_under_a_training_job_quarantines_the_node_a_spare_takes_over_and_the_job_finishes(fleet: Fleet) -> None:
     job = fleet.home.parent / "xid-job.yaml"
     job.write_text(yaml.safe_dump({"name": "xid-job", "pool": "h100", "workers": 2, "steps": 150,
                                    "model": {"preset": "tiny"}, "data": {"seq_len": 128, "global_batch": 8},
@@ -78,12 +84,25 @@ def test_xid_under_a_training_job_drains_the_node_a_spare_takes_over_and_the_job
     assert final["status"] == "SUCCEEDED" and final["step"] == 150
     events = [e for e in fleet.events() if e["instance"] in (victim, spare)]
     kinds = [e["kind"] for e in events]
-    assert kinds.index("unhealthy") < kinds.index("drain") and "promote" in kinds and "replace" in kinds
+    assert kinds.index("unhealthy") < kinds.index("quarantine") and "promote" in kinds, kinds
     started = [json.loads(line) for line in (progress / "history.jsonl").read_text().splitlines()
                if '"started"' in line]
     assert len(started) >= 2 and started[-1]["from_step"] >= 20  # resumed from its checkpoint
-    fleet.wait_ready(timeout=240)  # back to 3 pool nodes and a fresh spare
-    assert victim not in {n["instance"] for n in fleet.status()["nodes"]}
+    fleet.wait_ready(timeout=240)  # 3 pool nodes and a fresh spare, the quarantined node kept aside
+    assert state_of(fleet, victim) == "quarantined"
+    listed = fleet.cli("quarantine", "list", "-o", "json")
+    assert listed.returncode == 0 and victim in listed.stdout
+    shown = fleet.cli("quarantine", "show", victim)
+    assert shown.returncode == 0 and "XID 79" in shown.stdout
+    # release: refused while the XID is still reported, granted once the checks pass
+    assert fleet.cli("quarantine", "release", victim).returncode == 0
+    wait_until(lambda: any(e["kind"] == "release-refused" and e["instance"] == victim for e in fleet.events()), 60,
+               f"{victim}'s release refused while its XID persists")
+    assert state_of(fleet, victim) == "quarantined"
+    assert fleet.cli("chaos", "inject", victim, "--fault", "clear").returncode == 0
+    assert fleet.cli("quarantine", "release", victim).returncode == 0
+    wait_until(lambda: any(e["kind"] == "release" and e["instance"] == victim for e in fleet.events()), 60,
+               f"{victim} released after its checks passed")
 
 
 def test_a_hard_killed_node_is_noticed_within_3_seconds_and_replaced(fleet: Fleet) -> None:
@@ -108,8 +127,8 @@ def test_a_slow_node_is_named_a_straggler_and_a_burn_then_fails_it(fleet: Fleet)
     wait_until(lambda: health(fleet)[victim]["state"] == "degraded", 30, f"{victim} degraded (straggler)")
     burn = fleet.cli("health", "--burn", victim, "-o", "json", timeout=120)
     assert json.loads(burn.stdout)["burn"]["status"] == "fail"
-    wait_until(lambda: any(e["kind"] == "drain" and e["instance"] == victim for e in fleet.events()), 30,
-               f"{victim} drained after its failed burn")
+    wait_until(lambda: any(e["kind"] == "quarantine" and e["instance"] == victim for e in fleet.events()), 30,
+               f"{victim} quarantined after its failed burn (a hardware check)")
 
 
 def test_a_flapping_check_is_not_a_replacement_storm(fleet: Fleet) -> None:

@@ -1,0 +1,205 @@
+"""Long runs kept productive, on a real local fleet through the CLI: a SIGSTOPped worker is found
+hung, its stacks saved and the job resumed; a preemption notice loses no step; a job that cannot be
+placed, a busy pool and a noticed node are explained; and under full CPU load a paused raylet and a
+paused controller cost no node while a killed raylet is still caught within a second."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+import pytest
+import yaml
+
+from tests.cluster.fleet_fixture import Fleet, running_fleet
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.ray
+
+POOLS = [{"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "cpus_per_node": 1, "memory": "8Gi",
+          "min_nodes": 1, "max_nodes": 4, "nodes": 3, "hot_spares": 1, "max_unavailable": 2}]
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    yield from running_fleet(tmp_path_factory.mktemp("resilience"), "t-res", POOLS,
+                             health={"max_replacements_per_hour": 20, "drain_deadline_s": 5})
+
+
+def submit(fleet: Fleet, name: str, workers: int = 2, steps: int = 60, **extra: Any) -> None:
+    path = fleet.home.parent / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "pool": "h100", "workers": workers, "steps": steps,
+                                    "model": {"preset": "tiny"}, "data": {"seq_len": 64, "global_batch": 2 * workers},
+                                    "checkpoint": {"every": 5}, "step_time_s": 0.3, **extra}))
+    result = fleet.cli("submit", "-f", str(path))
+    assert result.returncode == 0, result.stderr
+
+
+def history(fleet: Fleet, name: str) -> list[dict[str, Any]]:
+    path = fleet.dir / "storage" / "jobs" / name / "history.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def steps_done(fleet: Fleet, name: str) -> int:
+    return max((e["step"] for e in history(fleet, name) if e["event"] == "step"), default=0)
+
+
+def job(fleet: Fleet, name: str) -> dict[str, Any]:
+    result = fleet.cli("job", name, "-o", "json")
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def ended(fleet: Fleet, name: str, timeout: float = 400) -> dict[str, Any]:
+    return wait_until(lambda: (doc := job(fleet, name))["state"] in ("SUCCEEDED", "FAILED") and doc,
+                      timeout, f"{name} to end")
+
+
+def workers(name: str = "RayTrainWorker") -> list[psutil.Process]:
+    return [p for p in psutil.process_iter(["name"]) if name in (p.info["name"] or "")]
+
+
+def instance_of(fleet: Fleet, process: psutil.Process) -> str:
+    ancestor = process.parent()
+    while ancestor is not None:
+        cmdline = " ".join(ancestor.cmdline())
+        if f"rayfleet.io/fleet={fleet.name}," in cmdline and "rayfleet.io/instance=" in cmdline:
+            return cmdline.split("rayfleet.io/instance=")[1].split()[0]
+        ancestor = ancestor.parent()
+    raise AssertionError(f"pid {process.pid} is not on a node of {fleet.name}")
+
+
+def state_of(fleet: Fleet, instance: str) -> str | None:
+    """The node's state as the controller has it (`rayfleet status`)."""
+    return next((n["state"] for n in fleet.status()["nodes"] if n["instance"] == instance), None)
+
+
+def raylet_of(fleet: Fleet, instance: str) -> psutil.Process:
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] == "raylet":
+            parent = process.parent()
+            if parent is not None and f"rayfleet.io/instance={instance}" in " ".join(parent.cmdline()):
+                return process
+    raise AssertionError(f"no raylet for {instance}")
+
+
+def test_a_sigstopped_worker_is_found_hung_its_stacks_saved_and_the_job_resumes(fleet: Fleet) -> None:
+    fleet.wait_ready(timeout=240)
+    submit(fleet, "hung", steps=60, hang={"first_steps": 3, "margin_s": 10})
+    wait_until(lambda: steps_done(fleet, "hung") >= 12, 300, "hung past step 12")
+    stopped = workers()[0]
+    stopped.send_signal(signal.SIGSTOP)
+    at = time.time()
+    try:
+        hang = wait_until(lambda: next((e for e in history(fleet, "hung") if e["event"] == "hang"), None), 120,
+                          "the hang to be detected")
+    finally:
+        if stopped.is_running():
+            stopped.send_signal(signal.SIGCONT)
+    median = 0.3  # step_time_s pads every step to 0.3 s; the bound is 3 x median + 10 s
+    assert hang["time"] - at <= 3 * median * 1.5 + 10 + 3.0, hang  # + one beat period and one loop
+    diagnostics = Path(hang["diagnostics"])
+    stacks = sorted(diagnostics.glob("rank*-pid*.txt"))
+    assert len(stacks) == 2 and any("train" in p.read_text() for p in stacks), [p.read_text()[:300] for p in stacks]
+    assert f"pid{stopped.pid}" in " ".join(p.name for p in stacks) and hang["rank"] in (0, 1)
+    events = [e for e in fleet.events() if e["kind"] == "hang"]
+    assert events and "hung" in events[-1]["message"] and events[-1]["instance"].startswith(fleet.name)
+    doc = ended(fleet, "hung")
+    assert doc["state"] == "SUCCEEDED" and doc["final_step"] == 60
+    started = [e for e in history(fleet, "hung") if e["event"] == "started"]
+    assert len(started) >= 2 and started[-1]["from_step"] >= 10  # resumed from its checkpoint
+    # goodput: the parts add up to the wall time; the hang shows as detection, redone steps as rollback
+    figures = doc["goodput"]
+    assert abs(sum(figures["parts"].values()) - figures["wall_s"]) < 0.01 * figures["wall_s"]
+    assert 0 < figures["ettr"] < 1 and figures["attempts"] >= 2
+    assert figures["faults"][0]["reason"].startswith("rank") and figures["parts"]["detection"] >= 10
+    table = fleet.cli("job", "hung")
+    assert table.returncode == 0 and "ETTR" in table.stdout and "rollback" in table.stdout
+    listed = json.loads(fleet.cli("jobs", "-o", "json").stdout)
+    assert next(r for r in listed if r["job"] == "hung")["ettr"] == pytest.approx(figures["ettr"], abs=0.05)
+
+
+def test_a_preemption_notice_checkpoints_replaces_the_node_and_loses_no_step(fleet: Fleet) -> None:
+    fleet.wait_ready(timeout=240)
+    submit(fleet, "noticed", steps=60)
+    wait_until(lambda: steps_done(fleet, "noticed") >= 8, 300, "noticed past step 8")
+    victim = instance_of(fleet, workers()[0])
+    result = fleet.cli("chaos", "preempt", victim, "--in", "30")
+    assert result.returncode == 0, result.stderr
+    doc = ended(fleet, "noticed")
+    assert doc["state"] == "SUCCEEDED" and doc["final_step"] == 60
+    assert doc["goodput"]["steps_redone"] == 0 and doc["goodput"]["parts"]["rollback"] == 0
+    notice = next(e for e in history(fleet, "noticed") if e["event"] == "notice")
+    started = [e for e in history(fleet, "noticed") if e["event"] == "started"]
+    assert started[-1]["from_step"] == notice["step"]  # resumed exactly where it checkpointed for the notice
+    kinds = [e["kind"] for e in fleet.events() if e["instance"] == victim]
+    assert "notice" in kinds and "replace" in kinds
+    fleet.wait_ready(timeout=240)
+    explained = fleet.cli("explain", victim)
+    assert explained.returncode == 0 and "notice" in explained.stdout, explained.stdout
+
+
+def test_explain_says_why_a_job_waits_and_why_the_pool_does_not_grow(fleet: Fleet) -> None:
+    fleet.wait_ready(timeout=240)
+    submit(fleet, "holder", workers=3, steps=400)   # every worker slot of the pool
+    wait_until(lambda: steps_done(fleet, "holder") >= 1, 300, "holder running")
+    submit(fleet, "waiter", workers=2, steps=10)
+    answer = wait_until(lambda: (r := fleet.cli("explain", "waiter")).returncode == 0 and "pending:" in r.stdout
+                        and r.stdout, 120, "waiter explained as pending")
+    assert "could run on: h100" in answer and "autoscaling off" in answer, answer
+    pool = fleet.cli("explain", "h100")
+    assert pool.returncode == 0 and "autoscaling is off" in pool.stdout, pool.stdout
+    assert fleet.cli("stop", "holder").returncode == 0
+    assert ended(fleet, "waiter", timeout=400)["state"] == "SUCCEEDED"
+    unknown = fleet.cli("explain", "no-such-thing")
+    assert unknown.returncode == 2 and "not a pool" in unknown.stderr
+
+
+@pytest.fixture
+def load() -> Iterator[None]:
+    """Every core busy (stress-ng, started here and stopped by its pid)."""
+    binary = shutil.which("stress-ng")
+    assert binary, "stress-ng is installed by `make test` (Makefile DEBS)"
+    process = subprocess.Popen([binary, "--cpu", str(os.cpu_count()), "--timeout", "240s", "--quiet"],
+                               start_new_session=True)
+    try:
+        yield
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=30)
+
+
+def test_under_full_load_pauses_cost_no_node_and_a_kill_is_caught_within_a_second(fleet: Fleet, load: None) -> None:
+    fleet.wait_ready(timeout=240)
+    before = {e["time"] for e in fleet.events() if e["kind"] in ("lost", "replace", "launch")}
+    nodes = sorted(n["instance"] for n in fleet.status()["nodes"] if n["state"] == "ready" and not n["spare"])
+    paused = raylet_of(fleet, nodes[0])
+    controller = psutil.Process(fleet.status()["controller"]["pid"])
+    paused.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(5)  # the fault itself: a raylet paused for 30 s, the controller paused for 5 s of it
+        controller.send_signal(signal.SIGSTOP)
+        time.sleep(5)
+        controller.send_signal(signal.SIGCONT)
+        time.sleep(20)
+    finally:
+        paused.send_signal(signal.SIGCONT)
+        controller.send_signal(signal.SIGCONT)
+    # 10 s more under load: the paused node answers again and nothing was declared failed
+    wait_until(lambda: state_of(fleet, nodes[0]) == "ready", 30, f"{nodes[0]} ready again")
+    time.sleep(10)  # the fault's aftermath: anything declared now would still count against us
+    after = [e for e in fleet.events() if e["kind"] in ("lost", "replace", "launch") and e["time"] not in before]
+    assert after == [], after
+    assert fleet.pools()["h100"]["ready"] == 3
+    victim = raylet_of(fleet, nodes[1])
+    killed_at = time.time()
+    victim.send_signal(signal.SIGKILL)
+    lost = wait_until(lambda: next((e for e in fleet.events() if e["kind"] == "lost" and e["instance"] == nodes[1]),
+                                   None), 30, f"{nodes[1]} declared lost")
+    assert lost["time"] - killed_at <= 1.0, lost

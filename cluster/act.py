@@ -79,24 +79,28 @@ def _resize(client: Any, instance: str, node_id: str, cpus: float) -> None:
 
 
 def _vacate(client: Any, action: Vacate) -> None:
-    """Kill, through the GCS, every actor on the node but its health agent: training workers die,
-    and Ray Train resumes their jobs from checkpoints on other nodes."""
+    """End every actor process on the node but its health agent: training workers die, and Ray
+    Train resumes their jobs from checkpoints on other nodes. The GCS names them (and their pids);
+    the node's own agent SIGKILLs them (Ray's kill needs a handle that unnamed actors do not give)."""
     import ray
+
+    from cluster.health.agent import agent_name
 
     try:
         actors = gcs.actors(client)
+        agent = ray.get_actor(agent_name(action.instance), namespace="rayfleet")
     except Exception as error:
-        log.warning("could not list the actors of %s: %s", action.instance, error)
+        log.warning("could not vacate %s: %s", action.instance, error)
         return
-    core = ray._private.worker.global_worker.core_worker
     for actor_id, info in actors.items():
-        if info.address.node_id.hex() != action.node_id or info.state not in (0, 1, 2):
+        if info.address.node_id.hex() != action.node_id or info.state not in (0, 1, 2) or not info.pid:
             continue
-        if info.class_name == "HealthAgent" or info.name.startswith("rayfleet-health-"):
+        if info.class_name == "HealthAgent" or info.name == agent_name(action.instance):
             continue
         try:
-            core.kill_actor(actor_id, True)
-            log.info("ended %s (%s) on %s: %s", info.class_name, actor_id.hex()[:12], action.instance, action.reason)
+            killed = ray.get(agent.kill.remote(info.pid), timeout=10)
+            log.info("ended %s (pid %s) on %s: %s", info.class_name, info.pid, action.instance,
+                     action.reason if killed else "it had exited")
         except Exception as error:
             log.info("could not end actor %s: %s", actor_id.hex()[:12], error)
 
@@ -112,17 +116,6 @@ def _run_checks(action: RunChecks) -> None:
         agent.run_checks.remote()
     except Exception as error:
         log.warning("could not ask %s to run its checks: %s", action.instance, error)
-
-
-
-def _drain(client: Any, action: Drain) -> None:
-    try:
-        accepted, rejection = gcs.drain(client, action.node_id, action.reason, action.deadline_s,
-                                        action.preemption, now_ms=int(time.time() * 1000))
-        if not accepted:
-            log.info("Ray declined to drain %s: %s", action.instance, rejection)
-    except Exception as error:  # a node that is already gone cannot be drained; terminate follows
-        log.info("drain of %s failed: %s", action.instance, error)
 
 
 def _evict(client: Any, evictions: Sequence[Evict]) -> None:

@@ -98,9 +98,15 @@ def main() -> int:
         traceback.print_exc()
         return 1
     metrics = result.metrics or {}
+    step = metrics.get("step")
+    if step is None:  # Ray Train kept no metrics (e.g. a resumed job already at its last step)
+        from jobs import checkpoint
+
+        latest = checkpoint.latest_checkpoint(history.job_dir(run["storage"], spec.name))
+        step = checkpoint.read_meta(latest)["step"] if latest is not None else None
     history.record(run["storage"], spec.name, "finished", submission_id=run["submission_id"],
-                   state="SUCCEEDED", step=metrics.get("step"), loss=metrics.get("loss"))
-    print(f"[rayfleet] job {spec.name} finished at step {metrics.get('step')} "
+                   state="SUCCEEDED", step=step, loss=metrics.get("loss"))
+    print(f"[rayfleet] job {spec.name} finished at step {step} "
           f"with loss {metrics.get('loss')}", flush=True)
     return 0
 

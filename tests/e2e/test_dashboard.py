@@ -155,6 +155,11 @@ def test_the_browser_signs_in_and_sees_the_job_and_the_controller(fleet: Fleet, 
     assert JOB in cells and "RUNNING" in cells, cells  # the Name column reads metadata job_name
     screenshot(browser, tmp_path, "jobs", job["submission_id"])
     browser.get(doc["views"]["actors"]["url"])
+    # The table pages 10 actors at a time (agents, workers, supervisors...): filter it by name, as
+    # a user would, through the view's own "Name" filter.
+    name_filter = WebDriverWait(browser, RENDER_WAIT_S).until(
+        lambda d: d.find_element(By.XPATH, "//label[normalize-space(text())='Name']/..//input"))
+    name_filter.send_keys("rayfleet-controller")
     rendered(browser, "rayfleet-controller", "FleetController")
     row = browser.find_element(By.XPATH, "//tr[.//*[normalize-space(text())='rayfleet-controller']]")
     assert "ALIVE" in row.text and "FleetController" in row.text, row.text

@@ -117,14 +117,17 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, ctx: AttentionContext, cache: KVCache | None = None) -> Tensor:
         """Self-attention of ``x`` (B, T, dim); with ``cache`` also attends to cached keys."""
         b, t, _ = x.shape
-        q, k, v = self.wqkv(x).split(
-            [self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim,
-             self.n_kv_heads * self.head_dim], dim=-1)
-        q = q.view(b, t, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(b, t, self.n_kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = self.wqkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim).split(
+            [self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
         if ctx.rope is not None:
-            q, k = apply_rope(q, *ctx.rope), apply_rope(k, *ctx.rope)
+            # Rotated in the projection's (B, T, H, d) layout, then viewed as (B, H, T, d): the
+            # attention kernels take the strided view, and their q/k/v gradients come back in
+            # this same layout, so the backward rotation and the concatenation into the
+            # wqkv gradient are one coalesced pass. Rotating after the transpose made that
+            # pass 6x slower than the forward rotation (H100, dense_124m, bf16, compiled).
+            cos, sin = (c[:, None] for c in ctx.rope)  # (T, 1, d/2)
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         y = self.attend(q, k, v, ctx, cache)
         return self.wo(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
 

@@ -46,8 +46,13 @@ class MLP(nn.Module):
         self.w2 = nn.Linear(config.ffn_hidden, config.dim, bias=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        """Apply the MLP position-wise."""
-        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+        """Apply the MLP position-wise.
+
+        w1 and w3 run as one matmul on their stacked weights (a copy of 2 x hidden x dim
+        weights per call): one GEMM twice as wide, and one for their input gradient instead
+        of two plus a sum."""
+        a, b = F.linear(x, torch.cat((self.w1.weight, self.w3.weight))).chunk(2, dim=-1)
+        return self.w2(F.silu(a) * b)
 
 
 class Block(nn.Module):

@@ -100,7 +100,9 @@ class _Rope(torch.autograd.Function):
 
 
 def apply_rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate pairs (x[2i], x[2i+1]) of ``x`` (B, H, T, d) by the angles in cos/sin (T, d/2).
+    """Rotate pairs (x[2i], x[2i+1]) of ``x`` (..., d) by the angles in cos/sin (..., d/2),
+    which broadcast against ``x``'s leading dimensions: (T, d/2) for x (B, H, T, d), (T, 1, d/2)
+    for x (B, T, H, d).
 
     Uses the interleaved pairing of the RoFormer paper. Computed in at least float32 and
     cast back, which keeps bf16 training accurate at long positions.

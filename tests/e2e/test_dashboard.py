@@ -157,9 +157,10 @@ def test_the_browser_signs_in_and_sees_the_job_and_the_controller(fleet: Fleet, 
     browser.get(doc["views"]["actors"]["url"])
     # The table pages 10 actors at a time (agents, workers, supervisors...): filter it by name, as
     # a user would, through the view's own "Name" filter.
-    name_filter = WebDriverWait(browser, RENDER_WAIT_S).until(
-        lambda d: d.find_element(By.XPATH, "//label[normalize-space(text())='Name']/..//input"))
-    name_filter.send_keys("rayfleet-controller")
+    def type_name(d: WebDriver) -> bool:  # the table re-renders as data arrives: find it afresh
+        d.find_element(By.XPATH, "//label[normalize-space(text())='Name']/..//input").send_keys("rayfleet-controller")
+        return True
+    WebDriverWait(browser, RENDER_WAIT_S, ignored_exceptions=(WebDriverException,)).until(type_name)
     rendered(browser, "rayfleet-controller", "FleetController")
     row = browser.find_element(By.XPATH, "//tr[.//*[normalize-space(text())='rayfleet-controller']]")
     assert "ALIVE" in row.text and "FleetController" in row.text, row.text

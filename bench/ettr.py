@@ -8,6 +8,7 @@ The job (issue 15's schedule): 2 gloo workers of the tiny model, 80 steps padded
     step 55  a node running a worker is hard-killed
              (--notice variant, rayfleet only: a 10 s preemption notice for that node instead;
              Ray alone cannot see notices, so its node simply dies: the kill above)
+Ray alone gets an idealised autoscaler: a new node starts the moment one is killed.
 Both runs use the project's entrypoint, so both write the job history that jobs/goodput.py
 accounts: ETTR = kept training time / wall time, and per fault the time to detection, to the
 first step after it, and the steps redone. Ray alone has no detection events: its detection is
@@ -68,9 +69,12 @@ def stop_a_worker(marker: str) -> psutil.Process:
     raise RuntimeError("no training worker to stop")
 
 
-def schedule(storage: Path, name: str, marker: str, last: Callable[[], None] | None = None) -> None:
+def schedule(storage: Path, name: str, marker: str, last: Callable[[], None] | None = None,
+             replace: Callable[[], None] = lambda: None) -> None:
+    """`replace`: what brings a node back after a kill (rayfleet's controller does it itself)."""
     at_step(storage, name, 15)
     hard_kill(worker_node_tree(marker))
+    replace()
     at_step(storage, name, 35)
     stopped = stop_a_worker(marker)
     at_step(storage, name, 55)
@@ -83,6 +87,7 @@ def schedule(storage: Path, name: str, marker: str, last: Callable[[], None] | N
         last()
     else:
         hard_kill(worker_node_tree(marker))
+        replace()
 
 
 def finished(storage: Path, name: str) -> dict[str, Any]:
@@ -147,11 +152,15 @@ def run_ray_alone(tmp: Path) -> dict[str, Any]:
                                          "--disable-usage-stats"], tmp / "head.log", env))
         use_token(token)
         wait(lambda: gcs.reachable(address))
-        for index in range(3):
+        def add_node() -> None:
+            index = len(processes) - 1
             processes.append(spawn_detached([ray_executable(), "start", "--block", f"--address={address}",
                                              "--num-cpus=1", "--num-gpus=8", f"--temp-dir={tmp}/n{index}",
                                              f"--labels=rayfleet.io/pool=h100,rayfleet.io/instance=alone-{index}",
                                              "--disable-usage-stats"], tmp / f"n{index}.log", env))
+
+        for _ in range(3):
+            add_node()
         client = gcs.client(address)
         wait(lambda: sum(n.alive for n in gcs.read_nodes(client)) == 4, interval=0.2)
         storage = tmp / "storage"
@@ -170,7 +179,9 @@ def run_ray_alone(tmp: Path) -> dict[str, Any]:
         jobs.submit_job(entrypoint=f"{sys.executable} -m jobs.entrypoint", submission_id="alone-1",
                         runtime_env={"env_vars": {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run)}},
                         entrypoint_num_cpus=0)
-        schedule(storage, "ettr", "rayfleet.io/instance=alone-")
+        # Ray has no node replacement of its own: an idealised autoscaler starts a new node the
+        # moment one is killed (generous to Ray: no boot time, no detection delay).
+        schedule(storage, "ettr", "rayfleet.io/instance=alone-", replace=add_node)
         return finished(storage, "ettr")
     finally:
         for owned in reversed(processes):

@@ -174,6 +174,7 @@ class _Planner:
         self.autoscale: dict[str, PoolTarget] = {}
         self.wants: dict[str, int] = {}
         self.replacements = dict(state.replacements)
+        self.demand_at = dict(state.demand_at)
 
     # ---- helpers -------------------------------------------------------------------------
     def event(self, kind: str, message: str, record: NodeRecord | None = None, reason: str = "",
@@ -390,6 +391,7 @@ class _Planner:
         self.autoscale = autoscale_targets(
             self.spec, {pool.name: capacity.get((pool.name, False), []) for pool in self.spec.pools},
             self.view.demand, self.view.busy_nodes, self.now)
+        self.hold_idle_while_demand_comes_and_goes()
         for pool in self.spec.pools:
             target = self.autoscale.get(pool.name)
             self.wants[pool.name] = desired_nodes(pool, self.targets, target.nodes if target else None)
@@ -400,6 +402,24 @@ class _Planner:
             self.size_pool(pool, spare=True, want=pool.hot_spares, members=[r for r in spares if r.spare])
         for record in list(self.records.values()):
             self.admit(record)
+
+    def hold_idle_while_demand_comes_and_goes(self) -> None:
+        """No idle node is removed from a pool that had placeable pending demand within its idle
+        timeout: Ray Train gives up on a gang it cannot place yet and asks again later (its
+        placement group comes and goes while the pool grows), and a node idle only because the
+        rest of its gang was still booting belongs to that gang. Demand that would not fit even at
+        max_nodes holds nothing."""
+        for name, target in list(self.autoscale.items()):
+            pool = self.pools.get(name)
+            if pool is None:
+                continue
+            if target.pending_bundles > target.unplaced_bundles:
+                self.demand_at[name] = self.now
+            seen = self.demand_at.get(name)
+            if target.removable and seen is not None and self.now - seen < idle_timeout_s(self.spec, pool):
+                self.autoscale[name] = dataclasses.replace(
+                    target, removable=(), nodes=target.nodes + len(target.removable),
+                    reason=f"{target.reason}; idle nodes held: demand was pending {self.now - seen:.0f}s ago")
 
     def capacity_by_pool(self) -> dict[tuple[str, bool], list[NodeRecord]]:
         """Records that count as capacity, by (pool, spare): one pass over the fleet, not one per
@@ -615,5 +635,5 @@ class _Planner:
     def result(self) -> Plan:
         nodes = {key: value for key, value in self.records.items() if value.state is not S.TERMINATED}
         state = dataclasses.replace(self.state, nodes=nodes, sequence=self.sequence, pool_failures=self.failures,
-                                    replacements=self.replacements)
+                                    replacements=self.replacements, demand_at=self.demand_at)
         return Plan(state=state, actions=tuple(self.actions), events=tuple(self.events), autoscale=self.autoscale)

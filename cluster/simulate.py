@@ -551,7 +551,16 @@ class SimulatedController:
                 wake = self.wake_at()
                 if wake > self.cloud.now + period:
                     step = math.ceil((min(wake, end) - start) / period - 1e-9) * period - (self.cloud.now - start)
-            self.cloud.advance(max(period, min(step, end - self.cloud.now)))
+            advance = max(period, min(step, end - self.cloud.now))
+            self.cloud.advance(advance)
+            pending = [name for name, target in result.autoscale.items()
+                       if target.pending_bundles > target.unplaced_bundles]
+            if advance > period + 1e-9 and pending:
+                # The skipped loops saw the same pending demand (the world was still): the last of
+                # them is when it was last seen, exactly as stepping every loop records it.
+                seen = self.cloud.now - period
+                self.state = dataclasses.replace(self.state, demand_at={**self.state.demand_at,
+                                                                        **dict.fromkeys(pending, seen)})
 
     def wake_at(self) -> float:
         """The earliest time a loop could act: an event of the world, or a deadline the planner
@@ -576,6 +585,10 @@ class SimulatedController:
                 return now
         for count, last in self.state.pool_failures.values():
             deadlines.append(last + min(MAX_BACKOFF_S, 2.0 ** (count - 1)))
+        for name, at in self.state.demand_at.items():  # idle nodes held while demand came and went
+            pool = self.cloud.pools.get(name)
+            if pool is not None and autoscales(self.spec, pool):
+                deadlines.append(at + idle_timeout_s(self.spec, pool) + TICK)
         for node in self.cloud.nodes.values():
             pool = self.cloud.pools.get(node.pool)
             if pool is not None and node.ray_alive and node.job is None and autoscales(self.spec, pool):

@@ -112,6 +112,7 @@ class FleetState:
     sequence: Mapping[str, int] = field(default_factory=dict)
     pool_failures: Mapping[str, tuple[int, float]] = field(default_factory=dict)  # pool -> (count, last at)
     replacements: Mapping[str, tuple[float, ...]] = field(default_factory=dict)  # pool -> recent times
+    demand_at: Mapping[str, float] = field(default_factory=dict)  # pool -> when placeable demand was last pending
 
     def in_pool(self, pool: str) -> list[NodeRecord]:
         return [record for record in self.nodes.values() if record.pool == pool]
@@ -122,6 +123,7 @@ class FleetState:
             "sequence": dict(self.sequence),
             "pool_failures": {pool: list(value) for pool, value in self.pool_failures.items()},
             "replacements": {pool: list(times) for pool, times in self.replacements.items()},
+            "demand_at": dict(self.demand_at),
         }, sort_keys=True)
 
     @classmethod
@@ -135,4 +137,5 @@ class FleetState:
             sequence=dict(data.get("sequence", {})),
             pool_failures={pool: (int(v[0]), float(v[1])) for pool, v in data.get("pool_failures", {}).items()},
             replacements={pool: tuple(times) for pool, times in data.get("replacements", {}).items()},
+            demand_at={pool: float(at) for pool, at in data.get("demand_at", {}).items()},
         )

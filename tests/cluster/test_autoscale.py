@@ -259,6 +259,24 @@ def test_idle_time_counts_only_since_the_node_joined() -> None:
     assert target(spec, [joined], demand, now=1061.0).removable == (("t-h100-0001", 61.0),)
 
 
+def test_idle_nodes_are_held_while_placeable_demand_comes_and_goes() -> None:
+    """Seen on a real fleet: a gang of 3 asked for 2 more nodes; while they booted Ray Train gave
+    up on its placement group and asked again, and in between the one idle node looked spare."""
+    controller = autoscaled()
+    cloud = controller.cloud
+    cloud.advance(100)  # the one node has been idle well past idle_timeout_s (60 s)
+    view = dataclasses.replace(cloud.view(), demand=Demand(gangs=(gang(3),), nodes=cloud.demand().nodes))
+    result = plan(controller.spec, controller.state, view, cloud.now, controller.targets)
+    assert result.state.demand_at["h100"] == cloud.now and not result.autoscale["h100"].removable
+    cloud.advance(30)  # the gang withdrawn while its nodes boot
+    held = plan(controller.spec, result.state, cloud.view(), cloud.now, controller.targets)
+    assert not any(isinstance(a, Terminate) for a in held.actions) and not held.autoscale["h100"].removable
+    assert "idle nodes held: demand was pending 30s ago" in held.autoscale["h100"].reason
+    cloud.advance(31)  # no demand for longer than the idle timeout: idle nodes may go again
+    later = plan(controller.spec, result.state, cloud.view(), cloud.now, controller.targets)
+    assert later.autoscale["h100"].removable
+
+
 def test_an_idle_node_that_pending_work_fits_on_is_kept() -> None:
     spec = make_spec()
     nodes = {u.node_id: u for u in (idle(1, 300, spec), idle(2, 200, spec))}

@@ -37,12 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from cluster import gcs  # noqa: E402
-from cluster.connection import use_token  # noqa: E402
-from cluster.processes import Owned, free_port, spawn_detached, stop_tree  # noqa: E402
-from cluster.providers.local import node_environment, ray_executable  # noqa: E402
 from jobs import goodput, history  # noqa: E402
-from recovery import hard_kill, wait, worker_node_tree  # noqa: E402
+from recovery import PlainRay, hard_kill, wait, worker_node_tree  # noqa: E402
 
 RAYFLEET = str(Path(sys.executable).with_name("rayfleet"))
 STEPS, STEP_S = 80, 0.5
@@ -138,54 +134,22 @@ def run_rayfleet(tmp: Path, notice: bool) -> dict[str, Any]:
 
 def run_ray_alone(tmp: Path) -> dict[str, Any]:
     """The same entrypoint on a plain Ray cluster (head + 3 one-CPU nodes), Ray's own failover."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    token = tmp / "token"
-    token.write_text(os.urandom(16).hex())
-    env = node_environment(token)
-    port, dashboard = free_port(), free_port()
-    processes: list[Owned] = []
-    address = f"127.0.0.1:{port}"
+    from jobs.spec import JobSpec
+
+    cluster = PlainRay(tmp, nodes=3)
     try:
-        processes.append(spawn_detached([ray_executable(), "start", "--head", "--block", f"--port={port}",
-                                         "--num-cpus=0", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                                         f"--ray-client-server-port={free_port()}", f"--temp-dir={tmp}/h",
-                                         "--disable-usage-stats"], tmp / "head.log", env))
-        use_token(token)
-        wait(lambda: gcs.reachable(address))
-        def add_node() -> None:
-            index = len(processes) - 1
-            processes.append(spawn_detached([ray_executable(), "start", "--block", f"--address={address}",
-                                             "--num-cpus=1", "--num-gpus=8", f"--temp-dir={tmp}/n{index}",
-                                             f"--labels=rayfleet.io/pool=h100,rayfleet.io/instance=alone-{index}",
-                                             "--disable-usage-stats"], tmp / f"n{index}.log", env))
-
-        for _ in range(3):
-            add_node()
-        client = gcs.client(address)
-        wait(lambda: sum(n.alive for n in gcs.read_nodes(client)) == 4, interval=0.2)
         storage = tmp / "storage"
-        from ray.job_submission import JobSubmissionClient
-
-        from jobs.entrypoint import RUN_ENV, SPEC_ENV
-        from jobs.spec import JobSpec
-
         # Ray Train's own defaults: its 2 s controller poll, TorchConfig's 1,800 s collective timeout
         spec = JobSpec.model_validate({"name": "ettr", **JOB, "hang": {"enabled": False, "first_steps_timeout_s": 1800},
                                        "failure": {"max_restarts": 10, "poll_interval_s": 2.0}})
-        run = {"submission_id": "alone-1", "storage": str(storage), "device": "cpu", "gpus_per_worker": 1,
-               "peak_tflops": None}
         history.record(storage, "ettr", "submitted", submission_id="alone-1", pool="h100", steps=STEPS)
-        jobs = JobSubmissionClient(f"http://127.0.0.1:{dashboard}")
-        jobs.submit_job(entrypoint=f"{sys.executable} -m jobs.entrypoint", submission_id="alone-1",
-                        runtime_env={"env_vars": {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run)}},
-                        entrypoint_num_cpus=0)
+        cluster.submit(spec, storage, "alone-1")
         # Ray has no node replacement of its own: an idealised autoscaler starts a new node the
         # moment one is killed (generous to Ray: no boot time, no detection delay).
-        schedule(storage, "ettr", "rayfleet.io/instance=alone-", replace=add_node)
+        schedule(storage, "ettr", "rayfleet.io/instance=alone-", replace=cluster.add_node)
         return finished(storage, "ettr")
     finally:
-        for owned in reversed(processes):
-            stop_tree(owned, grace_s=3)
+        cluster.stop()
 
 
 def main() -> None:

@@ -120,56 +120,85 @@ def run_rayfleet(tmp: Path) -> dict[str, float]:
         cli("down")
 
 
-def run_ray_alone(tmp: Path) -> dict[str, float]:
-    """The same entrypoint on a plain Ray cluster: no rayfleet controller, Ray's own failover."""
-    tmp.mkdir(parents=True, exist_ok=True)
-    token = tmp / "token"
-    token.write_text(os.urandom(16).hex())
-    env = node_environment(token)
-    port, dashboard = free_port(), free_port()
-    processes: list[Owned] = []
-    address = f"127.0.0.1:{port}"
-    try:
-        processes.append(spawn_detached([ray_executable(), "start", "--head", "--block", f"--port={port}",
-                                         "--num-cpus=0", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                                         f"--ray-client-server-port={free_port()}", f"--temp-dir={tmp}/h",
-                                         "--disable-usage-stats"], tmp / "head.log", env))
-        use_token(token)
-        wait(lambda: gcs.reachable(address))
-        for index in range(3):
-            processes.append(spawn_detached([ray_executable(), "start", "--block", f"--address={address}",
-                                             "--num-cpus=1", "--num-gpus=8", f"--temp-dir={tmp}/n{index}",
-                                             f"--labels=rayfleet.io/pool=h100,rayfleet.io/instance=alone-{index}",
-                                             "--disable-usage-stats"], tmp / f"n{index}.log", env))
-        client = gcs.client(address)
-        wait(lambda: sum(n.alive for n in gcs.read_nodes(client)) == 4, interval=0.2)
-        storage = tmp / "storage"
+class PlainRay:
+    """A plain Ray cluster on this machine, no rayfleet: a head with no CPUs and labelled
+    one-CPU, 8-GPU nodes of pool h100 (`rayfleet.io/instance=alone-N`). Stops what it started."""
+
+    def __init__(self, tmp: Path, nodes: int) -> None:
+        tmp.mkdir(parents=True, exist_ok=True)
+        self.tmp = tmp
+        token = tmp / "token"
+        token.write_text(os.urandom(16).hex())
+        self.env = node_environment(token)
+        port, self.dashboard = free_port(), free_port()
+        self.address = f"127.0.0.1:{port}"
+        self.processes: list[Owned] = []
+        try:
+            self.processes.append(spawn_detached(
+                [ray_executable(), "start", "--head", "--block", f"--port={port}", "--num-cpus=0",
+                 "--dashboard-host=127.0.0.1", f"--dashboard-port={self.dashboard}",
+                 f"--ray-client-server-port={free_port()}", f"--temp-dir={tmp}/h", "--disable-usage-stats"],
+                tmp / "head.log", self.env))
+            use_token(token)
+            wait(lambda: gcs.reachable(self.address))
+            for _ in range(nodes):
+                self.add_node()
+            self.client = gcs.client(self.address)
+            wait(lambda: sum(n.alive for n in gcs.read_nodes(self.client)) == nodes + 1, interval=0.2)
+        except BaseException:
+            self.stop()
+            raise
+
+    def add_node(self) -> None:
+        index = len(self.processes) - 1
+        self.processes.append(spawn_detached(
+            [ray_executable(), "start", "--block", f"--address={self.address}", "--num-cpus=1", "--num-gpus=8",
+             f"--temp-dir={self.tmp}/n{index}",
+             f"--labels=rayfleet.io/pool=h100,rayfleet.io/instance=alone-{index}", "--disable-usage-stats"],
+            self.tmp / f"n{index}.log", self.env))
+
+    def submit(self, spec: Any, storage: Path, submission_id: str) -> Any:
+        """The project's entrypoint through Ray's Job API, as `rayfleet submit` would run it."""
         from ray.job_submission import JobSubmissionClient
 
         from jobs.entrypoint import RUN_ENV, SPEC_ENV
-        from jobs.spec import JobSpec
 
-        spec = JobSpec.model_validate(JOB)
-        run = {"submission_id": "alone-1", "storage": str(storage), "device": "cpu", "gpus_per_worker": 1,
+        run = {"submission_id": submission_id, "storage": str(storage), "device": "cpu", "gpus_per_worker": 1,
                "peak_tflops": None}
-        jobs = JobSubmissionClient(f"http://127.0.0.1:{dashboard}")
-        jobs.submit_job(entrypoint=f"{sys.executable} -m jobs.entrypoint", submission_id="alone-1",
+        jobs = JobSubmissionClient(f"http://127.0.0.1:{self.dashboard}")
+        jobs.submit_job(entrypoint=f"{sys.executable} -m jobs.entrypoint", submission_id=submission_id,
                         runtime_env={"env_vars": {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run)}},
-                        entrypoint_num_cpus=0)  # Ray Train's own defaults: no polling overrides
+                        entrypoint_num_cpus=0)
+        return jobs
+
+    def stop(self) -> None:
+        for owned in reversed(self.processes):
+            stop_tree(owned, grace_s=3)
+
+
+def run_ray_alone(tmp: Path) -> dict[str, float]:
+    """The same entrypoint on a plain Ray cluster: no rayfleet controller, Ray's own failover."""
+    from jobs.spec import JobSpec
+
+    cluster = PlainRay(tmp, nodes=3)
+    try:
+        storage = tmp / "storage"
+        # Ray Train's own defaults: no polling overrides
+        jobs = cluster.submit(JobSpec.model_validate(JOB), storage, "alone-1")
         job_dir = storage / "jobs" / "recovery"
         wait(lambda: any(p["step"] >= KILL_AT_STEP for p in curve(job_dir)), interval=0.2)
         tree = worker_node_tree("rayfleet.io/instance=alone-")
         instance = " ".join(process_of(tree[0]).cmdline()).split("rayfleet.io/instance=")[1].split()[0]
-        dead_node = next(n.node_id for n in gcs.read_nodes(client) if n.alive and n.instance == instance)
+        dead_node = next(n.node_id for n in gcs.read_nodes(cluster.client) if n.alive and n.instance == instance)
         killed = hard_kill(tree)
-        wait(lambda: not any(n.alive for n in gcs.read_nodes(client) if n.node_id == dead_node), interval=0.1)
+        wait(lambda: not any(n.alive for n in gcs.read_nodes(cluster.client) if n.node_id == dead_node),
+             interval=0.1)
         detected = time.time()
         resumed = resumed_at(job_dir, killed)
         jobs.stop_job("alone-1")
         return {"detect_s": detected - killed, "replace_s": float("nan"), "resume_s": resumed - killed}
     finally:
-        for owned in reversed(processes):
-            stop_tree(owned, grace_s=3)
+        cluster.stop()
 
 
 def main() -> None:

@@ -1,12 +1,13 @@
-"""`rayfleet chaos kill-node NODE` and `rayfleet chaos inject NODE --fault F`: fault injection.
+"""`rayfleet chaos kill-node|inject|preempt NODE`: fault injection.
 
 kill-node SIGKILLs every process of a local node (raylet, agents, workers) at once. inject writes
-the node's simulated GPU telemetry only: it never touches a real GPU's state.
+the node's simulated GPU telemetry only: it never touches a real GPU's state. preempt gives the
+node's agent a simulated notice that the node goes away.
 """
 from __future__ import annotations
 
 import json
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -25,6 +26,19 @@ def _known_node(conn: object, node: str) -> None:
     names = [n["instance"] for n in status["nodes"]]
     if node not in names:
         raise NotFound(f"chaos: no node {node!r} in the fleet; nodes: {', '.join(names) or 'none'}")
+
+
+def _agent(command: str, node: str) -> Any:
+    """NODE's health agent (call inside `ray_driver`)."""
+    import ray
+
+    from cluster.controller import NAMESPACE
+    from cluster.health.agent import agent_name
+
+    try:
+        return ray.get_actor(agent_name(node), namespace=NAMESPACE)
+    except ValueError:
+        raise NotFound(f"chaos {command}: {node} has no health agent yet; wait until it is ready") from None
 
 
 @chaos.command("kill-node")
@@ -54,20 +68,13 @@ def inject(node: str = typer.Argument(..., help="instance name (see `rayfleet st
     """Make NODE's simulated telemetry show a fault (or clear it); its agent reports at once."""
     import ray
 
-    from cluster.controller import NAMESPACE
-    from cluster.health.agent import agent_name
-
     if fault not in (*FAULTS, "clear"):
         raise BadInput(f"chaos inject --fault: got {fault!r}; one of {', '.join(FAULTS)} or clear")
     conn = connect(fleet_name)
     _known_node(conn, node)
     with ray_driver(conn.gcs_address):
         try:
-            agent = ray.get_actor(agent_name(node), namespace=NAMESPACE)
-        except ValueError:
-            raise NotFound(f"chaos inject: {node} has no health agent yet; wait until it is ready") from None
-        try:
-            report = ray.get(agent.inject.remote(fault, gpu), timeout=60)
+            report = ray.get(_agent("inject", node).inject.remote(fault, gpu), timeout=60)
         except ray.exceptions.RayTaskError as error:
             raise BadInput(f"chaos inject {node}: {error.cause}") from None
     failing = [c for c in report["checks"] if c["status"] != "ok"]
@@ -84,17 +91,10 @@ def preempt(node: str = typer.Argument(..., help="instance name (see `rayfleet s
     a replacement joins, the node is drained and ended."""
     import ray
 
-    from cluster.controller import NAMESPACE
-    from cluster.health.agent import agent_name
-
     if seconds <= 0:
         raise BadInput(f"chaos preempt --in: got {seconds:g}; give the seconds until the node goes, e.g. 30")
     conn = connect(fleet_name)
     _known_node(conn, node)
     with ray_driver(conn.gcs_address):
-        try:
-            agent = ray.get_actor(agent_name(node), namespace=NAMESPACE)
-        except ValueError:
-            raise NotFound(f"chaos preempt: {node} has no health agent yet; wait until it is ready") from None
-        ray.get(agent.preempt.remote(seconds), timeout=60)
+        ray.get(_agent("preempt", node).preempt.remote(seconds), timeout=60)
     console.print(f"{node}: preemption notice sent; it goes in {seconds:g}s")

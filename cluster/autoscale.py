@@ -331,16 +331,17 @@ def pending_report(spec: FleetSpec, demand: Demand | None, limit: int = 50) -> l
             if not all(bundle.allowed_on(labels[pool.name]) for bundle in distinct):
                 pools[pool.name] = "its labels do not match the bundles' selectors"
             elif not all(_fits_once(shapes[pool.name], bundle) for bundle in distinct):
-                pools[pool.name] = f"a bundle does not fit its node shape {_show(node_shape(pool))}"
+                pools[pool.name] = f"a bundle does not fit its node shape {show_resources(node_shape(pool))}"
             else:
                 pools[pool.name] = "fits"
         out.append({"gang": name, "bundles": len(bundles), "strategy": strategy,
-                    "shapes": [_show(dict(bundle.resources)) for bundle in distinct],
+                    "resources": [dict(bundle.resources) for bundle in distinct],
+                    "shapes": [show_resources(dict(bundle.resources)) for bundle in distinct],
                     "selectors": sorted({str(selector) for bundle in distinct for selector in bundle.selectors}),
                     "home": _home(bundles, spec.pools, shapes, labels), "pools": pools})
     return out
 
 
-def _show(resources: Mapping[str, float]) -> str:
-    return "{" + ", ".join(f"{key}: {value:g}" for key, value in sorted(resources.items())
-                           if key != "memory" or value) + "}"
+def show_resources(resources: Mapping[str, float]) -> str:
+    """{CPU: 8, GPU: 8}: a bundle or node shape as people read it (no zero amounts)."""
+    return "{" + ", ".join(f"{key}: {value:g}" for key, value in sorted(resources.items()) if value) + "}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from cluster.autoscale import show_resources
 from cluster.plan import MAX_BACKOFF_S
 
 Answer = dict[str, Any]   # {"subject", "kind", "answer": [lines], "evidence": {...}}
@@ -54,7 +55,7 @@ def explain_job(name: str, job: Mapping[str, Any], status: Mapping[str, Any], wo
                 events: Sequence[Mapping[str, Any]]) -> Answer:
     """`job`: its history summary (+ "steps_done"); `worker`: one worker's resources as the job asks."""
     state, pool_name = job.get("state"), job.get("pool")
-    lines = [f"job {name}: {state}, pool {pool_name}, {job.get('workers')} worker(s) of {_shape(worker)}"]
+    lines = [f"job {name}: {state}, pool {pool_name}, {job.get('workers')} worker(s) of {show_resources(worker)}"]
     pool = next((p for p in status["pools"] if p["name"] == pool_name), None)
     if state in ("SUCCEEDED", "FAILED", "STOPPED"):
         lines.append(f"ended {state}" + (f": {job['error']}" if job.get("error") else ""))
@@ -115,29 +116,15 @@ def _threshold(check: Mapping[str, Any]) -> str:
     return f" (value {value}, threshold {limit})"
 
 
-def _shape(resources: Mapping[str, float]) -> str:
-    return "{" + ", ".join(f"{k}: {v:g}" for k, v in sorted(resources.items()) if v) + "}"
-
-
 def _is_jobs(gang: Mapping[str, Any], pool: str | None, worker: Mapping[str, float]) -> bool:
     """A pending gang is this job's when its bundle is the job's worker shape and it asks for the
     job's pool (Ray Train puts one bundle per worker, with the pool's label selector)."""
-    shape = _shape_key(worker)
-    return any(_shape_key(_parse(s)) == shape for s in gang.get("shapes", [])) and \
+    return any(_cpus_gpus(r) == _cpus_gpus(worker) for r in gang.get("resources", [])) and \
         (not gang.get("selectors") or any(pool and pool in s for s in gang["selectors"]))
 
 
-def _shape_key(resources: Mapping[str, float]) -> tuple[tuple[str, float], ...]:
-    return tuple(sorted((k, float(v)) for k, v in resources.items() if v and k in ("CPU", "GPU")))
-
-
-def _parse(text: str) -> dict[str, float]:
-    out = {}
-    for item in text.strip("{}").split(","):
-        if ":" in item:
-            key, value = item.split(":", 1)
-            out[key.strip()] = float(value)
-    return out
+def _cpus_gpus(resources: Mapping[str, float]) -> tuple[float, float]:
+    return float(resources.get("CPU") or 0), float(resources.get("GPU") or 0)
 
 
 def match(subject: str, pools: Iterable[str], jobs: Iterable[str], nodes: Iterable[str]) -> list[str]:

@@ -64,6 +64,7 @@ class FleetController:
         self.quiet_until = time.time()  # reports from before a (re)start are not in memory
         self.usage, self.usage_at = self.store.usage()  # GPU-seconds by pool and state, kept across restarts
         self._faults_recorded: set[tuple[str, str, str]] = set()  # (job, submission, instance)
+        self._history_tails: dict[str, Any] = {}  # job -> history.Tail (goodput metrics)
         self._jobs_checked = time.monotonic()  # first job check one period after a (re)start
         self._published_notices: dict[str, float] = {}
         from jobs.supervise import HangWatch
@@ -263,7 +264,7 @@ class FleetController:
         try:
             from jobs import goodput
 
-            self.metrics.record_jobs(spec.name, goodput.recent(storage, time.time()))
+            self.metrics.record_jobs(spec.name, goodput.recent(storage, time.time(), self._history_tails))
         except Exception as error:
             log.info("job goodput not published: %s", error)
 

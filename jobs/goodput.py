@@ -166,9 +166,11 @@ def of_job(storage: str | Path, name: str, now: float) -> Goodput | None:
     return account(history.events(storage, name), now)
 
 
-def recent(storage: str | Path, now: float, within_s: float = 600.0) -> dict[str, dict[str, Any]]:
+def recent(storage: str | Path, now: float, tails: dict[str, Any], within_s: float = 600.0,
+           ) -> dict[str, dict[str, Any]]:
     """Goodput of the jobs whose history changed in the last `within_s` (running or just ended):
-    what the controller publishes as metrics, without re-reading every old job's history."""
+    what the controller publishes as metrics. `tails` (job -> history.Tail) is the caller's, kept
+    between calls, so each call reads only what the histories gained since the last."""
     from jobs import history
 
     out = {}
@@ -176,10 +178,12 @@ def recent(storage: str | Path, now: float, within_s: float = 600.0) -> dict[str
         path = history.job_dir(storage, name) / history.FILE
         try:
             if now - path.stat().st_mtime > within_s:
+                tails.pop(name, None)
                 continue
         except OSError:
             continue
-        figures = of_job(storage, name, now)
+        tail = tails.setdefault(name, history.Tail(path))
+        figures = account(tail.read(), now)
         if figures is not None:
             out[name] = figures.to_json()
     return out

@@ -44,6 +44,36 @@ def events(storage: str | Path, name: str) -> list[dict[str, Any]]:
     return out
 
 
+class Tail:
+    """A job's history read incrementally: each `read` parses only the lines appended since the
+    last one (a long job writes a line per step; the controller reads it every few seconds)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.events: list[dict[str, Any]] = []
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            size = self.path.stat().st_size
+        except OSError:
+            return self.events
+        if size < self.offset:  # replaced: start over
+            self.offset, self.events = 0, []
+        if size > self.offset:
+            with open(self.path, "rb") as handle:
+                handle.seek(self.offset)
+                chunk = handle.read(size - self.offset)
+            complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits
+            self.offset += len(complete)
+            for line in complete.splitlines():
+                try:
+                    self.events.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue  # a line cut by a crash mid-write
+        return self.events
+
+
 def job_names(storage: str | Path) -> Iterator[str]:
     root = Path(storage) / "jobs"
     if root.is_dir():
@@ -52,11 +82,11 @@ def job_names(storage: str | Path) -> Iterator[str]:
                 yield folder.name
 
 
-def summary(storage: str | Path, name: str) -> dict[str, Any]:
-    """The latest submission of a job, folded from its history."""
+def summary(storage: str | Path, name: str, read: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The latest submission of a job, folded from its history (`read`: its events, if already read)."""
     latest: dict[str, Any] = {"job": name, "submissions": 0, "restarts": 0}
     carried = 0  # restarts of earlier submissions that the controller resubmitted after a lost driver
-    for event in events(storage, name):
+    for event in events(storage, name) if read is None else read:
         kind = event["event"]
         if kind == "submitted":
             carried = carried + latest.get("restarts", 0) + 1 if event.get("after_lost_driver") else 0

@@ -73,18 +73,26 @@ class HangWatch:
 
     def __init__(self) -> None:
         self.handled: dict[str, float] = {}  # job -> time of the stuck beat already acted on
+        self.specs: dict[str, JobSpec | None] = {}  # submission id -> its spec (read once: it never changes)
+        self.ended: set[str] = set()  # submissions whose history says they finished
 
     def check(self, beats: Mapping[str, Mapping[int, Beat]], storage: str, agent_of: Callable[[str], Any],
               now: float) -> list[tuple[str, Hang, Path]]:
-        """Hangs found and handled in this pass: (job, hang, diagnostics folder)."""
+        """Hangs found and handled in this pass: (job, hang, diagnostics folder). Runs every loop:
+        the job's history (one line per step) is read only for a new submission or a hang found."""
         done = []
         for job, ranks in beats.items():
-            spec = _spec(storage, job)
-            if spec is None or _finished(storage, job, next(iter(ranks.values())).submission_id):
+            submission = next(iter(ranks.values())).submission_id
+            if submission not in self.specs:
+                self.specs[submission] = _spec(storage, job)
+            spec = self.specs[submission]
+            if spec is None or submission in self.ended:
                 continue
-            world = spec.worker_range[0]
-            found = hung(ranks, now, spec.hang, world)
+            found = hung(ranks, now, spec.hang, spec.worker_range[0])
             if found is None or self.handled.get(job) == ranks[found.rank].time:
+                continue
+            if _finished(storage, job, submission):  # its last beats are old because it ended
+                self.ended.add(submission)
                 continue
             agent = agent_of(found.node_id)
             if agent is None or not _ray_get(agent.process_alive.remote(found.pid)):

@@ -102,3 +102,21 @@ def test_a_running_job_is_accounted_up_to_now_and_a_resubmitted_driver_continues
 
 def test_before_submission_there_is_nothing_to_account() -> None:
     assert account([], now=5) is None
+
+
+def test_a_history_tail_reads_only_complete_new_lines(tmp_path) -> None:
+    from jobs import history
+    from jobs.goodput import recent
+
+    history.record(tmp_path, "j", "submitted", submission_id="s")
+    tails: dict = {}
+    first = recent(tmp_path, now=1e12, tails=tails, within_s=1e12)
+    assert first["j"]["attempts"] == 0
+    path = history.job_dir(tmp_path, "j") / history.FILE
+    with open(path, "a") as handle:
+        handle.write('{"time": 1e12, "event": "started", "from_step": 0}\n{"time": 1e12, "ev')  # mid-write
+    assert recent(tmp_path, now=1e12, tails=tails, within_s=1e12)["j"]["attempts"] == 1
+    assert len(tails["j"].events) == 2  # the cut line is not taken yet
+    with open(path, "a") as handle:
+        handle.write('ent": "step", "step": 1, "duration_s": 0.5}\n')
+    assert [e["event"] for e in tails["j"].read()] == ["submitted", "started", "step"]

@@ -50,12 +50,12 @@ def explain(
     if kind == "pool":
         answer = why.explain_pool(subject, status, events, time.time())
     elif kind == "job":
-        summary = history.summary(storage, subject)
-        submitted = [e for e in history.events(storage, subject) if e["event"] == "submitted" and e.get("spec")]
+        read = history.events(storage, subject)
+        summary = history.summary(storage, subject, read)
+        submitted = [e for e in read if e["event"] == "submitted" and e.get("spec")]
         spec = JobSpec.model_validate(submitted[-1]["spec"]) if submitted else None
-        figures = goodput.of_job(storage, subject, time.time())
-        steps = [e for e in history.events(storage, subject) if e["event"] == "step"
-                 and e.get("submission_id") == summary.get("submission_id")]
+        figures = goodput.account(read, time.time())
+        steps = [e for e in read if e["event"] == "step" and e.get("submission_id") == summary.get("submission_id")]
         job = {**summary, "workers": spec.worker_range[0] if spec else None,
                "steps_done": steps[-1]["step"] if steps else None,
                "ettr": figures.ettr if figures else None}

@@ -36,13 +36,14 @@ def job(
 
     conn = connect(fleet_name)
     storage = storage_of(conn)
-    if not history.events(storage, name):
+    read = history.events(storage, name)
+    if not read:
         known = ", ".join(history.job_names(storage)) or "none yet"
         raise BadInput(f"job {name!r}: no such job in fleet {conn.fleet.name}'s history ({storage}); "
                        f"jobs: {known}. `rayfleet jobs --all` lists them")
     now = time.time()
-    summary = history.summary(storage, name)
-    figures = goodput.of_job(storage, name, now)
+    summary = history.summary(storage, name, read)
+    figures = goodput.account(read, now)
     doc: dict[str, Any] = {**summary, "goodput": figures.to_json() if figures else None}
     if emit(doc, output):
         return

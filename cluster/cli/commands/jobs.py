@@ -32,17 +32,19 @@ def jobs(
         if job["job"] in seen:
             continue  # the newest submission of each name
         seen.add(job["job"])
-        rows.append(_row(job, progress(conn, job["job"]), history.summary(storage, job["job"]),
-                         goodput.of_job(storage, job["job"], time.time())))
+        read = history.events(storage, job["job"])
+        rows.append(_row(job, progress(conn, job["job"]), history.summary(storage, job["job"], read),
+                         goodput.account(read, time.time())))
     if all_jobs:
         for name in history.job_names(storage):
             if name not in seen:
-                summary = history.summary(storage, name)
+                read = history.events(storage, name)
+                summary = history.summary(storage, name, read)
                 rows.append(_row({"job": name, "submission_id": summary.get("submission_id"),
                                   "status": summary.get("state"), "pool": summary.get("pool"),
                                   "strategy": summary.get("strategy"), "steps": summary.get("steps"),
                                   "start_time": summary.get("submitted_at")}, None, summary,
-                                 goodput.of_job(storage, name, time.time())))
+                                 goodput.account(read, time.time())))
     if emit(rows, output):
         return
     if not rows:

@@ -175,12 +175,12 @@ def declare_dead(address: str, node_id: str, message: str, timeout_s: float = 5.
     channel = grpc.insecure_channel(address)
     try:
         stub = gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel)
-        stub.UnregisterNode(request, timeout=timeout_s, metadata=_auth_metadata(os.environ))
+        stub.UnregisterNode(request, timeout=timeout_s, metadata=auth_metadata(os.environ))
     finally:
         channel.close()
 
 
-def _auth_metadata(env: Any) -> list[tuple[str, str]]:
+def auth_metadata(env: Any) -> list[tuple[str, str]]:
     """The token as Ray's gRPC servers expect it (`authorization: Bearer ...`), when auth is on."""
     token = env.get("RAY_AUTH_TOKEN")
     path = env.get("RAY_AUTH_TOKEN_PATH")

@@ -20,7 +20,7 @@ def build_trainer(spec: Any, run: dict[str, Any]) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    from jobs import checkpoint, history
+    from jobs import checkpoint, history, warm
     from jobs.loop import train_worker
 
     low, high = spec.worker_range
@@ -40,14 +40,41 @@ def build_trainer(spec: Any, run: dict[str, Any]) -> Any:
         storage_path=str(folder.parent),
         failure_config=FailureConfig(max_failures=spec.failure.max_restarts),
         checkpoint_config=CheckpointConfig(num_to_keep=spec.checkpoint.keep),
+        worker_runtime_env=warm.worker_runtime_env() if spec.failure.warm_standby else None,
     )
     # gloo where the GPUs are simulated (a CPU machine advertising GPU resources), NCCL on real ones.
     # Collectives time out at the hang policy's widest bound: none ever outwaits the policy.
     torch_config = TorchConfig(backend="nccl" if run["device"] == "cuda" else "gloo",
                                timeout_s=int(spec.hang.first_steps_timeout_s))
     worker_run = {key: run[key] for key in ("submission_id", "storage", "device", "peak_tflops")}
-    return TorchTrainer(train_worker, train_loop_config={"spec": spec.model_dump(mode="json"), "run": worker_run},
+    return trainer_class()(train_worker, train_loop_config={"spec": spec.model_dump(mode="json"), "run": worker_run},
                         scaling_config=scaling, run_config=config, torch_config=torch_config)
+
+
+def trainer_class() -> Any:
+    """TorchTrainer, less Ray Data's callback for jobs without Ray datasets (ours have none: batches
+    come from jobs/data.py). Ray 2.60 starts that callback's DatasetManager actor, a new process that
+    imports ray.data (1.5 s of CPU measured), at every worker-group start, restarts included, on the
+    driver's node: on a busy node it slows the very restart it rides along."""
+    from ray.train.torch import TorchTrainer
+    from ray.train.v2._internal.callbacks import DatasetsCallback
+
+    class Trainer(TorchTrainer):
+        def _create_default_callbacks(self) -> list[Any]:
+            callbacks = super()._create_default_callbacks()
+            return callbacks if self.datasets else [c for c in callbacks if not isinstance(c, DatasetsCallback)]
+
+    return Trainer
+
+
+def standby_keeper(spec: Any, run: dict[str, Any]) -> Any:
+    """Warm standby workers on the pool's nodes (jobs/warm.py), unless the spec turns them off."""
+    if not spec.failure.warm_standby:
+        return None
+    from jobs import warm
+
+    per_node = min(int(run.get("workers_per_node", 1)), spec.worker_range[1])
+    return warm.Keeper(spec.name, run["submission_id"], spec.pool, per_node).start()
 
 
 def own_node_temp_dir() -> str | None:
@@ -90,6 +117,7 @@ def main() -> int:
     import ray
 
     ray.init(logging_level="WARNING", _temp_dir=own_node_temp_dir())
+    keeper = standby_keeper(spec, run)
     try:
         result = build_trainer(spec, run).fit()
     except Exception as error:  # the job failed for good: record why, exit non-zero
@@ -97,6 +125,9 @@ def main() -> int:
                        state="FAILED", error=f"{type(error).__name__}: {error}"[:2000])
         traceback.print_exc()
         return 1
+    finally:
+        if keeper is not None:
+            keeper.stop()
     metrics = result.metrics or {}
     step = metrics.get("step")
     if step is None:  # Ray Train kept no metrics (e.g. a resumed job already at its last step)

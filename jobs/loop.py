@@ -92,7 +92,12 @@ def train_worker(config: dict[str, Any]) -> None:
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(spec.resources.cpus)))
     if rank == 0:  # the gang was placed and its processes run (goodput: the end of waiting)
-        history.record(run.storage, spec.name, "worker", submission_id=run.submission_id, world=world)
+        from jobs import warm
+
+        history.record(run.storage, spec.name, "worker", submission_id=run.submission_id, world=world,
+                       standby=warm.was_standby())
+        if spec.failure.warm_standby:  # what the driver's keeper prestarts standby processes with
+            warm.publish_env(spec.name, run.submission_id)
     trainer = Trainer(spec, run, rank, world, device, history.job_dir(run.storage, spec.name))
     trainer.watch(ray.get_runtime_context().get_node_id())
     trainer.train(report=_ray_report())
@@ -193,9 +198,9 @@ class Trainer:
 
     def hold_for_notice(self, report: Any) -> None:
         """A node of this job goes away soon: checkpoint now, then hold at this step until the
-        controller ends that node (Ray Train then restarts the workers on its replacement, from
-        this checkpoint) or the deadline passes (the notice was withdrawn: go on)."""
-        from jobs.notices import acknowledge
+        controller ends that node (every rank then stops: Ray Train restarts the workers on its
+        replacement, from this checkpoint) or the deadline passes (the notice was withdrawn: go on)."""
+        from jobs.notices import acknowledge, hold
 
         deadline = self.notice_deadline()
         if self.checkpoint_step != self.step:
@@ -208,8 +213,7 @@ class Trainer:
                            step=self.step, deadline=deadline, reason="a node of the job goes away (notice)")
             print(f"[rayfleet] notice: checkpointed at step {self.step}; holding until the node is replaced",
                   flush=True)
-        while time.time() < deadline:
-            time.sleep(0.2)
+        hold(deadline)
         if self.notices is not None:
             self.notices.ignore_until(deadline)
 

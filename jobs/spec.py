@@ -81,6 +81,10 @@ class FailureSection(Strict):
         default=0.5, gt=0, le=60,
         description="how often Ray Train's controller polls its workers (Ray's default 2 s): a failure is "
                     "noticed, and a report returns, within it; raise it for jobs of thousands of workers")
+    warm_standby: bool = Field(
+        default=True,
+        description="keep idle worker processes, torch already imported, on the pool's nodes while the job runs, so "
+                    "a restart skips process start and imports (jobs/warm.py; about 300 MB of host memory each)")
 
 
 class HangSection(Strict):

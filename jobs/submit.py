@@ -23,7 +23,7 @@ from cluster.view import POOL_LABEL
 from jobs import history
 from jobs.entrypoint import RUN_ENV, SPEC_ENV
 from jobs.progress import progress_key
-from jobs.spec import JobSpec, check_against_fleet, gpus_per_worker, validate_model
+from jobs.spec import JobSpec, check_against_fleet, gpus_per_worker, validate_model, workers_per_node
 
 JOB_KEY = "rayfleet.io/job"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
@@ -69,6 +69,7 @@ def run_info(spec: JobSpec, fleet: FleetSpec, storage: str, submission_id: str |
     device = resolve_device(spec, fleet)
     run: dict[str, Any] = {
         "storage": storage, "device": device, "gpus_per_worker": gpus_per_worker(spec, fleet),
+        "workers_per_node": workers_per_node(spec, fleet),
         "peak_tflops": ACCELERATOR_PEAK_TFLOPS.get(fleet.pool(spec.pool).accelerator or "")
         if device == "cuda" else None}
     if submission_id is not None:

@@ -199,6 +199,7 @@ class Keeper:
         self.job, self.submission_id, self.pool = job, submission_id, pool
         self.per_node, self.interval_s = per_node, interval_s
         self.asks = Asks()
+        self.attempt: float | None = None  # when the attempt the asks are for published its environment
         self.prestarted = 0
         self._gcs: Any = None
         self._stop = threading.Event()
@@ -228,6 +229,11 @@ class Keeper:
         published = json.loads(raw) if raw else {}
         if published.get("submission_id") != self.submission_id:
             return {}  # no worker of this submission ran yet: its environment is unknown
+        if published.get("time") != self.attempt:
+            # A new attempt started (rank 0 publishes at each): the standbys asked for before it
+            # served it or will show up as standing. An ask stays open only until then, since a
+            # standby taken by the restart before any tick saw it would otherwise count as coming.
+            self.attempt, self.asks = published.get("time"), Asks()
         beat = gcs.kv_get(self._gcs, beat_key(self.job, 0))
         if not training(published, json.loads(beat) if beat else None):
             return {}  # the attempt is starting: its start-up comes first, standbys after its first step

@@ -58,12 +58,17 @@ def connect(fleet_name: str | None = None) -> Connection:
 
 @contextlib.contextmanager
 def ray_driver(gcs_address: str) -> Iterator[None]:
-    """A short-lived Ray driver for commands that must call actors (up, down)."""
+    """A short-lived Ray driver for commands that must call actors (up, down, health, chaos).
+
+    Every Ray driver prints the cluster's error messages (a node elsewhere marked dead, say) from a
+    background thread to stdout, whatever `log_to_driver` says; while the driver lives, stdout is
+    stderr, so a command's stdout holds only its result (`-o json` stays parseable)."""
     import ray
 
-    ray.init(address=gcs_address, namespace="rayfleet", logging_level=logging.ERROR,
-             log_to_driver=False, configure_logging=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+    with contextlib.redirect_stdout(sys.stderr):
+        ray.init(address=gcs_address, namespace="rayfleet", logging_level=logging.ERROR,
+                 log_to_driver=False, configure_logging=False)
+        try:
+            yield
+        finally:
+            ray.shutdown()

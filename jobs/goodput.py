@@ -135,7 +135,9 @@ def account(events: Iterable[Mapping[str, Any]], now: float) -> Goodput | None:
         next_begins = following.started
         if following.steps:
             next_begins = max(following.started, following.steps[0][0] - following.steps[0][2])
-        seen = [(at, why) for at, why in detections if cursor <= at <= following.started]
+        # What ended the attempt: the first detection recorded while it ran. Usually after its last
+        # step; a stuck step that still finished while the hang was being handled ends after it.
+        seen = [(at, why) for at, why in detections if attempt.started <= at <= following.started]
         detected_at, reason = seen[0] if seen else (following.started, "the job's workers restarted")
         detected_at = min(max(detected_at, cursor), next_begins)
         parts["detection"] += detected_at - cursor

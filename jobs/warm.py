@@ -191,6 +191,12 @@ def standing(entries: Mapping[str, bytes], submission_id: str, now: float) -> di
     return out
 
 
+def live_standbys(client: Any, job: str, submission_id: str, now: float) -> dict[str, set[str]]:
+    """Node id -> keys of the submission's standbys waiting now, read from the GCS KV."""
+    entries = gcs.kv_multi_get(client, gcs.kv_keys(client, f"job/{job}/warm/"))
+    return standing(entries, submission_id, now)
+
+
 class Keeper:
     """The driver's thread that keeps standbys on the pool's nodes while the job runs."""
 
@@ -239,8 +245,7 @@ class Keeper:
             return {}  # the attempt is starting: its start-up comes first, standbys after its first step
         nodes = [PoolNode(n["NodeID"], f"{n['NodeManagerAddress']}:{n['NodeManagerPort']}", self.per_node)
                  for n in ray.nodes() if n.get("Alive") and (n.get("Labels") or {}).get(POOL_LABEL) == self.pool]
-        entries = gcs.kv_multi_get(self._gcs, gcs.kv_keys(self._gcs, f"job/{self.job}/warm/"))
-        standbys = standing(entries, self.submission_id, now)
+        standbys = live_standbys(self._gcs, self.job, self.submission_id, now)
         coming = self.asks.coming(standbys, now)
         todo = plan(nodes, {node_id: len(up) for node_id, up in standbys.items()}, coming)
         by_id = {node.node_id: node for node in nodes}

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Iterator
@@ -15,7 +17,7 @@ from cluster import gcs
 from cluster.connection import use_token
 from cluster.processes import Owned, process_of
 from tests.cluster.fleet_fixture import Fleet, running_fleet
-from tests.conftest import ray_daemon_pids, wait_until
+from tests.conftest import ROOT, ray_daemon_pids, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -74,6 +76,39 @@ def test_up_again_is_harmless(fleet: Fleet) -> None:
     assert result.returncode == 0, result.stderr
     assert "already up" in result.stdout
     assert raylets_of(fleet) == before
+
+
+# A command's driver while Ray broadcasts an error to every driver (as it does when any node of the
+# cluster is marked dead): the message must reach stderr, never the command's JSON on stdout.
+DRIVER_DURING_A_CLUSTER_ERROR = """
+import json, sys, time
+import ray
+from cluster.connection import connect, ray_driver
+from ray._private.utils import publish_error_to_driver
+
+seen = []
+class Remembering:
+    def __init__(self, stream): self.stream = stream
+    def write(self, text): seen.append(text); return self.stream.write(text)
+    def __getattr__(self, name): return getattr(self.stream, name)
+sys.stderr = Remembering(sys.stderr)
+with ray_driver(connect().gcs_address):
+    publish_error_to_driver("rayfleet_test", "node n-1 has been marked dead", ray._private.worker.global_worker.gcs_client)
+    deadline = time.monotonic() + 30
+    while not any("marked dead" in text for text in seen) and time.monotonic() < deadline:
+        time.sleep(0.05)
+print(json.dumps({"result": "only this"}))
+"""
+
+
+def test_ray_cluster_errors_go_to_stderr_and_leave_json_output_alone(fleet: Fleet) -> None:
+    env = {**os.environ, "RAYFLEET_HOME": str(fleet.home),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    result = subprocess.run([sys.executable, "-c", DRIVER_DURING_A_CLUSTER_ERROR], capture_output=True, text=True,
+                            timeout=120, env=env, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"result": "only this"}
+    assert "has been marked dead" in result.stderr
 
 
 def test_scale_up_and_down_is_reflected_in_status(fleet: Fleet) -> None:

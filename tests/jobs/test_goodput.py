@@ -72,6 +72,19 @@ def test_without_a_recorded_detection_the_gap_until_the_restart_is_detection() -
     assert sum(got.parts.values()) == pytest.approx(got.wall_s)
 
 
+def test_a_stuck_step_that_finishes_as_the_hang_is_handled_still_names_the_hang() -> None:
+    first, end1 = run_steps(1.0, 1, 6, every=5)
+    stuck = end1 + 12.0  # step 7 stalled 12 s; the hang was recorded just before it finished
+    history = [ev(0, "submitted"), ev(1, "started", from_step=0), *first,
+               ev(stuck - 0.01, "hang", reason="rank 1 made no progress"), ev(stuck, "step", step=7, duration_s=12.0),
+               ev(stuck + 2, "worker"), ev(stuck + 3, "started", from_step=5)]
+    second, end2 = run_steps(stuck + 3, 6, 8)
+    got = account([*history, *second, ev(end2, "finished", state="SUCCEEDED")], now=1e9)
+    assert got is not None
+    assert [f["reason"] for f in got.faults] == ["rank 1 made no progress"]
+    assert got.steps_redone == 2 and sum(got.parts.values()) == pytest.approx(got.wall_s)
+
+
 def test_a_notice_loses_no_step() -> None:
     first, end1 = run_steps(1.0, 1, 7, every=5)
     history = [ev(0, "submitted"), ev(1, "started", from_step=0), *first,

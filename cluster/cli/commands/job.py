@@ -44,12 +44,14 @@ def job(
     now = time.time()
     summary = history.summary(storage, name, read)
     figures = goodput.account(read, now)
-    doc: dict[str, Any] = {**summary, "goodput": figures.to_json() if figures else None}
+    standbys = _standbys(conn, name, summary, now)
+    doc: dict[str, Any] = {**summary, "standbys": standbys, "goodput": figures.to_json() if figures else None}
     if emit(doc, output):
         return
     head = (f"[bold]{name}[/] {summary.get('state', '-')}  step {summary.get('final_step') or '-'}/"
             f"{summary.get('steps') or '-'}  pool {summary.get('pool') or '-'}  {summary.get('strategy') or '-'}  "
-            f"restarts {summary.get('restarts', 0)}  submitted {age(now - summary['submitted_at'])} ago")
+            f"restarts {summary.get('restarts', 0)}  submitted {age(now - summary['submitted_at'])} ago"
+            + (f"  warm standbys {standbys}" if summary.get("state") == "RUNNING" else ""))
     console.print(head)
     if figures is None:
         return
@@ -69,3 +71,12 @@ def job(
             faults.add_row(str(fault["after_step"]), str(fault["resumed_from"]), str(fault["steps_redone"]),
                            f"{fault['detection_s']:.1f}s", f"{fault['first_step_after_s']:.1f}s", fault["reason"])
         console.print(faults)
+
+
+def _standbys(conn: Any, name: str, summary: dict[str, Any], now: float) -> int:
+    """The running submission's warm standby processes waiting now (jobs/warm.py); 0 otherwise."""
+    from jobs import warm
+
+    if summary.get("state") != "RUNNING":
+        return 0
+    return sum(len(keys) for keys in warm.live_standbys(conn.client, name, summary["submission_id"], now).values())

@@ -18,7 +18,7 @@ RUN_ENV = "RAYFLEET_JOB_RUN"
 
 def build_trainer(spec: Any, run: dict[str, Any]) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchConfig
 
     from jobs import checkpoint, history, warm
     from jobs.loop import train_worker

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from jobs import checkpoint, history
+from jobs import checkpoint, history, warm
 from jobs.data import StepBatches, corpus_tokens
 from jobs.parallel import Parallel, parallelize
 from jobs.notices import NoticeReader
@@ -92,8 +92,6 @@ def train_worker(config: dict[str, Any]) -> None:
     if device.type == "cpu":
         torch.set_num_threads(max(1, int(spec.resources.cpus)))
     if rank == 0:  # the gang was placed and its processes run (goodput: the end of waiting)
-        from jobs import warm
-
         history.record(run.storage, spec.name, "worker", submission_id=run.submission_id, world=world,
                        standby=warm.was_standby())
         if spec.failure.warm_standby:  # what the driver's keeper prestarts standby processes with

@@ -206,7 +206,6 @@ class Keeper:
         self.per_node, self.interval_s = per_node, interval_s
         self.asks = Asks()
         self.attempt: float | None = None  # when the attempt the asks are for published its environment
-        self.prestarted = 0
         self._gcs: Any = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rayfleet-keeper", daemon=True)
@@ -253,7 +252,6 @@ class Keeper:
         for node_id, count in todo.items():
             prestart(by_id[node_id].address, job_id, published["env"], count)
             self.asks.ask(node_id, count, now, standbys.get(node_id, ()))
-            self.prestarted += count
             log.info("asked node %s for %d standby worker(s)", node_id[:12], count)
         return todo
 

@@ -17,6 +17,7 @@ import psutil
 import pytest
 import yaml
 
+from cluster.processes import Owned, process_of
 from tests.cluster.fleet_fixture import Fleet, running_fleet
 from tests.conftest import wait_until
 
@@ -65,13 +66,6 @@ def workers(name: str = "RayTrainWorker") -> list[psutil.Process]:
     return [p for p in psutil.process_iter(["name"]) if name in (p.info["name"] or "")]
 
 
-def alive(process: psutil.Process) -> bool:
-    try:
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def instance_of(fleet: Fleet, process: psutil.Process) -> str:
     ancestor = process.parent()
     while ancestor is not None:
@@ -104,15 +98,16 @@ def test_a_sigstopped_worker_is_found_hung_its_stacks_saved_and_the_job_resumes(
     wait_until(lambda: job(fleet, "hung")["standbys"] >= 3, 120, "a warm standby on every node")
     assert steps_done(fleet, "hung") < 120, "the job ran nearly to its end before its standbys were up"
     stopped = workers()[0]
+    owned = Owned(stopped.pid, stopped.create_time())
     stopped.send_signal(signal.SIGSTOP)
     at = time.time()
     try:
         hang = wait_until(lambda: next((e for e in history(fleet, "hung") if e["event"] == "hang"), None), 120,
                           "the hang to be detected")
         # the controller kills the stuck rank; resumed before that, it would finish its step after the hang
-        wait_until(lambda: not alive(stopped), 30, "the stuck rank killed")
+        wait_until(lambda: process_of(owned) is None, 30, "the stuck rank killed")
     finally:
-        if alive(stopped):  # the test failed: leave nothing stopped behind
+        if process_of(owned) is not None:  # the test failed: leave nothing stopped behind
             stopped.send_signal(signal.SIGCONT)
     median = 0.3  # step_time_s pads every step to 0.3 s; the bound is 3 x median + 10 s
     assert hang["time"] - at <= 3 * median * 1.5 + 10 + 3.0, hang  # + one beat period and one loop

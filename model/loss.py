@@ -11,9 +11,10 @@ tokens x vocab is kept for the backward pass. The matmul count equals the unfuse
 Per chunk the logits stay in the matmul's dtype (bf16 under autocast or with bf16
 weights); the log-sum-exp and the softmax are taken in float32 and the gradient is
 written once, in the logits' dtype, which is what the two gradient matmuls read. On CUDA
-that elementwise step is one compiled (fused) kernel pair even in an eager model: read
-the logits twice, write the gradient once, instead of some ten passes over a
-chunk x vocab tensor.
+that elementwise step is one Triton kernel (triton_ce.py) that overwrites the logits with
+their gradient: one read and one write of the chunk x vocab tensor. Without Triton it is
+a compiled (fused) kernel pair, even in an eager model: read the logits twice, write the
+gradient once, instead of some ten passes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from typing import Callable
 
 import torch
 from torch import Tensor
+
+from . import triton_ce
 
 IGNORE_INDEX = -100  # same convention as torch.nn.functional.cross_entropy
 
@@ -61,9 +64,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=acc, device=h.device)
         grad_h = torch.empty_like(h)
         grad_w: Tensor | None = None
+        in_place = h.is_cuda and triton_ce.AVAILABLE
         for s in range(0, h.shape[0], chunk):
             hc, tc = h[s:s + chunk], targets[s:s + chunk]
-            loss, g = chunk_grad(hc @ weight.t(), tc, scale)
+            if in_place:  # one Triton kernel turns the logits into their gradient
+                g = hc @ weight.t()
+                loss = triton_ce.softmax_grad_(g, tc, scale.float()).sum()
+            else:
+                loss, g = chunk_grad(hc @ weight.t(), tc, scale)
             total = total + loss
             grad_h[s:s + chunk] = (g @ weight).to(h.dtype)
             gw = g.t() @ hc

@@ -1,6 +1,7 @@
 """The CUDA paths against float64 on the CPU: SDPA (cuDNN / Flash), flex_attention (window,
 sinks, ALiBi, GQA, a partial last block), torch._grouped_mm experts (uneven and empty groups,
-dropped rows), the compiled fused cross-entropy, and inductor on the whole model.
+dropped rows), the fused cross-entropy (its in-place Triton kernel too), the bf16 router, and
+inductor on the whole model.
 
 These live outside tests/ because CI has no GPU: `make test` never collects them, and
 `make test-gpu` (on a GPU machine) fails at once, rather than skipping, where there is none.
@@ -156,6 +157,53 @@ def test_fused_cross_entropy_equals_float64(dtype: torch.dtype, tol: float, chun
         results.append((loss, hi.grad, wi.grad))
     for want, got in zip(*results):
         assert torch.isfinite(got).all() and rel(got, want) < tol, (rel(got, want), tol)
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_bf16_router_logits_are_float32_products_of_the_bf16_values(compiled: bool) -> None:
+    """With bf16 weights the router takes a bf16 GEMM with float32 output: the logits must be the
+    float64 products of the same bf16 numbers to float32 accuracy, not bf16-rounded; and the
+    gradients reach x and the gate weight."""
+    from model.moe import Router
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(BASE, n_experts=8, top_k=2, expert_hidden=128)
+    router = Router(cfg).cuda().to(torch.bfloat16)
+    x = torch.randn(1000, BASE.dim, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    run = torch.compile(router, fullgraph=True) if compiled else router
+    out = run(x)
+    assert out.logits.dtype == torch.float32
+    want = x.detach().double() @ router.gate.weight.detach().double().t()
+    assert rel(out.logits, want) < 1e-6
+    out.logits.square().sum().backward()
+    gx = 2 * want @ router.gate.weight.detach().double()
+    assert rel(x.grad, gx) < 1e-2 and router.gate.weight.grad is not None
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 8e-3)])
+@pytest.mark.parametrize("vocab", [50304, 4096 * 3 + 1])  # the presets' vocabulary; one past a block
+def test_triton_softmax_grad_equals_float64(dtype: torch.dtype, tol: float, vocab: int) -> None:
+    """The in-place kernel: per-row loss and (softmax - onehot) * scale, ignored rows all zero,
+    targets on the first and last column, and a row stride wider than the vocabulary."""
+    from model import triton_ce
+
+    assert triton_ce.AVAILABLE, "Triton is on every GPU machine here: the kernel must be in use"
+    torch.manual_seed(0)
+    n = 257
+    x = (torch.randn(n, vocab + 8) * 4).to(dtype).double()  # the reference sees the same inputs
+    targets = torch.randint(0, vocab, (n,))
+    targets[0], targets[1], targets[::5] = 0, vocab - 1, -100
+    ref = x[:, :vocab].clone().requires_grad_()
+    ref_loss = torch.nn.functional.cross_entropy(ref, targets, reduction="none", ignore_index=-100)
+    (0.5 * ref_loss.sum()).backward()
+    got = x.to("cuda", dtype)
+    view = got[:, :vocab]  # row stride vocab + 8
+    poison = got[:, vocab:].clone()
+    loss = triton_ce.softmax_grad_(view, targets.cuda(), torch.tensor(0.5, device="cuda"))
+    assert rel(loss, ref_loss) < 1e-6
+    assert rel(view, ref.grad) < tol, rel(view, ref.grad)
+    assert view[::5].abs().max() == 0 and loss[::5].abs().max() == 0
+    assert torch.equal(got[:, vocab:], poison)  # nothing written past the vocabulary
 
 
 def step(model: Transformer, tokens: torch.Tensor, precision: str, compiled: bool = False

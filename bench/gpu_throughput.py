@@ -9,6 +9,7 @@ and the same learning-rate schedule, and records the loss of every step. A setup
     impl       ours | hf
     precision  mixed: fp32 weights, bf16 autocast | bf16: bf16 weights, no autocast
     mode       eager | compile (torch.compile) | cudagraphs (torch.compile, mode="reduce-overhead")
+               | autotune (torch.compile, mode="max-autotune": GEMM autotuning and CUDA graphs)
 Throughput is taken over the steps after the warm-up (compilation, CUDA-graph recording) with
 CUDA events, no host sync inside the window. MFU = tokens/s x FLOPs/token / peak, with
 FLOPs/token from model/flops.py (PaLM: 6 x active matmul parameters + 12 L H Q T attention,
@@ -95,6 +96,8 @@ def build(setup: Setup, opts: Options, device: torch.device) -> tuple[Any, Calla
         forward = torch.compile(model)
     elif setup.mode == "cudagraphs":
         forward = torch.compile(model, mode="reduce-overhead")
+    elif setup.mode == "autotune":
+        forward = torch.compile(model, mode="max-autotune")
     return model, forward, config
 
 
@@ -139,11 +142,11 @@ def run_setup(setup: Setup, opts: Options, device: torch.device, profile_dir: Pa
     losses = torch.zeros(steps, device=device)
     clock = Clock(device, steps + 1)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=setup.precision == "mixed")
-    if setup.mode == "cudagraphs" and device.type != "cuda":
-        raise ValueError("cudagraphs needs CUDA")
+    if setup.mode in ("cudagraphs", "autotune") and device.type != "cuda":
+        raise ValueError(f"{setup.mode} needs CUDA")
 
     def step(i: int) -> None:
-        if setup.mode == "cudagraphs":
+        if setup.mode in ("cudagraphs", "autotune"):
             torch.compiler.cudagraph_mark_step_begin()
         for group in optimizer.param_groups:
             group["lr"] = lr_at(i, steps, opts.lr)

@@ -5,9 +5,10 @@ For each row of logits x (N, V) and its target t, ``softmax_grad_`` computes in 
     x[:]      = (softmax(x) - onehot(t)) * scale            (0 where t == IGNORE_INDEX)
 overwriting the logits with d(scale * summed loss) / d logits. Each program takes one row:
 a first pass reads it once for the running max and sum of exponentials (online softmax,
-Milakov & Gimelshein 2018), a second pass reads it again (mostly from L2, the row is 100 KB
-for a 50k vocabulary) and writes the gradient over it. That is one read and one write of the
-N x V tensor from device memory, where the compiled elementwise version reads it twice and
+Milakov & Gimelshein 2018), a second pass reads it again (in part from L2: the row is 100 KB
+for a 50k vocabulary) and writes the gradient over it. That is one write and little more than
+one read of the N x V tensor from device memory (2.1 TB/s counted so, against 3.0 TB/s for a
+plain copy, on an H100), where the compiled elementwise version reads it twice and
 writes a second N x V tensor (and holds it: 1.6 GB more at 16k tokens x 50k in bf16). The
 in-place write is Liger-Kernel's idea (Hsu et al. 2024); the code is this project's.
 

@@ -50,6 +50,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ce_kernel.json"))
     args = parser.parse_args()
     assert triton_ce.AVAILABLE
+    kernel = triton_ce._register()
     rows = []
     for n in (int(r) for r in args.rows.split(",")):
         torch.manual_seed(0)
@@ -77,8 +78,8 @@ def main() -> int:
                 loss = torch.empty(n, device="cuda")
 
                 def launch(x: torch.Tensor, block: int = block, warps: int = warps, loss: torch.Tensor = loss) -> None:
-                    triton_ce._kernel[(n,)](x, x.stride(0), targets, loss, scale, VOCAB,
-                                            IGNORE=triton_ce.IGNORE_INDEX, BLOCK=block, num_warps=warps)
+                    kernel[(n,)](x, x.stride(0), targets, loss, scale, VOCAB,
+                                 IGNORE=triton_ce.IGNORE_INDEX, BLOCK=block, num_warps=warps)
 
                 try:
                     x = fresh()

@@ -64,14 +64,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
         total = torch.zeros((), dtype=acc, device=h.device)
         grad_h = torch.empty_like(h)
         grad_w: Tensor | None = None
-        in_place = h.is_cuda and triton_ce.AVAILABLE
         for s in range(0, h.shape[0], chunk):
             hc, tc = h[s:s + chunk], targets[s:s + chunk]
-            if in_place:  # one Triton kernel turns the logits into their gradient
-                g = hc @ weight.t()
+            g = hc @ weight.t()
+            if triton_ce.handles(g):  # one Triton kernel turns the logits into their gradient
                 loss = triton_ce.softmax_grad_(g, tc, scale.float()).sum()
             else:
-                loss, g = chunk_grad(hc @ weight.t(), tc, scale)
+                loss, g = chunk_grad(g, tc, scale)
             total = total + loss
             grad_h[s:s + chunk] = (g @ weight).to(h.dtype)
             gw = g.t() @ hc

@@ -14,8 +14,9 @@ in-place write is Liger-Kernel's idea (Hsu et al. 2024); the code is this projec
 
 Registered as the custom op ``rayfleet::softmax_grad_`` (``torch.library.triton_op``) so it
 runs the same eager and inside ``torch.compile`` (which sees the mutation). ``AVAILABLE``
-is False where Triton or CUDA is missing (or RAYFLEET_CE_KERNEL=0): callers then keep the
-PyTorch path of loss.py.
+is False where Triton or CUDA is missing (or RAYFLEET_CE_KERNEL=0), and ``handles(logits)``
+False for logits it would compute less exactly (float64): callers then keep the PyTorch path
+of loss.py.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -41,7 +43,9 @@ def _usable() -> bool:
 
 
 @functools.lru_cache(maxsize=1)
-def _register() -> None:
+def _register() -> Any:
+    """Register the op once; returns the raw @triton.jit kernel (bench/ce_kernel.py tries launch
+    shapes on it)."""
     import triton
     import triton.language as tl
     from torch.library import triton_op, wrap_triton
@@ -83,15 +87,20 @@ def _register() -> None:
             num_warps=NUM_WARPS)
         return loss
 
-    global _kernel
-    _kernel = _softmax_grad_kernel
+    return _softmax_grad_kernel
 
 
-_kernel = None  # the raw @triton.jit kernel once registered (bench/ce_kernel.py tries launch shapes)
 # Decided once at import (a plain flag: torch.compile reads it without tracing a cache).
 AVAILABLE = _usable()
 if AVAILABLE:
     _register()
+
+
+def handles(logits: Tensor) -> bool:
+    """Whether the kernel computes this chunk as exactly as the PyTorch path: it works in float32,
+    so float64 logits stay on that path (as do CPU tensors and layouts it cannot index)."""
+    return (AVAILABLE and logits.is_cuda and logits.dtype in (torch.bfloat16, torch.float16, torch.float32)
+            and logits.stride(1) == 1)
 
 
 def softmax_grad_(logits: Tensor, targets: Tensor, scale: Tensor) -> Tensor:

@@ -230,7 +230,8 @@ class FleetController:
                         self._faults_recorded.add((job, submission, instance))
                         history.record(storage, job, "fault", submission_id=submission, instance=instance,
                                        reason=failed[instance].message)
-            for job, hang, folder in self._hangs.check(beats, storage, agent_of, now):
+            held = supervise.holding(beats, supervise.read_acks(self.client), now) if notices else frozenset()
+            for job, hang, folder in self._hangs.check(beats, storage, agent_of, now, held):
                 where = instance_of.get(hang.node_id, hang.node_id[:12])
                 self.store.append_events([Event(now, "hang", f"job {job}: {hang.reason} on {where}; stacks in "
                                                 f"{folder}; restarting it from its checkpoint", instance=where,

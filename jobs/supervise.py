@@ -11,7 +11,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Collection, Mapping
 
 from cluster import gcs
 from jobs import history
@@ -57,6 +57,15 @@ def acknowledged(notices: Mapping[str, float], beats: Mapping[str, Mapping[int, 
     return frozenset(out)
 
 
+def holding(beats: Mapping[str, Mapping[int, Beat]], acks: Mapping[str, Mapping[str, Any]],
+            now: float) -> frozenset[str]:
+    """Jobs whose newest submission checkpointed for a notice and holds until its deadline: they stop
+    stepping on purpose, waiting for the controller to end the noticed node, so they are not hung."""
+    return frozenset(job for job, ranks in beats.items()
+                     if acks.get(job, {}).get("submission_id") == next(iter(ranks.values())).submission_id
+                     and float(acks[job].get("deadline", 0)) > now)
+
+
 def jobs_on(beats: Mapping[str, Mapping[int, Beat]], nodes: Mapping[str, str | None]) -> list[tuple[str, str, str]]:
     """(job, instance, submission id) for each job with a rank on one of `nodes` (instance -> Ray node id)."""
     out = []
@@ -77,11 +86,14 @@ class HangWatch:
         self.ended: set[str] = set()  # submissions whose history says they finished
 
     def check(self, beats: Mapping[str, Mapping[int, Beat]], storage: str, agent_of: Callable[[str], Any],
-              now: float) -> list[tuple[str, Hang, Path]]:
+              now: float, held: Collection[str] = ()) -> list[tuple[str, Hang, Path]]:
         """Hangs found and handled in this pass: (job, hang, diagnostics folder). Runs every loop:
-        the job's history (one line per step) is read only for a new submission or a hang found."""
+        the job's history (one line per step) is read only for a new submission or a hang found.
+        Jobs in `held` hold for a notice (see `holding`) and are left alone until its deadline."""
         done = []
         for job, ranks in beats.items():
+            if job in held:
+                continue
             submission = next(iter(ranks.values())).submission_id
             if submission not in self.specs:
                 self.specs[submission] = _spec(storage, job)

@@ -188,7 +188,8 @@ class FleetController:
         if not notices:
             return frozenset()
         try:
-            return supervise.acknowledged(notices, supervise.read_beats(self.client), supervise.read_acks(self.client))
+            beats = supervise.running(supervise.read_beats(self.client), self.store.runtime().get("storage"))
+            return supervise.acknowledged(notices, beats, supervise.read_acks(self.client))
         except Exception as error:
             log.info("notice acknowledgements not read: %s", error)
             return frozenset()

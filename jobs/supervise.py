@@ -44,6 +44,15 @@ def publish_notices(client: Any, notices: Mapping[str, float]) -> None:
     gcs.kv_put(client, NOTICES_KEY, json.dumps(dict(notices), sort_keys=True))
 
 
+def running(beats: Mapping[str, Mapping[int, Beat]], storage: str | None) -> dict[str, Mapping[int, Beat]]:
+    """The beats of jobs whose newest submission has not finished. A finished job's last beats stay
+    in the KV and still name the nodes it ran on; it will never acknowledge a notice."""
+    if not storage:
+        return dict(beats)
+    return {job: ranks for job, ranks in beats.items()
+            if not _finished(storage, job, next(iter(ranks.values())).submission_id)}
+
+
 def acknowledged(notices: Mapping[str, float], beats: Mapping[str, Mapping[int, Beat]],
                  acks: Mapping[str, Mapping[str, Any]]) -> frozenset[str]:
     """Noticed nodes all of whose jobs have checkpointed for the notice (a node running none

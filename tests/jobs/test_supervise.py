@@ -1,4 +1,5 @@
-"""The controller's hang watch against a job that holds for a preemption notice (jobs/supervise.py)."""
+"""The controller's watch over jobs on a noticed node (jobs/supervise.py): a job holding for the notice
+is not hung, and a finished job does not hold the notice's acknowledgement back."""
 from __future__ import annotations
 
 import os
@@ -7,7 +8,7 @@ from pathlib import Path
 from jobs import history
 from jobs.hang import Beat
 from jobs.spec import JobSpec
-from jobs.supervise import HangWatch, holding
+from jobs.supervise import HangWatch, acknowledged, holding, running
 
 SPEC = JobSpec.model_validate({"name": "j", "pool": "h100", "workers": 2, "model": {"preset": "tiny"},
                                "data": {"seq_len": 64, "global_batch": 8}, "steps": 100})
@@ -51,3 +52,19 @@ def test_a_job_holding_for_a_notice_is_not_hung_until_the_deadline(tmp_path: Pat
     assert holding(beats, acks, later) == frozenset()
     found = HangWatch().check(beats, str(tmp_path), lambda node: agent, later, holding(beats, acks, later))
     assert [job for job, _, _ in found] == ["j"] and agent.killed == [os.getpid()]
+
+
+def test_a_finished_job_on_the_noticed_node_does_not_hold_its_acknowledgement(tmp_path: Path) -> None:
+    """The noticed node ran an earlier job that has finished (its last beats still name the node) and
+    runs one that checkpointed for the notice: the node counts as acknowledged, so it is ended now
+    instead of at the notice's deadline."""
+    history.record(tmp_path, "old", "submitted", submission_id="s0", spec=SPEC.model_dump(mode="json"))
+    history.record(tmp_path, "old", "finished", submission_id="s0", state="SUCCEEDED")
+    history.record(tmp_path, "j", "submitted", submission_id="s1", spec=SPEC.model_dump(mode="json"))
+    beats = {**beats_stopped_at(100.0), "old": {0: Beat(rank=0, step=60, time=50.0, median_step_s=0.3, pid=1,
+                                                         node_id="n1", submission_id="s0")}}
+    notices = {"n1": 130.0}
+    acks = {"j": {"submission_id": "s1", "step": 20, "deadline": 130.0}}
+    assert acknowledged(notices, beats, acks) == frozenset()  # the old job never acknowledges
+    assert acknowledged(notices, running(beats, str(tmp_path)), acks) == {"n1"}
+    assert set(running(beats, str(tmp_path))) == {"j"}

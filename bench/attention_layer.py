@@ -4,7 +4,9 @@ variants of the RoPE rotation and of the SDPA kernel. It isolates what the whole
 shows as the RoPE backward (the rotation's inverse fused with the concatenation into the wqkv
 gradient: 174 us per layer against 49 us for the forward on an H100).
 
-    rope       interleaved  pairs (x[2i], x[2i+1]) as model/positions.py (the model's code)
+    rope       interleaved  pairs (x[2i], x[2i+1]) as model/positions.py, compiled PyTorch
+               triton       the same pairs through model/triton_rope.py's kernels (the model's
+                            path on CUDA)
                half         pairs (x[i], x[i + d/2]) (transformers' rotate_half) through the
                             model's same autograd function (inverse-rotation backward):
                             contiguous halves instead of even/odd lanes
@@ -31,12 +33,14 @@ sys.path.insert(0, str(ROOT))
 
 import model.attention as attention_mod  # noqa: E402
 import model.positions as positions_mod  # noqa: E402
+from model import triton_rope  # noqa: E402
 from model import get_preset  # noqa: E402
 from model.attention import Attention, attention_context  # noqa: E402
 from model.masks import MaskSpec  # noqa: E402
 from model.positions import Positions, apply_rope  # noqa: E402
 
 _ROTATE = positions_mod._rotate
+_TRITON = triton_rope.AVAILABLE
 
 
 def _rotate_half(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -49,12 +53,13 @@ def _rotate_half(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 def use_rope(name: str) -> None:
-    """Switch the rotation the model's attention applies (restored by use_rope("interleaved"))."""
+    """Switch the rotation the model's attention applies (the model's own path: use_rope("triton"))."""
     positions_mod._rotate = _rotate_half if name == "half" else _ROTATE
+    triton_rope.AVAILABLE = _TRITON and name == "triton"
     attention_mod.apply_rope = (lambda x, cos, sin: x) if name == "none" else apply_rope
 
 
-ROPES = ("interleaved", "half", "none")
+ROPES = ("interleaved", "triton", "half", "none")
 
 
 def main() -> int:
@@ -105,7 +110,7 @@ def main() -> int:
                     if i >= 5:
                         times.append(start.elapsed_time(end))
                 row["ms"] = statistics.median(times)
-                if rope == "interleaved":
+                if rope in ("interleaved", "triton"):
                     if reference is None:
                         reference = (out.detach().float(), x.grad.float())
                     else:
@@ -115,7 +120,7 @@ def main() -> int:
                 row["error"] = f"{type(error).__name__}: {error}"[:300]
             rows.append(row)
             print(json.dumps(row), flush=True)
-    use_rope("interleaved")
+    use_rope("triton")
     Path(args.out).write_text(json.dumps({"benchmark": "attention_layer", "gpu": torch.cuda.get_device_name(0),
                                           "torch": torch.__version__, "results": rows}, indent=1))
     print(f"{'rope':<12} {'kernel':<10} {'ms (fwd+bwd, 1 layer)':>22}")

@@ -25,6 +25,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 from .config import ModelConfig
 from .kv_cache import KVCache
 from .masks import MaskSpec, additive_mask, dense_mask, mask_mod
+from . import triton_rope
 from .positions import Positions, alibi_bias, apply_rope
 
 
@@ -117,16 +118,21 @@ class Attention(nn.Module):
     def forward(self, x: Tensor, ctx: AttentionContext, cache: KVCache | None = None) -> Tensor:
         """Self-attention of ``x`` (B, T, dim); with ``cache`` also attends to cached keys."""
         b, t, _ = x.shape
-        q, k, v = self.wqkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim).split(
-            [self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
-        if ctx.rope is not None:
-            # Rotated in the projection's (B, T, H, d) layout, then viewed as (B, H, T, d): the
-            # attention kernels take the strided view, and their q/k/v gradients come back in
-            # this same layout, so the backward rotation and the concatenation into the
-            # wqkv gradient are one coalesced pass. Rotating after the transpose made that
-            # pass 6x slower than the forward rotation (H100, dense_124m, bf16, compiled).
-            cos, sin = (c[:, None] for c in ctx.rope)  # (T, 1, d/2)
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.wqkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
+        if ctx.rope is not None and triton_rope.handles(qkv):
+            # one Triton pass each way: q, k rotated out of qkv; their gradients rotated back
+            # and written with v's into the wqkv gradient (see triton_rope)
+            q, k, v = triton_rope.rope_qkv(qkv, *ctx.rope, self.n_heads, self.n_kv_heads)
+        else:
+            q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
+            if ctx.rope is not None:
+                # Rotated in the projection's (B, T, H, d) layout, then viewed as (B, H, T, d):
+                # the attention kernels take the strided view, and their q/k/v gradients come
+                # back in this same layout, so the backward rotation and the concatenation into
+                # the wqkv gradient are one coalesced pass. Rotating after the transpose made
+                # that pass 6x slower than the forward rotation (H100, dense_124m, bf16, compiled).
+                cos, sin = (c[:, None] for c in ctx.rope)  # (T, 1, d/2)
+                q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         y = self.attend(q, k, v, ctx, cache)
         return self.wo(y.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))

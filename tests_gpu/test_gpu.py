@@ -1,7 +1,7 @@
 """The CUDA paths against float64 on the CPU: SDPA (cuDNN / Flash), flex_attention (window,
 sinks, ALiBi, GQA, a partial last block), torch._grouped_mm experts (uneven and empty groups,
-dropped rows), the fused cross-entropy (its in-place Triton kernel too), the bf16 router, and
-inductor on the whole model.
+dropped rows), the fused cross-entropy (its in-place Triton kernel too), the Triton RoPE
+kernels, the bf16 router, and inductor on the whole model.
 
 These live outside tests/ because CI has no GPU: `make test` never collects them, and
 `make test-gpu` (on a GPU machine) fails at once, rather than skipping, where there is none.
@@ -207,6 +207,37 @@ def test_triton_softmax_grad_equals_float64(dtype: torch.dtype, tol: float, voca
     assert torch.equal(got[:, vocab:], poison)  # nothing written past the vocabulary
 
 
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 8e-3)])
+@pytest.mark.parametrize("n_q,n_k,d", [(4, 2, 64), (3, 3, 16)])
+def test_triton_rope_equals_float64(dtype: torch.dtype, tol: float, n_q: int, n_k: int, d: int) -> None:
+    """The RoPE kernels on a qkv projection (GQA too), T = 200 (not a multiple of the kernel's
+    token block), positions from 37 (decoding's offset), against positions.apply_rope in float64:
+    rotated q and k, v a view of qkv, and the qkv gradient from q/k/v gradients in the
+    attention kernels' (B, H, T, d) layout (strided as (B, T, H, d) views)."""
+    from model import triton_rope
+    from model.positions import apply_rope, rope_angles, rope_inv_freq
+
+    assert triton_rope.AVAILABLE, "Triton is on every GPU machine here: the kernel must be in use"
+    torch.manual_seed(0)
+    b, t = 3, T
+    x = torch.randn(b, t, n_q + 2 * n_k, d).to(dtype).double()
+    cos, sin = rope_angles(torch.arange(37, 37 + t), rope_inv_freq(d, 10000.0))
+    grads = [torch.randn(b, n, t, d).to(dtype).double() for n in (n_q, n_k, n_k)]  # (B, H, T, d)
+    ref = x.clone().requires_grad_()
+    c, s = cos[:, None], sin[:, None]
+    want = (apply_rope(ref[:, :, :n_q], c, s), apply_rope(ref[:, :, n_q:n_q + n_k], c, s), ref[:, :, n_q + n_k:])
+    sum((w * g.transpose(1, 2)).sum() for w, g in zip(want, grads)).backward()
+
+    qkv = x.to("cuda", dtype).requires_grad_()
+    assert triton_rope.handles(qkv)
+    got = triton_rope.rope_qkv(qkv, cos.cuda(), sin.cuda(), n_q, n_k)
+    assert got[2].data_ptr() == qkv[:, :, n_q + n_k:].data_ptr()  # v: a view, no copy
+    for g, w in zip(got, want):
+        assert g.shape == w.shape and rel(g, w) < tol, rel(g, w)
+    torch.autograd.backward(got, [g.to("cuda", dtype).transpose(1, 2) for g in grads])
+    assert rel(qkv.grad, ref.grad) < tol, rel(qkv.grad, ref.grad)
+
+
 def step(model: Transformer, tokens: torch.Tensor, precision: str, compiled: bool = False
          ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Loss (LM + aux) and parameter gradients of one forward/backward."""
@@ -238,7 +269,7 @@ def test_cuda_step_equals_float64_reference(name: str, precision: str) -> None:
     assert max(errors.values()) < 8e-2, sorted(errors.items(), key=lambda kv: -kv[1])[:3]
 
 
-@pytest.mark.parametrize("name", ["alibi-window8-sinks2-gqa", "moe-all-experts"])
+@pytest.mark.parametrize("name", ["causal-rope", "alibi-window8-sinks2-gqa", "moe-all-experts"])
 def test_inductor_compiled_step_equals_eager(name: str) -> None:
     """fullgraph=True: no graph break in forward or backward on the CUDA kernels."""
     torch._dynamo.reset()

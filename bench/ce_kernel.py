@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
@@ -24,23 +23,9 @@ sys.path.insert(0, str(ROOT))
 
 from model import loss as loss_mod  # noqa: E402
 from model import triton_ce  # noqa: E402
+from cuda_timing import median_ms  # noqa: E402
 
 VOCAB = 50304
-
-
-def timed(fn, fresh, repeats: int) -> float:
-    """Median ms of fn(x) over fresh inputs (a copy per call; the copy is outside the events)."""
-    times = []
-    for i in range(repeats + 3):
-        x = fresh()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn(x)
-        end.record()
-        torch.cuda.synchronize()
-        if i >= 3:
-            times.append(start.elapsed_time(end))
-    return statistics.median(times)
 
 
 def main() -> int:
@@ -71,8 +56,8 @@ def main() -> int:
             print(json.dumps(r), flush=True)
 
         compiled = loss_mod._compiled_chunk_grad()
-        row("compiled-pytorch", timed(lambda x: compiled(x, targets, scale), fresh, args.repeats))
-        row("copy (floor: read + write)", timed(lambda x: torch.empty_like(x).copy_(x), fresh, args.repeats))
+        row("compiled-pytorch", median_ms(lambda x: compiled(x, targets, scale), args.repeats, fresh))
+        row("copy (floor: read + write)", median_ms(lambda x: torch.empty_like(x).copy_(x), args.repeats, fresh))
         for block in (1024, 2048, 4096, 8192):
             for warps in (4, 8, 16):
                 loss = torch.empty(n, device="cuda")
@@ -86,13 +71,13 @@ def main() -> int:
                     launch(x)
                     err = float((x.float() - ref_grad.float()).norm() / ref_grad.float().norm())
                     lerr = float((loss.sum() - ref_loss).abs() / ref_loss.abs())
-                    row(f"triton block={block} warps={warps}", timed(launch, fresh, args.repeats), max(err, lerr))
+                    row(f"triton block={block} warps={warps}", median_ms(launch, args.repeats, fresh), max(err, lerr))
                 except Exception as error:  # a launch shape the chip refuses
                     print(f"block={block} warps={warps}: {type(error).__name__}: {error}"[:300], flush=True)
         x = fresh()
         out = triton_ce.softmax_grad_(x, targets, scale)
-        row("softmax_grad_ (the op, default shape)", timed(lambda x: triton_ce.softmax_grad_(x, targets, scale), fresh,
-                                                           args.repeats),
+        op_ms = median_ms(lambda x: triton_ce.softmax_grad_(x, targets, scale), args.repeats, fresh)
+        row("softmax_grad_ (the op, default shape)", op_ms,
             float((x.float() - ref_grad.float()).norm() / ref_grad.float().norm()))
         del base, ref_grad, out, x
         torch.cuda.empty_cache()

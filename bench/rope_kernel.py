@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -26,20 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from model import triton_rope  # noqa: E402
 from model.positions import _rotate, rope_angles, rope_inv_freq  # noqa: E402
-
-
-def timed(fn: Callable[[], Any], repeats: int) -> float:
-    """Median ms of fn() over repeats (CUDA events around each call)."""
-    times = []
-    for i in range(repeats + 3):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        if i >= 3:
-            times.append(start.elapsed_time(end))
-    return statistics.median(times)
+from cuda_timing import median_ms  # noqa: E402
 
 
 def main() -> int:
@@ -83,14 +69,14 @@ def main() -> int:
         rows.append(row)
         print(json.dumps(row), flush=True)
 
-    add("compiled pytorch", "forward", timed(lambda: torch_fwd(qkv), args.repeats))
-    add("compiled pytorch", "backward", timed(lambda: torch_bwd(dq, dk, dv), args.repeats))
+    add("compiled pytorch", "forward", median_ms(lambda: torch_fwd(qkv), args.repeats))
+    add("compiled pytorch", "backward", median_ms(lambda: torch_bwd(dq, dk, dv), args.repeats))
     src = torch.empty(traffic["forward"] // 4, device="cuda", dtype=torch.bfloat16)
     dst = torch.empty_like(src)
-    add("copy (floor)", "forward", timed(lambda: dst.copy_(src), args.repeats))
+    add("copy (floor)", "forward", median_ms(lambda: dst.copy_(src), args.repeats))
     src = torch.empty(traffic["backward"] // 4, device="cuda", dtype=torch.bfloat16)
     dst = torch.empty_like(src)
-    add("copy (floor)", "backward", timed(lambda: dst.copy_(src), args.repeats))
+    add("copy (floor)", "backward", median_ms(lambda: dst.copy_(src), args.repeats))
 
     q, k = torch.empty_like(want_q), torch.empty_like(want_k)
     grad = torch.empty(b, t, 3 * h, d, device="cuda", dtype=torch.bfloat16)
@@ -114,8 +100,8 @@ def main() -> int:
                       "max_abs_diff_grad": float((grad.float() - want_grad.float()).abs().max())}
             shape = {"block_t": block_t, "num_warps": warps,
                      "default": (block_t, warps) == (triton_rope.BLOCK_T, triton_rope.NUM_WARPS)}
-            add("triton", "forward", timed(fwd, args.repeats), **shape, **errors)
-            add("triton", "backward", timed(bwd, args.repeats), **shape)
+            add("triton", "forward", median_ms(fwd, args.repeats), **shape, **errors)
+            add("triton", "backward", median_ms(bwd, args.repeats), **shape)
     doc = {"benchmark": "rope_kernel", "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
            "triton": triton.__version__, "shape": {"batch": b, "seq": t, "heads": h, "head_dim": d},
            "results": rows}

@@ -22,24 +22,18 @@ of loss.py.
 from __future__ import annotations
 
 import functools
-import importlib.util
-import os
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ._triton import usable
 
 IGNORE_INDEX = -100
 # One row of 50304 in 8192-wide blocks, 7 iterations per pass: the fastest of 12 launch shapes
 # on an H100 (bench/ce_kernel.py: 1.59 ms for 16384 x 50304 bf16, 2.21 ms compiled PyTorch).
 BLOCK = 8192
 NUM_WARPS = 16
-
-
-def _usable() -> bool:
-    if os.environ.get("RAYFLEET_CE_KERNEL", "1") == "0":  # the PyTorch path, for A/B runs
-        return False
-    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
 
 
 @functools.lru_cache(maxsize=1)
@@ -91,7 +85,7 @@ def _register() -> Any:
 
 
 # Decided once at import (a plain flag: torch.compile reads it without tracing a cache).
-AVAILABLE = _usable()
+AVAILABLE = usable("RAYFLEET_CE_KERNEL")
 if AVAILABLE:
     _register()
 

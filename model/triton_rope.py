@@ -22,24 +22,18 @@ a power of two, CPU tensors): attention.py keeps positions.apply_rope for those.
 from __future__ import annotations
 
 import functools
-import importlib.util
-import os
 from typing import Any
 
 import torch
 from torch import Tensor
+
+from ._triton import usable
 
 # 16 tokens of one head per program, 4 warps: among the fastest of 12 launch shapes on an H100
 # (bench/rope_kernel.py, dense_124m's layer: forward 79 us, backward 107 us, against 131 us and
 # 250 us for the compiled PyTorch code; whole training step 1.03x, bench/results/GPU.md round 4).
 BLOCK_T = 16
 NUM_WARPS = 4
-
-
-def _usable() -> bool:
-    if os.environ.get("RAYFLEET_ROPE_KERNEL", "1") == "0":  # the PyTorch path, for A/B runs
-        return False
-    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()
 
 
 @functools.lru_cache(maxsize=1)
@@ -76,7 +70,7 @@ def _register() -> tuple[Any, Any]:
 
 
 # Decided once at import (a plain flag: torch.compile reads it without tracing a cache).
-AVAILABLE = _usable()
+AVAILABLE = usable("RAYFLEET_ROPE_KERNEL")
 if AVAILABLE:
     _register()
 
@@ -96,22 +90,13 @@ class _RopeQKV(torch.autograd.Function):
     def forward(ctx, qkv: Tensor, cos: Tensor, sin: Tensor, n_q: int, n_k: int  # type: ignore[override]
                 ) -> tuple[Tensor, Tensor, Tensor]:
         ctx.save_for_backward(cos, sin)
-        ctx.n_q, ctx.n_k = n_q, n_k
         q, k = torch.ops.rayfleet.rope_qk(qkv, cos, sin, n_q, n_k)
         return q, k, qkv[:, :, n_q + n_k:]
 
     @staticmethod
-    def backward(ctx, dq: Tensor | None, dk: Tensor | None, dv: Tensor | None  # type: ignore[override]
+    def backward(ctx, dq: Tensor, dk: Tensor, dv: Tensor  # type: ignore[override]
                  ) -> tuple[Tensor, None, None, None, None]:
-        cos, sin = ctx.saved_tensors
-        # all three are set in training; a missing one (an unused output) counts as zeros
-        ref = next(g for g in (dq, dk, dv) if g is not None)
-        b, t = ref.shape[:2]
-        d = ref.shape[-1]
-        n_q, n_k = ctx.n_q, ctx.n_k
-        dq = dq if dq is not None else ref.new_zeros(b, t, n_q, d)
-        dk = dk if dk is not None else ref.new_zeros(b, t, n_k, d)
-        dv = dv if dv is not None else ref.new_zeros(b, t, n_k, d)
+        cos, sin = ctx.saved_tensors  # an unused output's gradient comes as zeros (autograd's default)
         return torch.ops.rayfleet.rope_qkv_backward(dq, dk, dv, cos, sin), None, None, None, None
 
 

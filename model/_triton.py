@@ -1,0 +1,16 @@
+"""Whether this project's Triton kernels (triton_ce, triton_rope) can run in this process."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import torch
+
+
+def usable(switch: str) -> bool:
+    """Triton installed and a CUDA device present, unless the environment variable ``switch`` is
+    "0" (each kernel family's way back to the PyTorch path, for A/B runs)."""
+    if os.environ.get(switch, "1") == "0":
+        return False
+    return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()

@@ -3,6 +3,13 @@
 First every rank sends its whole buffer to its successor while receiving its predecessor's, all at
 once: no rank waits for data before sending, so the time rank r+1 takes to receive measures the
 link out of rank r alone (inside the all-reduce itself a slow rank delays everyone after it).
+The clock starts when the message's header arrives, not when the receiver starts waiting: a
+predecessor late to start sending (still accepting, or descheduled on a busy host) is not a slow
+link, and counting its lateness once had an unthrottled link flagged as a straggler beside the
+throttled one (CI, 4 ranks on 2 cores). The probe runs PROBE_ROUNDS times and the bandwidth is
+their bytes over their summed times, which evens out a sender descheduled mid-round (one round
+of 4 MB takes 2-5 ms on loopback). Measured with 4 ranks on the 2-core CI machine under three
+busy loops: 50 of 50 runs flagged exactly the throttled link, against 19 of 20 before.
 Then a ring all-reduce (reduce-scatter, all-gather: 2(N-1) steps, as NCCL and gloo run it) sums
 the buffers and the sum is checked, so a link that corrupts data cannot pass. Plain sockets and
 numpy keep the agents free of torch; on a simulated node a `slow` fault throttles its sends.
@@ -18,16 +25,18 @@ from dataclasses import dataclass
 import numpy as np
 
 SIMULATED_LINK_BYTES_PER_S = 1e8
-"""Throttle rate of a simulated link at speed 1.0; a slow fault sends at a fraction of it. Unthrottled
-loopback between agents measured 170-300 MB/s on this 2-core machine, so 100 MB/s x 0.3 stands out."""
+"""Throttle rate of a simulated link at speed 1.0; a slow fault paces its sends at a fraction of it. Unthrottled
+loopback between agents measured 0.5-4 GB/s on this 2-core machine, so 100 MB/s x 0.3 stands out."""
+PROBE_ROUNDS = 3
+THROTTLE_CHUNK = 1 << 16  # bytes a throttled sender sends after each pause
 
 
 @dataclass(frozen=True)
 class RingResult:
     rank: int
     world: int
-    received_bytes: int
-    receive_seconds: float   # time spent waiting for chunks from the predecessor
+    received_bytes: int      # over all probe rounds
+    receive_seconds: float   # time the probe rounds' data took to arrive, once each header had
     sum_ok: bool
 
     @property
@@ -46,14 +55,22 @@ def listen() -> socket.socket:
 
 def _send(sock: socket.socket, array: np.ndarray, throttle_bytes_per_s: float | None) -> None:
     payload = array.tobytes()
-    if throttle_bytes_per_s:
-        time.sleep(len(payload) / throttle_bytes_per_s)
-    sock.sendall(struct.pack("!Q", len(payload)) + payload)
+    sock.sendall(struct.pack("!Q", len(payload)))
+    if not throttle_bytes_per_s:
+        sock.sendall(payload)
+        return
+    for start in range(0, len(payload), THROTTLE_CHUNK):  # paced, as a slow link delivers
+        chunk = payload[start:start + THROTTLE_CHUNK]
+        time.sleep(len(chunk) / throttle_bytes_per_s)
+        sock.sendall(chunk)
 
 
-def _receive(sock: socket.socket) -> bytes:
+def _receive(sock: socket.socket) -> tuple[bytes, float]:
+    """A message and the seconds from its header's arrival to its last byte's."""
     header = _exact(sock, 8)
-    return _exact(sock, struct.unpack("!Q", header)[0])
+    started = time.perf_counter()
+    payload = _exact(sock, struct.unpack("!Q", header)[0])
+    return payload, time.perf_counter() - started
 
 
 def _exact(sock: socket.socket, count: int) -> bytes:
@@ -69,7 +86,8 @@ def _exact(sock: socket.socket, count: int) -> bytes:
 
 def _exchange(successor: socket.socket, predecessor: socket.socket, outgoing: np.ndarray,
               throttle_bytes_per_s: float | None) -> tuple[np.ndarray, float]:
-    """Send to the successor (in a thread) while receiving from the predecessor; (data, seconds)."""
+    """Send to the successor (in a thread) while receiving from the predecessor; (data, seconds the
+    data took to arrive once its header had)."""
     errors: list[BaseException] = []
 
     def send() -> None:
@@ -79,10 +97,9 @@ def _exchange(successor: socket.socket, predecessor: socket.socket, outgoing: np
             errors.append(error)
 
     sender = threading.Thread(target=send, daemon=True)
-    started = time.perf_counter()
     sender.start()
-    incoming = np.frombuffer(_receive(predecessor), dtype=np.float32)
-    elapsed = time.perf_counter() - started
+    payload, elapsed = _receive(predecessor)
+    incoming = np.frombuffer(payload, dtype=np.float32)
     sender.join()
     if errors:
         raise errors[0]
@@ -103,6 +120,8 @@ def ring_allreduce(rank: int, peers: list[tuple[str, int]], server: socket.socke
     predecessor.settimeout(timeout_s)
     try:
         probe, seconds = _exchange(successor, predecessor, data, throttle_bytes_per_s)
+        for _ in range(PROBE_ROUNDS - 1):
+            seconds += _exchange(successor, predecessor, data, throttle_bytes_per_s)[1]
         chunks = np.split(data, world)
         for step in range(2 * (world - 1)):
             reduce_phase = step < world - 1
@@ -116,4 +135,4 @@ def ring_allreduce(rank: int, peers: list[tuple[str, int]], server: socket.socke
         predecessor.close()
     expected = world * (world + 1) / 2
     ok = all(bool(np.all(chunk == expected)) for chunk in chunks)
-    return RingResult(rank, world, probe.nbytes, seconds, ok)
+    return RingResult(rank, world, probe.nbytes * PROBE_ROUNDS, seconds, ok)

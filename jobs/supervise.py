@@ -40,6 +40,11 @@ def read_acks(client: Any) -> dict[str, dict[str, Any]]:
     return {key.split("/")[1]: json.loads(raw) for key, raw in gcs.kv_multi_get(client, keys).items()}
 
 
+def submission_of(ranks: Mapping[int, Beat]) -> str:
+    """The submission id of one job's beats (read_beats keeps only its newest submission's)."""
+    return next(iter(ranks.values())).submission_id
+
+
 def publish_notices(client: Any, notices: Mapping[str, float]) -> None:
     gcs.kv_put(client, NOTICES_KEY, json.dumps(dict(notices), sort_keys=True))
 
@@ -50,7 +55,7 @@ def running(beats: Mapping[str, Mapping[int, Beat]], storage: str | None) -> dic
     if not storage:
         return dict(beats)
     return {job: ranks for job, ranks in beats.items()
-            if not _finished(storage, job, next(iter(ranks.values())).submission_id)}
+            if not _finished(storage, job, submission_of(ranks))}
 
 
 def acknowledged(notices: Mapping[str, float], beats: Mapping[str, Mapping[int, Beat]],
@@ -61,7 +66,7 @@ def acknowledged(notices: Mapping[str, float], beats: Mapping[str, Mapping[int, 
     for node_id, deadline in notices.items():
         jobs = [job for job, ranks in beats.items() if any(b.node_id == node_id for b in ranks.values())]
         if all(acks.get(job, {}).get("deadline", 0) >= deadline - 1 and
-               acks[job].get("submission_id") == next(iter(beats[job].values())).submission_id for job in jobs):
+               acks[job].get("submission_id") == submission_of(beats[job]) for job in jobs):
             out.add(node_id)
     return frozenset(out)
 
@@ -71,7 +76,7 @@ def holding(beats: Mapping[str, Mapping[int, Beat]], acks: Mapping[str, Mapping[
     """Jobs whose newest submission checkpointed for a notice and holds until its deadline: they stop
     stepping on purpose, waiting for the controller to end the noticed node, so they are not hung."""
     return frozenset(job for job, ranks in beats.items()
-                     if acks.get(job, {}).get("submission_id") == next(iter(ranks.values())).submission_id
+                     if acks.get(job, {}).get("submission_id") == submission_of(ranks)
                      and float(acks[job].get("deadline", 0)) > now)
 
 
@@ -103,7 +108,7 @@ class HangWatch:
         for job, ranks in beats.items():
             if job in held:
                 continue
-            submission = next(iter(ranks.values())).submission_id
+            submission = submission_of(ranks)
             if submission not in self.specs:
                 self.specs[submission] = _spec(storage, job)
             spec = self.specs[submission]

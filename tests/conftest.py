@@ -43,10 +43,22 @@ def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: 
                          + (f" (last error: {last_error!r})" if last_error else ""))
 
 
-def ray_daemon_pids() -> set[int]:
-    """raylet and gcs_server processes on this machine (any cluster's)."""
-    found = set()
-    for process in psutil.process_iter(["pid", "name"]):
-        if process.info["name"] in ("raylet", "gcs_server"):
-            found.add(process.info["pid"])
+def processes_of(home: Path, name: str | None = None) -> list[psutil.Process]:
+    """Live processes started under RAYFLEET_HOME=`home` (a fleet's head, nodes, raylets and Ray
+    workers all inherit it: cluster/providers/local.py, node_environment), optionally only those
+    whose name contains `name`. Tests that run side by side (pytest -n) see only their own fleet."""
+    found = []
+    for process in psutil.process_iter(["name"]):
+        if name is not None and name not in (process.info["name"] or ""):
+            continue
+        try:
+            if process.environ().get("RAYFLEET_HOME") == str(home):
+                found.append(process)
+        except psutil.Error:  # ended meanwhile, or not ours to read
+            pass
     return found
+
+
+def ray_daemon_pids(home: Path) -> set[int]:
+    """raylet and gcs_server processes of the fleets under RAYFLEET_HOME=`home`."""
+    return {p.pid for p in processes_of(home) if p.info["name"] in ("raylet", "gcs_server")}

@@ -27,12 +27,10 @@ POOLS = [
     {"name": "a100", "accelerator": "A100", "gpus_per_node": 4, "cpus_per_node": 1, "memory": "8Gi",
      "min_nodes": 0, "max_nodes": 2, "nodes": 1},
 ]
-BEFORE: set[int] = set()
 
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    BEFORE.update(ray_daemon_pids())
     yield from running_fleet(tmp_path_factory.mktemp("local"), "t-local", POOLS)
 
 
@@ -166,11 +164,11 @@ def test_killed_controller_restarts_with_its_state_and_launches_nothing(fleet: F
 
 def test_down_stops_every_process_of_the_fleet(fleet: Fleet) -> None:
     ours = fleet.owned_processes()
-    assert ours
+    assert ours and ray_daemon_pids(fleet.home)
     result = fleet.cli("down")
     assert result.returncode == 0, result.stderr
     assert not any(p.alive() for p in ours)
-    assert ray_daemon_pids() - BEFORE == set()
+    assert ray_daemon_pids(fleet.home) == set()
     assert not (fleet.dir / "head.json").exists()
     gone = fleet.cli("status")
     assert gone.returncode != 0 and "up -f" in gone.stderr

@@ -85,7 +85,6 @@ def test_sizes_parse_like_kubernetes_quantities(value: object, expected: int) ->
 
 def test_cli_refuses_bad_specs_with_exit_2_and_starts_nothing(tmp_path: Path) -> None:
     """Through the real CLI, as a user: each bad spec exits 2 with one message, nothing starts."""
-    before = ray_daemon_pids()
     home = tmp_path / "home"
     for what, text, field, fix in BAD[:12]:
         path = tmp_path / f"{what.replace(' ', '-')}.yaml"
@@ -95,7 +94,7 @@ def test_cli_refuses_bad_specs_with_exit_2_and_starts_nothing(tmp_path: Path) ->
         assert str(path.name) in result.stderr and fix in result.stderr.replace("\n", " "), (what, result.stderr)
         assert "Traceback" not in result.stderr
     assert not (home / "fleets").exists()  # no fleet folder, no token, no head record
-    assert ray_daemon_pids() - before == set()
+    assert ray_daemon_pids(home) == set()
 
 
 def test_cli_schema_prints_the_json_schema() -> None:

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from tests.cluster.fleet_fixture import Fleet, running_fleet
-from tests.conftest import wait_until
+from tests.conftest import processes_of, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -85,8 +85,8 @@ def test_bad_jobs_are_refused_with_exit_2_and_nothing_is_submitted(fleet: Fleet)
     assert jobs(fleet).keys() == before.keys()
 
 
-def ray_train_workers() -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["name"]) if "RayTrainWorker" in (p.info["name"] or "")]
+def ray_train_workers(fleet: Fleet) -> list[psutil.Process]:
+    return processes_of(fleet.home, "RayTrainWorker")
 
 
 def raylet_of(process: psutil.Process) -> psutil.Process:
@@ -104,7 +104,7 @@ def test_node_killed_mid_run_resumes_from_its_checkpoint_and_finishes(fleet: Fle
     assert fleet.cli("submit", "-f", str(path)).returncode == 0
     submission = wait_state(fleet, "survivor", ("RUNNING",))["submission_id"]
     wait_until(lambda: (jobs(fleet)["survivor"]["step"] or 0) >= 25, 240, "survivor past step 25")
-    workers = ray_train_workers()
+    workers = ray_train_workers(fleet)
     assert len(workers) == 2
     raylet_of(workers[0]).send_signal(signal.SIGKILL)
     row = wait_state(fleet, "survivor", ("SUCCEEDED", "FAILED"), timeout=400)

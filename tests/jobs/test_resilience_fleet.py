@@ -19,7 +19,7 @@ import yaml
 
 from cluster.processes import Owned, process_of
 from tests.cluster.fleet_fixture import Fleet, running_fleet
-from tests.conftest import wait_until
+from tests.conftest import processes_of, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -62,8 +62,8 @@ def ended(fleet: Fleet, name: str, timeout: float = 400) -> dict[str, Any]:
                       timeout, f"{name} to end")
 
 
-def workers(name: str = "RayTrainWorker") -> list[psutil.Process]:
-    return [p for p in psutil.process_iter(["name"]) if name in (p.info["name"] or "")]
+def workers(fleet: Fleet, name: str = "RayTrainWorker") -> list[psutil.Process]:
+    return processes_of(fleet.home, name)
 
 
 def instance_of(fleet: Fleet, process: psutil.Process) -> str:
@@ -97,7 +97,7 @@ def test_a_sigstopped_worker_is_found_hung_its_stacks_saved_and_the_job_resumes(
     # once it trains, a warm standby process waits on each of the pool's three nodes (`rayfleet job`)
     wait_until(lambda: job(fleet, "hung")["standbys"] >= 3, 120, "a warm standby on every node")
     assert steps_done(fleet, "hung") < 120, "the job ran nearly to its end before its standbys were up"
-    stopped = workers()[0]
+    stopped = workers(fleet)[0]
     owned = Owned(stopped.pid, stopped.create_time())
     stopped.send_signal(signal.SIGSTOP)
     at = time.time()
@@ -141,7 +141,7 @@ def test_a_preemption_notice_checkpoints_replaces_the_node_and_loses_no_step(fle
     fleet.wait_ready(timeout=240)
     submit(fleet, "noticed", steps=60)
     wait_until(lambda: steps_done(fleet, "noticed") >= 8, 300, "noticed past step 8")
-    victim = instance_of(fleet, workers()[0])
+    victim = instance_of(fleet, workers(fleet)[0])
     result = fleet.cli("chaos", "preempt", victim, "--in", "30")
     assert result.returncode == 0, result.stderr
     doc = ended(fleet, "noticed")
@@ -189,6 +189,7 @@ def load() -> Iterator[None]:
         process.wait(timeout=30)
 
 
+@pytest.mark.serial  # its load would slow the tests beside it; their load would blur its 1 s figure
 def test_under_full_load_pauses_cost_no_node_and_a_kill_is_caught_within_a_second(fleet: Fleet, load: None) -> None:
     fleet.wait_ready(timeout=240)
     before = {e["time"] for e in fleet.events() if e["kind"] in ("lost", "replace", "launch")}

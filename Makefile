@@ -8,10 +8,6 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 # Debian packages the tests and demo use (command to look for = package that provides it).
 DEBS   := redis-server=redis-server chromium=chromium chromedriver=chromium-driver stress-ng=stress-ng
 PYTEST_ARGS ?=
-# `make test` runs the tests on TEST_WORKERS pytest-xdist workers, a whole module per worker
-# (--dist loadfile: a module's tests share its real cluster), then the `serial` ones alone.
-# The fleet tests mostly wait on Ray and on deadlines: one worker kept 2 cores a quarter busy.
-TEST_WORKERS ?= 2
 
 .PHONY: demo test test-gpu install system-deps bench clean
 
@@ -38,10 +34,7 @@ demo: install
 	$(BIN)/rayfleet demo
 
 test: install
-	@status=0; \
-	$(BIN)/python -m pytest -q -p no:cacheprovider -n $(TEST_WORKERS) --dist loadfile -m "not serial" $(PYTEST_ARGS) tests || status=$$?; \
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m serial $(PYTEST_ARGS) tests || status=$$?; \
-	exit $$status
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
 
 # On a machine with a CUDA GPU: the kernels and the compiled model against float64 references.
 test-gpu: install

@@ -17,7 +17,8 @@ written by rank 0 every step): the median tok/s over the steps after the warm-up
 
     python bench/gpu_scaling.py --gpus 2 --out bench/results/gpu_scaling.json
     python bench/gpu_scaling.py --gpus 2 --cpu-dry-run       # the same flow on simulated GPUs (tiny models)
-Write it for N: `--gpus 4` on a 4-GPU host runs the same jobs with 4 workers.
+Write it for N: `--gpus 4` on a 4-GPU host runs the same jobs with 4 workers; `--gpus 1` runs
+each 1-GPU job once (a smoke run of the whole path on a one-GPU machine).
 """
 from __future__ import annotations
 
@@ -104,6 +105,7 @@ def main() -> int:
     plan += [(f"{kind}-{n}", n, kind, dense, args.batch_per_gpu * n, 1) for kind in ("ddp", "fsdp") if kind in kinds]
     if "moe" in kinds:
         plan += [("moe-1", 1, "moe", moe, args.moe_batch, 1), (f"moe-{n}", n, "moe", moe, args.moe_batch, n)]
+    plan = list({job[0]: job for job in plan}.values())  # --gpus 1 (a smoke run): each job once
 
     home = Path(tempfile.mkdtemp(prefix="rayfleet-scaling-"))
     env = {**os.environ, "RAYFLEET_HOME": str(home),
@@ -158,6 +160,9 @@ def main() -> int:
         down = cli("down", env=env, timeout=300)
         print(f"fleet down: rc {down.returncode}", flush=True)
     jobs = doc["jobs"]
+    if n == 1:
+        print("one GPU: a smoke run of the path, no scaling figures")
+        return 0 if all(job["rc"] == 0 for job in jobs.values()) else 1
     rows = []
     for kind in ("ddp", "fsdp", "moe"):
         one, many = jobs.get("moe-1" if kind == "moe" else "dense-1", {}), jobs.get(f"{kind}-{n}", {})

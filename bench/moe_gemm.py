@@ -25,7 +25,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -49,15 +49,23 @@ def routings(rows: int, experts: int, tokens: int, top_k: int) -> dict[str, torc
     return {"equal": equal, "router": router, "skewed": skew}
 
 
+def expert_gemms(dim: int, hidden: int, rows: int, experts: int, counts: torch.Tensor
+                 ) -> Iterator[tuple[str, int, int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Each expert GEMM of one layer (w1|w3 stacked, then w2) as (name, in size k, out size n,
+    group offsets, x (rows, k), its output's gradient gy (rows, n), weights w (E, n, k) stored as
+    nn.Linear's), random bf16 on CUDA."""
+    offs = counts.cumsum(0).to(torch.int32).cuda()
+    for name, k, n in (("w1|w3", dim, 2 * hidden), ("w2", hidden, dim)):
+        x = torch.randn(rows, k, device="cuda", dtype=torch.bfloat16)
+        gy = torch.randn(rows, n, device="cuda", dtype=torch.bfloat16)
+        w = torch.randn(experts, n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
+        yield name, k, n, offs, x, gy, w
+
+
 def gemm_rows(dim: int, hidden: int, rows: int, experts: int, counts: torch.Tensor, repeats: int
               ) -> list[dict[str, Any]]:
-    dev, dt = "cuda", torch.bfloat16
-    offs = counts.cumsum(0).to(torch.int32).to(dev)
     out = []
-    for name, k, n in (("w1|w3", dim, 2 * hidden), ("w2", hidden, dim)):
-        x = torch.randn(rows, k, device=dev, dtype=dt)
-        gy = torch.randn(rows, n, device=dev, dtype=dt)
-        w = torch.randn(experts, n, k, device=dev, dtype=dt) / k**0.5  # stored as nn.Linear: (E, out, in)
+    for name, k, n, offs, x, gy, w in expert_gemms(dim, hidden, rows, experts, counts):
         wd = w[0].t().contiguous()  # (k, n): one weight for all rows
         xb, gyb, wb = x.view(experts, -1, k), gy.view(experts, -1, n), w.mT
         calls: dict[tuple[str, str], Callable[[], Any]] = {
@@ -80,13 +88,10 @@ def gemm_rows(dim: int, hidden: int, rows: int, experts: int, counts: torch.Tens
 
 def autotune_rows(dim: int, hidden: int, rows: int, experts: int, counts: torch.Tensor, repeats: int
                   ) -> list[dict[str, Any]]:
-    dev, dt = "cuda", torch.bfloat16
-    offs = counts.cumsum(0).to(torch.int32).to(dev)
     out = []
-    for name, k, n in (("w1|w3", dim, 2 * hidden), ("w2", hidden, dim)):
-        x = torch.randn(rows, k, device=dev, dtype=dt, requires_grad=True)
-        w = (torch.randn(experts, n, k, device=dev, dtype=dt) / k**0.5).requires_grad_()
-        gy = torch.randn(rows, n, device=dev, dtype=dt)
+    for name, k, n, offs, x, gy, w in expert_gemms(dim, hidden, rows, experts, counts):
+        x.requires_grad_()
+        w.requires_grad_()
 
         def gmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             return torch._grouped_mm(a, b.mT, offs=offs)

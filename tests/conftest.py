@@ -61,4 +61,4 @@ def processes_of(home: Path, name: str | None = None) -> list[psutil.Process]:
 
 def ray_daemon_pids(home: Path) -> set[int]:
     """raylet and gcs_server processes of the fleets under RAYFLEET_HOME=`home`."""
-    return {p.pid for p in processes_of(home) if p.info["name"] in ("raylet", "gcs_server")}
+    return {p.pid for name in ("raylet", "gcs_server") for p in processes_of(home, name) if p.info["name"] == name}

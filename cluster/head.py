@@ -22,6 +22,7 @@ from cluster.errors import BadInput, Failed, FleetNotRunning
 from cluster.fleetdir import FleetDir
 from cluster.processes import Owned, free_port, spawn_detached, stop_tree, write_json_atomic
 from cluster.supervisor import CONFIG as SUPERVISOR_CONFIG
+from cluster.supervisor import STATE as SUPERVISOR_STATE
 from cluster.supervisor import read_state as read_supervisor_state
 from cluster.supervisor import supervisor_process
 from cluster.providers.local import node_environment, ray_executable
@@ -104,6 +105,7 @@ def start_head(spec: FleetSpec, fleet: FleetDir) -> HeadInfo:
         # A fresh `up` gets its own namespace: a Redis that outlived `down` never revives an old cluster.
         env["RAY_external_storage_namespace"] = f"{spec.name}-{int(time.time())}"
     fleet.head_file.unlink(missing_ok=True)
+    (fleet.path / SUPERVISOR_STATE).unlink(missing_ok=True)  # a previous head's verdicts are not this one's
     write_json_atomic(fleet.path / SUPERVISOR_CONFIG, config)
     supervisor_env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     spawn_detached([sys.executable, "-m", "cluster.supervisor", str(fleet.path)], fleet.logs_dir / "supervisor.out",
@@ -111,13 +113,17 @@ def start_head(spec: FleetSpec, fleet: FleetDir) -> HeadInfo:
     deadline = time.monotonic() + HEAD_START_TIMEOUT_S
     log_path = fleet.logs_dir / "head.log"
     while time.monotonic() < deadline:
+        state = (read_supervisor_state(fleet.path) or {}).get("head") or {}
+        if state.get("gave_up"):
+            stop_head(fleet)
+            raise Failed(f"the Ray head did not start: {state['gave_up']}; see {log_path}:\n{_tail(log_path)}")
         info = fleet.read_head()
-        if info is not None:
-            head = HeadInfo.from_json(info)
-            if head.owned is not None and not head.owned.alive():
-                raise Failed(f"the Ray head exited while starting; see {log_path}:\n{_tail(log_path)}")
-            if gcs.reachable(gcs_address, timeout_s=0.5) and _dashboard_answers(dashboard_url):
-                return head
+        # Ready once the supervisor saw this head's node registered: `ray start` can still exit after
+        # its GCS and dashboard answer (it gives the raylet a fixed 30 s), and the supervisor then
+        # starts another; a caller must not connect to the one that is going away.
+        if info is not None and state.get("node_id") and (state.get("owned") or {}).get("pid") == info.get("pid") \
+                and _dashboard_answers(dashboard_url):
+            return HeadInfo.from_json(info)
         time.sleep(0.25)
     stop_head(fleet)
     raise Failed(f"the Ray head did not answer within {HEAD_START_TIMEOUT_S:.0f}s; see {log_path} and "

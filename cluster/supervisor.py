@@ -9,6 +9,11 @@ a Redis server, and watches both every 0.5 s:
   controller) restart at once instead of after Ray's health-check timeout.
 - head gone, fault tolerance off: not restarted (a head without Redis is a new, empty cluster
   whose old raylets never re-register); the loss is recorded for `rayfleet status` to report.
+- head gone before its node ever registered (`ray start` gives the raylet a fixed 30 s to register
+  and exits when a loaded machine misses it): nothing was lost, so it is started again, up to
+  HEAD_START_ATTEMPTS times in a row for a fleet's first start, without limit when fault tolerance
+  is recovering a head that ran before. `rayfleet up` waits for the registered node, not for the
+  GCS port alone, so it never hands out a head that is about to exit.
 
 Its state (`supervisor.json` in the fleet folder) says what runs and what happened; its events go
 to `logs/supervisor.log`. The Redis password lives in a 0600 file or the environment only: never
@@ -35,6 +40,7 @@ log = logging.getLogger("rayfleet.supervisor")
 POLL_S = 0.5
 CONFIG = "supervisor-config.json"
 STATE = "supervisor.json"
+HEAD_START_ATTEMPTS = 3
 
 
 @dataclass
@@ -77,7 +83,12 @@ class Supervisor:
         self.events: list[dict[str, Any]] = []
         self.head_node_id: str | None = None
         self.previous_heads: set[str] = set()
+        self.unforgotten: str | None = None  # a previous head node not yet declared dead
         self.head_lost_at: float | None = None
+        self.ran = False  # some head of this fleet registered its node
+        self.failed_starts = 0  # in a row; reset when a head registers
+        self.restarts = 0  # starts after a head had run: fault tolerance's recoveries
+        self.gave_up: str | None = None
         self.stopping = False
 
     # --- the loop -----------------------------------------------------------------------------
@@ -102,9 +113,11 @@ class Supervisor:
             self.redis.start()
             self.event("redis-started" if first else "redis-restarted", f"Redis pid {self.redis.popen.pid}")
             self.wait_for_redis()
-        if not self.head.alive():
+        if not self.head.alive() and self.gave_up is None:
             if self.head.starts == 0:
                 self.start_head()
+            elif self.head_node_id is None:
+                self.head_start_failed()
             elif self.fault_tolerant:
                 if self.head_lost_at is None:
                     self.head_lost_at = time.time()
@@ -119,27 +132,39 @@ class Supervisor:
             self.learn_head_node()
         self.write_state()
 
+    def head_start_failed(self) -> None:
+        """The head exited before its node registered: say why (the log's last line) and start it again,
+        or give up once a first start has failed HEAD_START_ATTEMPTS times."""
+        self.failed_starts += 1
+        why = last_line(self.head.log_path)
+        if not self.ran and self.failed_starts >= HEAD_START_ATTEMPTS:
+            self.gave_up = f"the head failed to start {self.failed_starts} times; the last said: {why}"
+            self.event("head-failed", self.gave_up)
+            return
+        self.event("head-start-failed", f"the head exited before its node registered ({why}); starting it again")
+        self.start_head()
+
     def start_head(self) -> None:
-        old_node = self.head_node_id
-        if old_node is not None:
-            self.previous_heads.add(old_node)
+        if self.head_node_id is not None:
+            self.previous_heads.add(self.head_node_id)
+            self.unforgotten = self.head_node_id
         temp = Path(self.config["head_temp_dir"])
         # `ray start --head` refuses while a previous session's file names this address.
         (temp / "ray_current_cluster").unlink(missing_ok=True)
         extra = [f"--redis-password={self.password}"] if self.fault_tolerant else []
+        self.restarts += self.ran
         self.head.start(extra)
         self.head_node_id = None
         info = {"gcs_address": self.config["gcs_address"], "dashboard_url": self.config["dashboard_url"],
                 **(self.head.owned.to_json() if self.head.owned else {}), "started_at": time.time(),
-                "restarts": self.head.starts - 1}
+                "restarts": self.restarts}
         write_json_atomic(self.fleet_dir / "head.json", info)
-        kind = "head-started" if self.head.starts == 1 else "head-restarted"
-        self.event(kind, f"head pid {self.head.popen.pid}" + (f" (restart {self.head.starts - 1})"
-                                                             if self.head.starts > 1 else ""))
-        if old_node is not None:
-            self.forget_old_head(old_node)
+        kind = "head-restarted" if self.ran else "head-started"
+        self.event(kind, f"head pid {self.head.popen.pid}" + (f" (restart {self.restarts})" if self.ran else ""))
+        if self.unforgotten is not None and self.forget_old_head(self.unforgotten):
+            self.unforgotten = None
 
-    def forget_old_head(self, node_id: str) -> None:
+    def forget_old_head(self, node_id: str) -> bool:
         """Once the restarted GCS answers, declare the old head node dead: the controller actor that
         lived there restarts now rather than after Ray's health-check timeout (~15-30 s)."""
         from cluster import gcs
@@ -151,10 +176,13 @@ class Supervisor:
                 try:
                     gcs.declare_dead(address, node_id, "rayfleet: the head restarted")
                     self.event("old-head-forgotten", f"declared the previous head node {node_id[:12]} dead")
-                    return
+                    return True
                 except Exception as error:  # the GCS is still loading from Redis: try again
                     log.info("old head not declared dead yet: %s", error)
+            if not self.head.alive():
+                return False  # this start failed too; the next one tries again
             time.sleep(0.25)
+        return False
 
     def learn_head_node(self) -> None:
         from cluster import gcs
@@ -170,6 +198,7 @@ class Supervisor:
         current = [n for n in heads if n.node_id not in self.previous_heads]
         if current:
             self.head_node_id = current[0].node_id
+            self.ran, self.failed_starts = True, 0
 
     def wait_for_redis(self) -> None:
         import socket
@@ -192,13 +221,22 @@ class Supervisor:
         write_json_atomic(self.fleet_dir / STATE, {
             "pid": os.getpid(), "updated_at": time.time(), "fault_tolerant": self.fault_tolerant,
             "head": {"alive": self.head.alive(), "owned": self.head.owned.to_json() if self.head.owned else None,
-                     "restarts": max(0, self.head.starts - 1), "lost_at": self.head_lost_at,
-                     "node_id": self.head_node_id},
+                     "restarts": self.restarts, "lost_at": self.head_lost_at,
+                     "node_id": self.head_node_id, "failed_starts": self.failed_starts, "gave_up": self.gave_up},
             "redis": None if self.redis is None else {
                 "alive": self.redis.alive(), "owned": self.redis.owned.to_json() if self.redis.owned else None,
                 "restarts": max(0, self.redis.starts - 1), "port": self.config["redis_port"]},
             "events": self.events[-20:],
         })
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log, for an event message."""
+    try:
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    except FileNotFoundError:
+        return "no log"
+    return lines[-1][-300:] if lines else "empty log"
 
 
 def _password(config: dict[str, Any]) -> str | None:

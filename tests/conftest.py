@@ -19,12 +19,22 @@ def rayfleet(*args: str, home: Path | None = None, timeout: float = 600, env: di
              ) -> subprocess.CompletedProcess[str]:
     """Run the `rayfleet` console script as a user would, on this checkout's code (PYTHONPATH: the
     script may be installed from another checkout; the fleet's processes inherit it too)."""
+    return subprocess.run([RAYFLEET, *args], capture_output=True, text=True, timeout=timeout,
+                          env=rayfleet_env(home, env), cwd=ROOT)
+
+
+def start_rayfleet(*args: str, home: Path) -> subprocess.Popen[str]:
+    """`rayfleet` in the background, for a test that acts while the command runs."""
+    return subprocess.Popen([RAYFLEET, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=rayfleet_env(home), cwd=ROOT)
+
+
+def rayfleet_env(home: Path | None, env: dict | None = None) -> dict[str, str]:
     full_env = {**os.environ, **(env or {})}
     full_env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), full_env.get("PYTHONPATH")]))
     if home is not None:
         full_env["RAYFLEET_HOME"] = str(home)
-    return subprocess.run([RAYFLEET, *args], capture_output=True, text=True, timeout=timeout,
-                          env=full_env, cwd=ROOT)
+    return full_env
 
 
 def wait_until(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.2) -> T:

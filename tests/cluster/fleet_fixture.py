@@ -7,10 +7,12 @@ processes they did not start.
 from __future__ import annotations
 
 import json
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+import psutil
 import yaml
 
 from cluster.processes import Owned, stop_tree
@@ -86,3 +88,31 @@ def running_fleet(tmp: Path, name: str, pools: list[dict[str, Any]], **extra: An
         fleet.cli("down", timeout=300)
         for owned in fleet.owned_processes():  # only if down failed: our own records, nothing else
             stop_tree(owned, grace_s=2.0)
+
+
+def supervisor(fleet: Fleet) -> dict[str, Any]:
+    """The head supervisor's state (supervisor.json): head and Redis, restarts, events."""
+    return json.loads((fleet.dir / "supervisor.json").read_text())
+
+
+def kill_tree(pid: int, signum: int = signal.SIGKILL) -> None:
+    """Signal a process the test's fleet started and all its descendants (SIGKILL unless told)."""
+    root = psutil.Process(pid)
+    for process in [root, *root.children(recursive=True)]:
+        try:
+            process.send_signal(signum)
+        except psutil.Error:
+            pass
+
+
+def raylets(fleet: Fleet) -> dict[str, int]:
+    """instance -> raylet pid of this fleet's worker nodes."""
+    found = {}
+    for process in psutil.process_iter(["name"]):
+        if process.info["name"] != "raylet":
+            continue
+        parent = process.parent()
+        cmdline = " ".join(parent.cmdline()) if parent else ""
+        if f"rayfleet.io/fleet={fleet.name}," in cmdline and "rayfleet.io/instance=" in cmdline:
+            found[cmdline.split("rayfleet.io/instance=")[1].split()[0]] = process.pid
+    return found

@@ -12,7 +12,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.cluster.fleet_fixture import Fleet, running_fleet
+from tests.cluster.fleet_fixture import Fleet, kill_tree, raylets, running_fleet, supervisor
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.ray
@@ -25,10 +25,6 @@ POOLS = [{"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "cpus_per_n
 def ft(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     yield from running_fleet(tmp_path_factory.mktemp("ft"), "t-ft", POOLS,
                              head={"cpus": 1, "fault_tolerance": {"enabled": True}})
-
-
-def supervisor(fleet: Fleet) -> dict[str, Any]:
-    return json.loads((fleet.dir / "supervisor.json").read_text())
 
 
 def submit(fleet: Fleet, name: str, steps: int) -> str:
@@ -58,28 +54,6 @@ def curve(fleet: Fleet, name: str) -> list[dict[str, Any]]:
     for path in (fleet.dir / "storage" / "jobs" / name).glob("runs/*/metrics.jsonl"):
         points += [json.loads(line) for line in path.read_text().splitlines()]
     return sorted(points, key=lambda p: p["time"])
-
-
-def kill_tree(pid: int) -> None:
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            process.send_signal(signal.SIGKILL)
-        except psutil.Error:
-            pass
-
-
-def raylets(fleet: Fleet) -> dict[str, int]:
-    """instance -> raylet pid of this fleet's worker nodes."""
-    found = {}
-    for process in psutil.process_iter(["name"]):
-        if process.info["name"] != "raylet":
-            continue
-        parent = process.parent()
-        cmdline = " ".join(parent.cmdline()) if parent else ""
-        if f"rayfleet.io/fleet={fleet.name}," in cmdline and "rayfleet.io/instance=" in cmdline:
-            found[cmdline.split("rayfleet.io/instance=")[1].split()[0]] = process.pid
-    return found
 
 
 def test_killing_every_head_process_costs_no_node_no_job_and_no_controller_state(ft: Fleet) -> None:
@@ -161,25 +135,3 @@ def test_the_redis_password_is_in_no_log_and_not_in_the_gcs(ft: Fleet) -> None:
     client = gcs.client(json.loads((ft.dir / "head.json").read_text())["gcs_address"])
     for key in ("spec", "runtime", "status", "health", "events", "state", "targets"):
         assert password.encode() not in (gcs.kv_get(client, key) or b""), key
-
-
-@pytest.fixture(scope="module")
-def fragile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    yield from running_fleet(tmp_path_factory.mktemp("noft"), "t-noft", [{**POOLS[0], "nodes": 1}])
-
-
-def test_without_fault_tolerance_a_lost_head_is_reported_and_down_leaves_nothing(fragile: Fleet) -> None:
-    fragile.wait_ready()
-    ours = fragile.owned_processes()
-    kill_tree(json.loads((fragile.dir / "head.json").read_text())["pid"])
-    wait_until(lambda: supervisor(fragile)["head"]["lost_at"] is not None, 60, "the supervisor to notice")
-    status = fragile.cli("status")
-    assert status.returncode != 0 and "fault tolerance is off" in status.stderr
-    up = fragile.cli("up", "-f", str(fragile.spec_path))
-    assert up.returncode == 1 and "rayfleet down" in up.stderr
-    assert fragile.cli("down").returncode == 0
-    assert not any(p.alive() for p in ours)
-    assert not raylets(fragile)
-    assert fragile.cli("up", "-f", str(fragile.spec_path)).returncode == 0  # a clean start again
-    listed = fragile.cli("jobs", "--all", "-o", "json")
-    assert listed.returncode == 0

@@ -28,8 +28,8 @@ app = typer.Typer(
 def _register() -> None:
     # Each module adds its command(s) to `app` on import.
     from cluster.cli.commands import (  # noqa: F401
-        chaos, dashboard, demo, down, events, explain, health, job, jobs, logs, quarantine, render, scale, schema,
-        status, stop, submit, up,
+        chaos, completion_script, dashboard, demo, down, events, explain, health, job, jobs, logs, quarantine, render,
+        scale, schema, status, stop, submit, up,
     )
 
 

@@ -2,11 +2,12 @@
 (what `rayfleet --install-completion` wires into bash)."""
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import rayfleet
+from tests.conftest import RAYFLEET, rayfleet, rayfleet_env
 
 
 @pytest.fixture
@@ -43,6 +44,21 @@ def test_completion_without_a_fleet_offers_nothing_and_prints_no_error(tmp_path:
     assert complete(tmp_path, "rayfleet logs ") == []
 
 
-def test_the_completion_script_is_there_to_install() -> None:
-    result = rayfleet("--show-completion", "bash", timeout=60)
-    assert result.returncode == 0 and "_RAYFLEET_COMPLETE=complete_bash" in result.stdout
+def test_the_named_shells_script_completes_pools_in_a_real_bash_started_from_sh(home: Path) -> None:
+    """`rayfleet completion bash` as a Dockerfile RUN line calls it (under /bin/sh, where typer's
+    `--show-completion` says "Shell sh not supported"), then sourced by bash and used."""
+    script = subprocess.run(["sh", "-c", f"{RAYFLEET} completion bash"], capture_output=True, text=True, timeout=60,
+                            env=rayfleet_env(home))
+    assert script.returncode == 0, script.stderr
+    used = subprocess.run(["bash", "-c", 'eval "$SCRIPT"; COMP_WORDS=(rayfleet scale a); COMP_CWORD=2; '
+                                         f'_rayfleet_completion {RAYFLEET}; echo "${{COMPREPLY[@]}}"'],
+                          capture_output=True, text=True, timeout=60, env={**rayfleet_env(home), "SCRIPT": script.stdout})
+    assert used.returncode == 0 and used.stdout.split() == ["a100"], used.stdout + used.stderr
+    for shell in ("zsh", "fish", "powershell"):
+        assert "_RAYFLEET_COMPLETE" in rayfleet("completion", shell, timeout=60).stdout
+
+
+def test_an_unknown_shell_is_bad_input_naming_the_choices() -> None:
+    result = rayfleet("completion", "ksh", timeout=60)
+    message = " ".join(result.stderr.replace("│", " ").split())  # rich wraps it in a box
+    assert result.returncode == 2 and "'ksh' is not one of 'bash', 'zsh', 'fish'" in message, result.stderr

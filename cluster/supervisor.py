@@ -41,6 +41,7 @@ POLL_S = 0.5
 CONFIG = "supervisor-config.json"
 STATE = "supervisor.json"
 HEAD_START_ATTEMPTS = 3
+RETRY_BACKOFF_S = (0.0, 2.0, 5.0, 10.0, 30.0)  # wait before the 1st, 2nd, ... start again in a row; then 30 s
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Supervisor:
         self.failed_starts = 0  # in a row; reset when a head registers
         self.restarts = 0  # starts after a head had run: fault tolerance's recoveries
         self.gave_up: str | None = None
+        self.retry_at: float | None = None  # a failed head starts again at this monotonic time
         self.stopping = False
 
     # --- the loop -----------------------------------------------------------------------------
@@ -117,7 +119,11 @@ class Supervisor:
             if self.head.starts == 0:
                 self.start_head()
             elif self.head_node_id is None:
-                self.head_start_failed()
+                if self.retry_at is None:
+                    self.head_start_failed()
+                if self.retry_at is not None and time.monotonic() >= self.retry_at:
+                    self.retry_at = None
+                    self.start_head()
             elif self.fault_tolerant:
                 if self.head_lost_at is None:
                     self.head_lost_at = time.time()
@@ -133,16 +139,19 @@ class Supervisor:
         self.write_state()
 
     def head_start_failed(self) -> None:
-        """The head exited before its node registered: say why (the log's last line) and start it again,
-        or give up once a first start has failed HEAD_START_ATTEMPTS times."""
+        """The head exited before its node registered: say why (the log's last line) and schedule
+        another start, or give up once a first start has failed HEAD_START_ATTEMPTS times. Starts in
+        a row wait longer each time, so a head that fails at once (a taken port) is no tight loop."""
         self.failed_starts += 1
         why = last_line(self.head.log_path)
         if not self.ran and self.failed_starts >= HEAD_START_ATTEMPTS:
             self.gave_up = f"the head failed to start {self.failed_starts} times; the last said: {why}"
             self.event("head-failed", self.gave_up)
             return
-        self.event("head-start-failed", f"the head exited before its node registered ({why}); starting it again")
-        self.start_head()
+        wait = RETRY_BACKOFF_S[min(self.failed_starts, len(RETRY_BACKOFF_S)) - 1]
+        self.event("head-start-failed", f"the head exited before its node registered ({why}); "
+                                        f"starting it again" + (f" in {wait:.0f}s" if wait else ""))
+        self.retry_at = time.monotonic() + wait
 
     def start_head(self) -> None:
         if self.head_node_id is not None:

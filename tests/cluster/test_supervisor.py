@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from cluster.errors import Failed
-from cluster.supervisor import CONFIG, HEAD_START_ATTEMPTS, Supervisor
+from cluster.supervisor import CONFIG, HEAD_START_ATTEMPTS, RETRY_BACKOFF_S, Supervisor
 from tests.conftest import wait_until
 
 
@@ -29,6 +29,8 @@ def test_a_head_that_never_registers_is_tried_three_times_then_given_up_with_its
     kinds = [event["kind"] for event in sup.events]
     assert kinds == ["head-started", *["head-start-failed", "head-started"] * (HEAD_START_ATTEMPTS - 1), "head-failed"]
     assert sup.head.starts == HEAD_START_ATTEMPTS
+    starts = [event["time"] for event in sup.events if event["kind"] == "head-started"]
+    assert starts[2] - starts[1] >= RETRY_BACKOFF_S[1] > 0  # no tight loop of starts
     state = json.loads((tmp_path / "supervisor.json").read_text())["head"]
     assert "timed out during startup" in state["gave_up"] and state["restarts"] == 0
     sup.step()  # given up means given up: no fourth start

@@ -6,6 +6,7 @@ the spec's `head.dashboard_host` says otherwise; Ray's token authentication stay
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -87,6 +88,7 @@ def head_command(spec: FleetSpec, fleet: FleetDir, port: int, dashboard_port: in
 def start_head(spec: FleetSpec, fleet: FleetDir) -> HeadInfo:
     """Start the fleet's supervisor, which starts the head (and Redis), then wait until the head's
     GCS and dashboard answer."""
+    stop_head(fleet)  # whatever an earlier `up` left behind (a caller adopts a supervisor still at work)
     token = fleet.ensure_token()
     port = spec.head.port or free_port()
     dashboard_port = spec.head.dashboard_port or free_port()
@@ -104,12 +106,32 @@ def start_head(spec: FleetSpec, fleet: FleetDir) -> HeadInfo:
         env["RAY_REDIS_ADDRESS"] = config["redis_address"]
         # A fresh `up` gets its own namespace: a Redis that outlived `down` never revives an old cluster.
         env["RAY_external_storage_namespace"] = f"{spec.name}-{int(time.time())}"
-    fleet.head_file.unlink(missing_ok=True)
     (fleet.path / SUPERVISOR_STATE).unlink(missing_ok=True)  # a previous head's verdicts are not this one's
     write_json_atomic(fleet.path / SUPERVISOR_CONFIG, config)
     supervisor_env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     spawn_detached([sys.executable, "-m", "cluster.supervisor", str(fleet.path)], fleet.logs_dir / "supervisor.out",
                    env=supervisor_env)
+    return _wait_for_head(fleet, dashboard_url)
+
+
+def head_in_progress(fleet: FleetDir) -> bool:
+    """Whether a supervisor of this fleet is still at work on a head: one an earlier, stopped `up`
+    started, or one fault tolerance is restarting. Not one it gave up on, nor one lost for good."""
+    if supervisor_process(fleet.path) is None or not (fleet.path / SUPERVISOR_CONFIG).exists():
+        return False
+    state = read_supervisor_state(fleet.path) or {}
+    head = state.get("head") or {}
+    return not head.get("gave_up") and not (head.get("lost_at") and not state.get("fault_tolerant"))
+
+
+def adopt_head(fleet: FleetDir) -> HeadInfo:
+    """Wait for the head of a supervisor in progress (see head_in_progress) instead of starting a
+    second one beside it."""
+    return _wait_for_head(fleet, json.loads((fleet.path / SUPERVISOR_CONFIG).read_text())["dashboard_url"])
+
+
+def _wait_for_head(fleet: FleetDir, dashboard_url: str) -> HeadInfo:
+    """Wait until the supervisor's current head is ready; on failure stop it all and say why."""
     deadline = time.monotonic() + HEAD_START_TIMEOUT_S
     log_path = fleet.logs_dir / "head.log"
     while time.monotonic() < deadline:

@@ -15,12 +15,16 @@ a Redis server, and watches both every 0.5 s:
   is recovering a head that ran before. `rayfleet up` waits for the registered node, not for the
   GCS port alone, so it never hands out a head that is about to exit.
 
+One supervisor runs per fleet folder: it holds an exclusive lock on `supervisor.lock` (which names
+its pid) for its whole life, and a second one started for the same folder exits at once, so two
+`up`s, or an `up` after one that was killed, never leave two heads or a supervisor `down` misses.
 Its state (`supervisor.json` in the fleet folder) says what runs and what happened; its events go
 to `logs/supervisor.log`. The Redis password lives in a 0600 file or the environment only: never
 in supervisor.json, a log or a manifest.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import logging
 import os
@@ -40,6 +44,8 @@ log = logging.getLogger("rayfleet.supervisor")
 POLL_S = 0.5
 CONFIG = "supervisor-config.json"
 STATE = "supervisor.json"
+LOCK = "supervisor.lock"
+ALREADY_RUNNING = 3  # exit code of a supervisor started beside the fleet's running one
 HEAD_START_ATTEMPTS = 3
 RETRY_BACKOFF_S = (0.0, 2.0, 5.0, 10.0, 30.0)  # wait before the 1st, 2nd, ... start again in a row; then 30 s
 
@@ -267,18 +273,34 @@ def read_state(fleet_dir: Path) -> dict[str, Any] | None:
 
 
 def supervisor_process(fleet_dir: Path) -> Owned | None:
-    """The running supervisor of this fleet, if any."""
-    state = read_state(fleet_dir)
-    if not state:
-        return None
+    """The running supervisor of this fleet, if any: the pid its lock file names, while that
+    process is a supervisor of this folder (a pid reused by something else is not it)."""
     try:
-        owned = Owned(int(state["pid"]), psutil.Process(int(state["pid"])).create_time())
-    except (psutil.NoSuchProcess, KeyError, ValueError):
+        pid = int((fleet_dir / LOCK).read_text().strip())
+        process = psutil.Process(pid)
+        owned = Owned(pid, process.create_time())
+        cmdline = process.cmdline()
+    except (FileNotFoundError, ValueError, psutil.Error):
         return None
-    process = process_of(owned)
-    if process is None or "cluster.supervisor" not in " ".join(process.cmdline()):
+    mine = "cluster.supervisor" in cmdline and Path(cmdline[-1]).resolve() == fleet_dir.resolve()
+    if process_of(owned) is None or not mine:
         return None
     return owned
+
+
+def hold_lock(fleet_dir: Path) -> int | None:
+    """Take the fleet's supervisor lock and write this pid into it; None if another supervisor
+    holds it. The lock goes with the process, however it ends."""
+    fd = os.open(fleet_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    text = f"{os.getpid()}\n".encode()
+    os.pwrite(fd, text, 0)  # then cut: a reader sees the old pid or this one, never an empty file
+    os.ftruncate(fd, len(text))
+    return fd
 
 
 def main() -> None:
@@ -286,6 +308,11 @@ def main() -> None:
     (fleet_dir / "logs").mkdir(parents=True, exist_ok=True)
     logging.basicConfig(filename=fleet_dir / "logs" / "supervisor.log", level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
+    lock = hold_lock(fleet_dir)
+    if lock is None:
+        log.error("another supervisor (pid %s) runs for %s; this one exits", (fleet_dir / LOCK).read_text().strip(),
+                  fleet_dir)
+        sys.exit(ALREADY_RUNNING)
     Supervisor(fleet_dir).run()
 
 

@@ -95,6 +95,16 @@ def supervisor(fleet: Fleet) -> dict[str, Any]:
     return json.loads((fleet.dir / "supervisor.json").read_text())
 
 
+def supervisors(fleet: Fleet) -> list[int]:
+    """Pids of every head supervisor running for this fleet's folder, whatever its records say."""
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        cmdline = process.info["cmdline"] or []
+        if "cluster.supervisor" in cmdline and cmdline[-1:] == [str(fleet.dir)]:
+            found.append(process.pid)
+    return found
+
+
 def kill_tree(pid: int, signum: int = signal.SIGKILL) -> None:
     """Signal a process the test's fleet started and all its descendants (SIGKILL unless told)."""
     root = psutil.Process(pid)

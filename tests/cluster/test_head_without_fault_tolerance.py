@@ -1,5 +1,6 @@
 """A head without fault tolerance, with real Ray: a head lost after it ran is reported clearly and
-`down` cleans up; a head that exits while it starts is started again and `up` waits for it."""
+`down` cleans up; a head that exits while it starts is started again and `up` waits for it; an
+`up` killed while its head starts leaves a supervisor that the next `up` waits for, not a second."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from typing import Iterator
 import psutil
 import pytest
 
-from tests.cluster.fleet_fixture import Fleet, kill_tree, raylets, running_fleet, supervisor
+from tests.cluster.fleet_fixture import Fleet, kill_tree, raylets, running_fleet, supervisor, supervisors
 from tests.conftest import start_rayfleet, wait_until
 
 pytestmark = pytest.mark.ray
@@ -63,3 +64,22 @@ def test_a_head_that_exits_while_starting_is_started_again_and_up_succeeds(fragi
     head = json.loads(head_file.read_text())
     assert head["pid"] != first["pid"] and psutil.pid_exists(head["pid"])
     assert fragile.wait_ready()["head"]["restarts"] == 0  # a failed start is not a recovery
+
+
+def test_an_up_killed_while_its_head_starts_is_finished_by_the_next_up_with_one_supervisor(fragile: Fleet) -> None:
+    assert fragile.cli("down").returncode == 0
+    first = start_rayfleet("up", "-f", str(fragile.spec_path), home=fragile.home)
+    try:
+        started = wait_until(lambda: supervisors(fragile), 60, "the first up's supervisor")
+        first.kill()  # Ctrl-C, a closed terminal, an OOM kill: its supervisor and head carry on
+        first.wait(timeout=30)
+    finally:
+        if first.poll() is None:
+            first.kill()
+    again = fragile.cli("up", "-f", str(fragile.spec_path))
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert supervisors(fragile) == started  # the first one's head was waited for, no second was started
+    ours = fragile.owned_processes()
+    fragile.wait_ready()
+    assert fragile.cli("down").returncode == 0
+    assert supervisors(fragile) == [] and not any(p.alive() for p in ours) and not raylets(fragile)

@@ -16,7 +16,7 @@ from cluster.connection import ray_driver, use_token
 from cluster.controller import start_controller
 from cluster.errors import BadInput, Failed
 from cluster.fleetdir import FleetDir, set_current_fleet
-from cluster.head import running_head, start_head, use_external_head
+from cluster.head import adopt_head, head_in_progress, running_head, start_head, use_external_head
 from cluster.local_capacity import check_local_capacity
 from cluster.processes import write_json_atomic
 from cluster.providers import make_provider
@@ -41,7 +41,12 @@ def up(
                        f"(the manifests of `rayfleet render k8s -f {file}` run `up` inside the head pod)")
     fleet = FleetDir(spec.name)
     with fleet.lock():
-        head = running_head(fleet)
+        head, adopted = running_head(fleet), False
+        if head is None and spec.head.address is None and head_in_progress(fleet):
+            # an earlier `up` was stopped while its head started, or fault tolerance is restarting it
+            with console.status("waiting for the head this fleet's supervisor is starting"):
+                head, adopted = adopt_head(fleet), True
+            console.print(f"head up at {head.gcs_address}, dashboard {head.dashboard_url}")
         if head is None and spec.head.address is not None:
             head = use_external_head(spec, fleet)
             console.print(f"using the Ray head at {head.gcs_address}")
@@ -53,7 +58,7 @@ def up(
             with console.status("starting the Ray head"):
                 head = start_head(spec, fleet)
             console.print(f"head up at {head.gcs_address}, dashboard {head.dashboard_url}")
-        else:
+        elif not adopted:
             console.print(f"fleet {spec.name} is already up at {head.gcs_address}: applying the spec")
         if Path(file).resolve() != fleet.spec_file.resolve():
             shutil.copyfile(file, fleet.spec_file)

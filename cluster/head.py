@@ -30,6 +30,8 @@ from cluster.providers.local import node_environment, ray_executable
 from cluster.spec import FleetSpec
 from cluster.view import FLEET_LABEL
 
+SUPERVISOR_GONE = ("the head's supervisor is not running (an interrupted `rayfleet down`?), so nothing restarts "
+                   "the head or its Redis if they exit: `rayfleet down`, then `rayfleet up`")
 HEAD_START_TIMEOUT_S = 120.0
 """A head on a loaded 2-core machine took 7-14 s to start here; leave room for slower CI."""
 
@@ -106,7 +108,6 @@ def start_head(spec: FleetSpec, fleet: FleetDir) -> HeadInfo:
         env["RAY_REDIS_ADDRESS"] = config["redis_address"]
         # A fresh `up` gets its own namespace: a Redis that outlived `down` never revives an old cluster.
         env["RAY_external_storage_namespace"] = f"{spec.name}-{int(time.time())}"
-    (fleet.path / SUPERVISOR_STATE).unlink(missing_ok=True)  # a previous head's verdicts are not this one's
     write_json_atomic(fleet.path / SUPERVISOR_CONFIG, config)
     supervisor_env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
     spawn_detached([sys.executable, "-m", "cluster.supervisor", str(fleet.path)], fleet.logs_dir / "supervisor.out",
@@ -224,6 +225,7 @@ def stop_head(fleet: FleetDir) -> None:
     for stale in (fleet.path / "redis").glob("appendonly*"):
         shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
     fleet.head_file.unlink(missing_ok=True)
+    (fleet.path / SUPERVISOR_STATE).unlink(missing_ok=True)  # last: a repeated stop still finds the Redis pid
 
 
 def _dashboard_answers(url: str) -> bool:

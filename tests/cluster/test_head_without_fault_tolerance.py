@@ -67,6 +67,7 @@ def test_a_head_that_exits_while_starting_is_started_again_and_up_succeeds(fragi
 
 
 def test_an_up_killed_while_its_head_starts_is_finished_by_the_next_up_with_one_supervisor(fragile: Fleet) -> None:
+    """Then the supervisor is lost too: `status` and `up` say so, and `down` still stops everything."""
     assert fragile.cli("down").returncode == 0
     first = start_rayfleet("up", "-f", str(fragile.spec_path), home=fragile.home)
     try:
@@ -81,5 +82,11 @@ def test_an_up_killed_while_its_head_starts_is_finished_by_the_next_up_with_one_
     assert supervisors(fragile) == started  # the first one's head was waited for, no second was started
     ours = fragile.owned_processes()
     fragile.wait_ready()
-    assert fragile.cli("down").returncode == 0
+
+    psutil.Process(started[0]).kill()  # the supervisor alone, not its head: a supervisor gone (say, a `down` interrupted after stopping it) is reported ...
+    wait_until(lambda: not supervisors(fragile), 30, "the supervisor to exit")
+    assert "supervisor is not running" in fragile.status()["head"]["message"]
+    reapplied = fragile.cli("up", "-f", str(fragile.spec_path))
+    assert reapplied.returncode == 0 and "supervisor is not running" in " ".join(reapplied.stdout.split())
+    assert fragile.cli("down").returncode == 0  # ... and `down` still stops everything
     assert supervisors(fragile) == [] and not any(p.alive() for p in ours) and not raylets(fragile)

@@ -46,6 +46,7 @@ def status(
 
 def head_state(fleet_dir: Any) -> dict[str, Any] | None:
     """The supervisor's view of a local head and its Redis (None for heads rayfleet did not start)."""
+    from cluster.head import SUPERVISOR_GONE
     from cluster.supervisor import read_state, supervisor_process
 
     state = read_state(fleet_dir)
@@ -65,6 +66,8 @@ def head_state(fleet_dir: Any) -> dict[str, Any] | None:
         notes.append(f"Redis was restarted {redis['restarts']} time(s)")
     if head["restarts"]:
         notes.append(f"the head was restarted {head['restarts']} time(s) (fault tolerance kept the cluster)")
+    if not out["supervisor_alive"]:
+        notes.append(SUPERVISOR_GONE)
     if not head["alive"] and head["lost_at"]:
         notes.append("the head is LOST" + ("" if state["fault_tolerant"] else
                                            " and fault tolerance is off: `rayfleet down`, then `rayfleet up`"))

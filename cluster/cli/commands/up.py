@@ -16,12 +16,13 @@ from cluster.connection import ray_driver, use_token
 from cluster.controller import start_controller
 from cluster.errors import BadInput, Failed
 from cluster.fleetdir import FleetDir, set_current_fleet
-from cluster.head import adopt_head, head_in_progress, running_head, start_head, use_external_head
+from cluster.head import SUPERVISOR_GONE, adopt_head, head_in_progress, running_head, start_head, use_external_head
 from cluster.local_capacity import check_local_capacity
 from cluster.processes import write_json_atomic
 from cluster.providers import make_provider
 from cluster.spec import FleetSpec, load_fleet_spec
 from cluster.store import FleetStore
+from cluster.supervisor import supervisor_process
 
 
 @app.command()
@@ -60,6 +61,8 @@ def up(
             console.print(f"head up at {head.gcs_address}, dashboard {head.dashboard_url}")
         elif not adopted:
             console.print(f"fleet {spec.name} is already up at {head.gcs_address}: applying the spec")
+            if head.owned is not None and supervisor_process(fleet.path) is None:
+                console.print(f"[yellow]{SUPERVISOR_GONE}[/]")
         if Path(file).resolve() != fleet.spec_file.resolve():
             shutil.copyfile(file, fleet.spec_file)
         use_token(fleet.token_file)

@@ -282,7 +282,7 @@ def supervisor_process(fleet_dir: Path) -> Owned | None:
         cmdline = process.cmdline()
     except (FileNotFoundError, ValueError, psutil.Error):
         return None
-    mine = "cluster.supervisor" in cmdline and Path(cmdline[-1]).resolve() == fleet_dir.resolve()
+    mine = cmdline[1:3] == ["-m", "cluster.supervisor"] and Path(cmdline[-1]).resolve() == fleet_dir.resolve()
     if process_of(owned) is None or not mine:
         return None
     return owned

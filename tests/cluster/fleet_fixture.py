@@ -96,11 +96,12 @@ def supervisor(fleet: Fleet) -> dict[str, Any]:
 
 
 def supervisors(fleet: Fleet) -> list[int]:
-    """Pids of every head supervisor running for this fleet's folder, whatever its records say."""
+    """Pids of every head supervisor running for this fleet's folder, whatever its records say (not
+    the short-lived launcher that starts one, whose command line ends the same way)."""
     found = []
     for process in psutil.process_iter(["cmdline"]):
         cmdline = process.info["cmdline"] or []
-        if "cluster.supervisor" in cmdline and cmdline[-1:] == [str(fleet.dir)]:
+        if cmdline[1:3] == ["-m", "cluster.supervisor"] and cmdline[-1:] == [str(fleet.dir)]:
             found.append(process.pid)
     return found
 

@@ -11,7 +11,7 @@ implementations. Mapping, ours -> transformers:
     attn.wo                      -> o_proj
     ffn w1, w3, w2 (SwiGLU)      -> mlp.gate_proj, up_proj, down_proj
     router.gate (E, D)           -> mlp.gate.weight
-    experts w1, w3 (E, H, D), w2 -> mlp.experts.gate_up_proj = [w1; w3] (E, 2H, D), down_proj
+    experts w13 = [w1; w3] (E, 2H, D), w2 -> mlp.experts.gate_up_proj, down_proj
     attn_norm, ffn_norm, norm    -> input_layernorm, post_attention_layernorm, model.norm
 
 RoPE: ours rotates interleaved pairs (x[2i], x[2i+1]) (RoFormer); transformers' Llama rotates
@@ -85,7 +85,7 @@ def load_ours_into(hf: nn.Module, ours: Transformer) -> None:
         else:
             experts = mine.ffn.experts
             theirs.mlp.gate.weight.copy_(mine.ffn.router.gate.weight)
-            theirs.mlp.experts.gate_up_proj.copy_(torch.cat((experts.w1, experts.w3), dim=1))
+            theirs.mlp.experts.gate_up_proj.copy_(experts.w13)
             theirs.mlp.experts.down_proj.copy_(experts.w2)
     if hf.lm_head.weight is not base.embed_tokens.weight:
         raise RuntimeError("the transformers twin did not tie its head to the embedding")

@@ -40,9 +40,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .moe import GroupedExperts, moe_layers
+from .moe import GroupedExperts, moe_layers, stack_w1_w3
 
-_EXPERT_WEIGHTS = ("w1", "w2", "w3")
+_EXPERT_WEIGHTS = ("w13", "w2")
 
 
 class _AllToAll(torch.autograd.Function):
@@ -108,7 +108,7 @@ def apply_expert_parallel(model: nn.Module, group: dist.ProcessGroup) -> nn.Modu
         if moe.n_experts % world:
             raise ValueError(f"n_experts={moe.n_experts} is not divisible by the group size {world}")
         ex = moe.experts
-        if ex.n_total != ex.w1.shape[0]:
+        if ex.n_total != ex.w2.shape[0]:
             raise ValueError("model is already expert-parallel")
         local = moe.n_experts // world
         ex.first = rank * local
@@ -165,10 +165,11 @@ def load_full_state_dict(model: nn.Module, state: dict[str, Tensor], strict: boo
     local = dict(state)
     for name, mod in model.named_modules():
         if isinstance(mod, GroupedExperts):
+            stack_w1_w3(local, f"{name}.")  # a checkpoint from before w13
             for w in _EXPERT_WEIGHTS:
                 key = f"{name}.{w}"
                 n = getattr(mod, w).shape[0]
-                local[key] = state[key][mod.first:mod.first + n]
+                local[key] = local[key][mod.first:mod.first + n]
     model.load_state_dict(local, strict=strict)
 
 

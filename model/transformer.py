@@ -75,8 +75,7 @@ class Transformer(nn.Module):
             elif isinstance(module, RMSNorm):
                 nn.init.ones_(module.weight)
             elif isinstance(module, GroupedExperts):
-                nn.init.normal_(module.w1, std=std)
-                nn.init.normal_(module.w3, std=std)
+                nn.init.normal_(module.w13, std=std)
                 nn.init.normal_(module.w2, std=residual_std)
         for block in self.layers:
             assert isinstance(block, Block)

@@ -109,9 +109,9 @@ def test_moe_layer_equals_float64(precision: str, capacity: float | None) -> Non
         with torch.autocast("cuda", torch.bfloat16, enabled=device == "cuda" and precision == "bf16-mixed"):
             out, aux = layer(xi)
         (out * g.to(device, out.dtype)).sum().add(aux).backward()
-        results.append((out, aux, xi.grad, layer.router.gate.weight.grad, layer.experts.w1.grad,
-                        layer.experts.w3.grad, layer.experts.w2.grad))
-    for name, want, got in zip(("out", "aux", "x", "gate", "w1", "w3", "w2"), *results):
+        results.append((out, aux, xi.grad, layer.router.gate.weight.grad,
+                        layer.experts.w13.grad, layer.experts.w2.grad))
+    for name, want, got in zip(("out", "aux", "x", "gate", "w13", "w2"), *results):
         assert torch.isfinite(got).all() and rel(got, want) < 2e-2, (name, rel(got, want))
 
 
@@ -121,7 +121,7 @@ def test_grouped_experts_equal_loop_with_uneven_and_empty_groups() -> None:
 
     cfg = dataclasses.replace(BASE, n_experts=8, expert_hidden=128)
     experts = GroupedExperts(cfg).cuda()
-    for w in (experts.w1, experts.w3, experts.w2):
+    for w in (experts.w13, experts.w2):
         torch.nn.init.normal_(w, std=0.05)
     counts = torch.tensor([5, 0, 17, 1, 0, 33, 2, 9], device="cuda")
     n = int(counts.sum()) + 7  # 7 dropped rows past the last group
@@ -134,7 +134,7 @@ def test_grouped_experts_equal_loop_with_uneven_and_empty_groups() -> None:
         xi = leaf(x, "cuda", dtype)
         out = ex(xi, counts)
         out.backward(g.to(dtype))
-        results.append((out, xi.grad, ex.w1.grad, ex.w3.grad, ex.w2.grad))
+        results.append((out, xi.grad, ex.w13.grad, ex.w2.grad))
     for want, got in zip(*results):
         assert torch.isfinite(got).all() and rel(got, want) < 1e-2
     assert results[1][0][-7:].abs().max() == 0 and results[1][1][-7:].abs().max() == 0

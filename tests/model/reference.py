@@ -121,8 +121,9 @@ def reference_forward(model: Transformer, tokens: Tensor) -> Tensor:
         y = rmsnorm(x, p[pre + "ffn_norm.weight"], c.norm_eps)
         if c.is_moe_layer(layer):
             e = pre + "ffn.experts."
-            out = ref_moe(y.reshape(b * t, -1), p[pre + "ffn.router.gate.weight"], p[e + "w1"],
-                          p[e + "w3"], p[e + "w2"], c.top_k, c.router_renormalize)
+            w1, w3 = p[e + "w13"].chunk(2, dim=1)  # stored stacked: [w1; w3] per expert
+            out = ref_moe(y.reshape(b * t, -1), p[pre + "ffn.router.gate.weight"], w1, w3,
+                          p[e + "w2"], c.top_k, c.router_renormalize)
             x = x + out.view(b, t, -1)
         else:
             f = pre + "ffn."

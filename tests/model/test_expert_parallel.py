@@ -143,8 +143,8 @@ def test_expert_and_non_expert_parameters_partition_the_model() -> None:
     model = Transformer(CONFIG)
     experts = list(expert_parameters(model))
     others = list(non_expert_parameters(model))
-    assert len(experts) == 3 * CONFIG.n_layers
+    assert len(experts) == 2 * CONFIG.n_layers  # w13 and w2 per layer
     assert {id(p) for p in experts}.isdisjoint({id(p) for p in others})
     assert sum(p.numel() for p in experts + others) == sum(p.numel() for p in model.parameters())
     names = expert_parameter_names(model)
-    assert names == [f"layers.{i}.ffn.experts.{w}" for i in range(CONFIG.n_layers) for w in ("w1", "w3", "w2")]
+    assert names == [f"layers.{i}.ffn.experts.{w}" for i in range(CONFIG.n_layers) for w in ("w13", "w2")]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model import ModelConfig, Transformer, update_expert_bias
-from model.moe import MoE, Router, capacity_keep
+from model.moe import SMALL_TOP_K, MoE, Router, capacity_keep, top_k_indices
 
 from .reference import ref_moe, reference_forward
 
@@ -30,7 +30,13 @@ def make_moe(dtype: torch.dtype = torch.float64, **overrides: object) -> MoE:
 
 
 def moe_params(moe: MoE) -> dict[str, torch.Tensor]:
-    return {"gate": moe.router.gate.weight, "w1": moe.experts.w1, "w3": moe.experts.w3, "w2": moe.experts.w2}
+    return {"gate": moe.router.gate.weight, "w13": moe.experts.w13, "w2": moe.experts.w2}
+
+
+def ref_moe_of(x: torch.Tensor, p: dict[str, torch.Tensor], top_k: int, renormalize: bool = True) -> torch.Tensor:
+    """ref_moe on ``moe_params``-shaped weights: w13 holds [w1; w3] per expert."""
+    w1, w3 = p["w13"].chunk(2, dim=1)
+    return ref_moe(x, p["gate"], w1, w3, p["w2"], top_k, renormalize)
 
 
 @pytest.mark.parametrize("backend,dtype,tol", [
@@ -50,7 +56,7 @@ def test_dropless_moe_equals_per_expert_loop(backend: str, dtype: torch.dtype, t
 
     x64 = x.detach().double().requires_grad_()
     p64 = {k: v.detach().double().requires_grad_() for k, v in moe_params(moe).items()}
-    ref = ref_moe(x64.view(21, 32), p64["gate"], p64["w1"], p64["w3"], p64["w2"], 2, renormalize)
+    ref = ref_moe_of(x64.view(21, 32), p64, 2, renormalize)
     ref.backward(g.double().view(21, 32))
     torch.testing.assert_close(out.double(), ref.view(3, 7, 32), atol=tol, rtol=tol)
     want = {"x": x64.grad, **{k: v.grad for k, v in p64.items()}}
@@ -115,7 +121,7 @@ def test_capacity_factor_drops_the_expected_tokens() -> None:
     x = torch.rand(6, 32, dtype=torch.float64) + 0.1
     out, _ = moe(x)
     p = moe_params(moe)
-    ref = ref_moe(x, p["gate"], p["w1"], p["w3"], p["w2"], 2)
+    ref = ref_moe_of(x, p, 2)
     torch.testing.assert_close(out[:3], ref[:3])
     assert torch.equal(out[3:], torch.zeros(3, 32, dtype=torch.float64))
     dropless = make_moe()
@@ -236,7 +242,7 @@ def test_grouped_experts_ignore_rows_the_gpu_kernel_leaves_unwritten(monkeypatch
         xi = x.clone().requires_grad_()
         out, _ = moe(xi)
         out.backward(g)
-        results.append((out.detach(), xi.grad, moe.experts.w1.grad, moe.experts.w2.grad))
+        results.append((out.detach(), xi.grad, moe.experts.w13.grad, moe.experts.w2.grad))
     assert int(kept_assignments(got, x)) < 40 * 2  # precondition: some assignments were dropped
     for w, p in zip(*results):
         assert torch.isfinite(p).all()
@@ -249,3 +255,29 @@ def kept_assignments(moe: MoE, x: torch.Tensor) -> int:
     cap = moe.capacity(x.shape[0])
     assert cap is not None
     return int(capacity_keep(indices, moe.n_experts, cap).sum())
+
+
+@pytest.mark.parametrize("k", range(1, SMALL_TOP_K + 2))  # the argmax path, and topk past it
+def test_top_k_indices_pick_as_topk_largest_first(k: int) -> None:
+    scores = torch.randn(257, 8).softmax(dim=-1)
+    torch.testing.assert_close(top_k_indices(scores, k), scores.topk(k, dim=-1).indices, rtol=0, atol=0)
+    tied = torch.tensor([[0.25, 0.5, 0.25, 0.0], [0.1, 0.1, 0.1, 0.7]])  # ties go to the lower index
+    if k <= 3:
+        assert top_k_indices(tied, k).tolist() == [[1, 0, 2][:k], [3, 0, 1][:k]]
+
+
+def test_checkpoint_with_separate_w1_w3_loads_into_stacked_w13() -> None:
+    """State dicts saved before the experts stored [w1; w3] as one parameter still load."""
+    model = Transformer(moe_config())
+    old = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("experts.w13"):
+            w1, w3 = value.chunk(2, dim=1)
+            old[key[:-3] + "w1"], old[key[:-3] + "w3"] = w1.clone(), w3.clone()
+        else:
+            old[key] = value.clone()
+    fresh = Transformer(dataclasses.replace(moe_config(), init_std=0.01))
+    fresh.load_state_dict(old)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[key], value, rtol=0, atol=0, msg=key)
+    assert torch.equal(fresh.layers[0].ffn.experts.w3, old["layers.0.ffn.experts.w3"])

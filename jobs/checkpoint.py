@@ -32,6 +32,7 @@ from torch.distributed.checkpoint.state_dict import (
 
 from jobs.parallel import Parallel
 from model import expert_parameter_names, gather_full_state_dict, load_full_state_dict
+from model.moe import stack_w1_w3
 
 PREFIX = "rayfleet-step-"  # not Ray Train's "checkpoint_*", which shares the run folder
 RUNS = "runs"
@@ -100,6 +101,7 @@ def load_checkpoint(path: Path, par: Parallel, optimizer: torch.optim.Optimizer)
     """Load a committed checkpoint into a model placed for any strategy; returns its meta."""
     model_state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
     optim_state = torch.load(path / "optim.pt", map_location="cpu", weights_only=False)
+    _stack_separate_expert_weights(model_state, optim_state)
     if par.strategy == "moe" and par.world > 1:
         load_full_state_dict(par.model, model_state)
         set_optimizer_state_dict(par.model, optimizer, _local_expert_optim(par, optim_state))
@@ -112,6 +114,24 @@ def load_checkpoint(path: Path, par: Parallel, optimizer: torch.optim.Optimizer)
     if meta.get("world") == par.world:
         torch.set_rng_state(rng[par.rank])
     return meta
+
+
+def _stack_separate_expert_weights(model_state: dict[str, Any], optim_state: dict[str, Any]) -> None:
+    """A checkpoint written while the experts kept w1 and w3 apart, in the layout of today's
+    stacked w13 (model/moe.py): the weights and their Adam moments concatenated along the hidden
+    dimension, the optimizer's parameter list naming w13 where it named w1 and w3. A job that
+    was checkpointed before an upgrade resumes after it."""
+    for prefix in [key[:-2] for key in model_state if key.endswith(".experts.w1")]:
+        stack_w1_w3(model_state, prefix)
+        moments = optim_state["state"]
+        if prefix + "w1" in moments and prefix + "w3" in moments:
+            w1, w3 = moments.pop(prefix + "w1"), moments.pop(prefix + "w3")
+            moments[prefix + "w13"] = {key: torch.cat((value, w3[key]), dim=1)
+                                       if torch.is_tensor(value) and value.dim() > 1 else value
+                                       for key, value in w1.items()}
+        for group in optim_state["param_groups"]:
+            group["params"] = [prefix + "w13" if name == prefix + "w1" else name
+                               for name in group["params"] if name != prefix + "w3"]
 
 
 def prune(job_dir: Path, keep: int, current_run: Path) -> None:

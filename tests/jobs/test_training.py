@@ -67,6 +67,35 @@ def test_checkpoints_of_sharded_runs_resume_in_one_process(tmp_path: Path, strat
     assert torch.allclose(torch.tensor(losses(resumed)), torch.tensor(losses(straight)[3:]), atol=1e-4)
 
 
+def test_a_checkpoint_with_separate_expert_w1_w3_resumes_the_same_curve(tmp_path: Path) -> None:
+    """A MoE job checkpointed before the experts stacked w1|w3 into one parameter resumes after
+    the upgrade: weights and Adam moments carry over, so the loss curve is the uninterrupted one."""
+    straight = on_ranks(1, train, job("moe", preset="tiny_moe", steps=6, every=3), str(tmp_path / "a"))
+    storage = tmp_path / "b"
+    on_ranks(1, train, job("moe", preset="tiny_moe", steps=3, every=3), str(storage), "s1")
+    saved = checkpoint.latest_checkpoint(storage / "jobs" / "t")
+    assert saved is not None
+    model_state = torch.load(saved / "model.pt", weights_only=True)
+    optim_state = torch.load(saved / "optim.pt", weights_only=False)
+    stacked = [key for key in model_state if key.endswith(".experts.w13")]
+    assert stacked
+    for key in stacked:  # rewrite the checkpoint in the layout of before
+        old = key[:-3]
+        model_state[old + "w1"], model_state[old + "w3"] = model_state.pop(key).chunk(2, dim=1)
+        moments = optim_state["state"].pop(key)
+        halves = {name: value.chunk(2, dim=1) if torch.is_tensor(value) and value.dim() > 1 else (value, value)
+                  for name, value in moments.items()}
+        optim_state["state"][old + "w1"] = {name: pair[0].clone() for name, pair in halves.items()}
+        optim_state["state"][old + "w3"] = {name: pair[1].clone() for name, pair in halves.items()}
+        for group in optim_state["param_groups"]:
+            group["params"] = [p for name in group["params"] for p in ((old + "w1", old + "w3") if name == key else (name,))]
+    torch.save({k: v.clone() for k, v in model_state.items()}, saved / "model.pt")
+    torch.save(optim_state, saved / "optim.pt")
+    resumed = on_ranks(1, train, job("moe", preset="tiny_moe", steps=6, every=3), str(storage), "s2")
+    assert [step for step, _ in resumed] == [4, 5, 6]
+    assert torch.allclose(torch.tensor(losses(resumed)), torch.tensor(losses(straight)[3:]), atol=1e-5)
+
+
 def test_only_committed_checkpoints_are_resumed_and_old_ones_pruned(tmp_path: Path) -> None:
     storage = tmp_path / "s"
     on_ranks(1, train, job(steps=6, every=2, keep=3), str(storage))

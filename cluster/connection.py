@@ -5,14 +5,16 @@ import contextlib
 import logging
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from cluster import gcs
 from cluster.errors import FleetNotRunning
 from cluster.fleetdir import FleetDir, resolve_fleet
 from cluster.store import FleetStore
+from cluster.supervisor import head_in_progress
 
 
 def use_token(token_path: Path) -> None:
@@ -40,16 +42,39 @@ class Connection:
     store: FleetStore
 
 
+HEAD_RESTART_WAIT_S = 120.0  # how long a command waits for a head its supervisor is bringing back
+
+
+def await_head(fleet: FleetDir, answers: Callable[[], bool], what: str) -> bool:
+    """Whether ``answers()`` holds; while it does not and the fleet's supervisor is at work on the
+    head (restarting it after a crash under fault tolerance, say), asked again each second for up to
+    HEAD_RESTART_WAIT_S. A command given during a head failover waits for the head instead of
+    failing; with no supervisor at work it fails at once."""
+    if answers():
+        return True
+    if not head_in_progress(fleet.path):
+        return False
+    print(f"fleet {fleet.name}: {what} does not answer while the head is being started again; waiting up to "
+          f"{HEAD_RESTART_WAIT_S:.0f}s", file=sys.stderr)
+    deadline = time.monotonic() + HEAD_RESTART_WAIT_S
+    while time.monotonic() < deadline and head_in_progress(fleet.path):
+        time.sleep(1.0)
+        if answers():
+            return True
+    return answers()
+
+
 def connect(fleet_name: str | None = None) -> Connection:
     """Reach the named (or current) fleet; FleetNotRunning if its head is down."""
     fleet = resolve_fleet(fleet_name)
     head = fleet.read_head()
     if head is None:
         raise FleetNotRunning(f"fleet {fleet.name} is down; start it with `rayfleet up -f {fleet.spec_file}`")
-    if not gcs.reachable(head["gcs_address"]):
+    if not await_head(fleet, lambda: gcs.reachable((fleet.read_head() or head)["gcs_address"]), "its Ray head"):
         raise FleetNotRunning(f"fleet {fleet.name}: its Ray head at {head['gcs_address']} does not answer (it "
                               f"crashed or was stopped); `rayfleet down --fleet {fleet.name}` cleans up what is "
                               f"left, then `rayfleet up -f {fleet.spec_file}` starts it again")
+    head = fleet.read_head() or head
     use_token(fleet.token_file)
     client = gcs.client(head["gcs_address"])
     return Connection(fleet=fleet, gcs_address=head["gcs_address"], dashboard_url=head["dashboard_url"],

@@ -115,18 +115,8 @@ def start_head(spec: FleetSpec, fleet: FleetDir) -> HeadInfo:
     return _wait_for_head(fleet, dashboard_url)
 
 
-def head_in_progress(fleet: FleetDir) -> bool:
-    """Whether a supervisor of this fleet is still at work on a head: one an earlier, stopped `up`
-    started, or one fault tolerance is restarting. Not one it gave up on, nor one lost for good."""
-    if supervisor_process(fleet.path) is None or not (fleet.path / SUPERVISOR_CONFIG).exists():
-        return False
-    state = read_supervisor_state(fleet.path) or {}
-    head = state.get("head") or {}
-    return not head.get("gave_up") and not (head.get("lost_at") and not state.get("fault_tolerant"))
-
-
 def adopt_head(fleet: FleetDir) -> HeadInfo:
-    """Wait for the head of a supervisor in progress (see head_in_progress) instead of starting a
+    """Wait for the head of a supervisor in progress (see supervisor.head_in_progress) instead of starting a
     second one beside it."""
     return _wait_for_head(fleet, json.loads((fleet.path / SUPERVISOR_CONFIG).read_text())["dashboard_url"])
 

@@ -288,6 +288,17 @@ def supervisor_process(fleet_dir: Path) -> Owned | None:
     return owned
 
 
+def head_in_progress(fleet_dir: Path) -> bool:
+    """Whether a supervisor of this fleet is at work on a head: running one, starting one that an
+    earlier, stopped `up` asked for, or restarting one (fault tolerance). Not one it gave up on,
+    nor one lost for good."""
+    if supervisor_process(fleet_dir) is None or not (fleet_dir / CONFIG).exists():
+        return False
+    state = read_state(fleet_dir) or {}
+    head = state.get("head") or {}
+    return not head.get("gave_up") and not (head.get("lost_at") and not state.get("fault_tolerant"))
+
+
 def hold_lock(fleet_dir: Path) -> int | None:
     """Take the fleet's supervisor lock and write this pid into it; None if another supervisor
     holds it. The lock goes with the process, however it ends."""

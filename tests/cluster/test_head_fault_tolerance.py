@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,8 +13,8 @@ import psutil
 import pytest
 import yaml
 
-from tests.cluster.fleet_fixture import Fleet, kill_tree, raylets, running_fleet, supervisor
-from tests.conftest import wait_until
+from tests.cluster.fleet_fixture import Fleet, kill_tree, raylets, running_fleet, supervisor, supervisors
+from tests.conftest import RAYFLEET, ROOT, rayfleet_env, wait_until
 
 pytestmark = pytest.mark.ray
 
@@ -81,6 +82,39 @@ def test_killing_every_head_process_costs_no_node_no_job_and_no_controller_state
     assert {p["restarts"] for p in points} == {0}  # the same workers trained straight through
     gap = max(b["time"] - a["time"] for a, b in zip(points, points[1:]))
     assert gap < back + 10, (gap, back)
+
+
+def test_a_job_submitted_while_the_head_restarts_waits_for_it_and_runs(ft: Fleet) -> None:
+    """A user's command given during a head failover waits for the head the supervisor is bringing
+    back, instead of failing on a GCS or job API that is not up yet. The supervisor is held stopped
+    while the head is down, so the command surely meets a head that is not back yet."""
+    ft.wait_ready(timeout=240)
+    restarts = supervisor(ft)["head"]["restarts"]
+    path = ft.home.parent / "during-failover.yaml"
+    path.write_text(yaml.safe_dump({"name": "during-failover", "pool": "h100", "workers": 1, "steps": 20,
+                                    "model": {"preset": "tiny"}, "data": {"seq_len": 64, "global_batch": 4}}))
+    held = psutil.Process(supervisors(ft)[0])
+    err = ft.home.parent / "during-failover.err"
+    proc = None
+    held.send_signal(signal.SIGSTOP)
+    try:
+        kill_tree(json.loads((ft.dir / "head.json").read_text())["pid"])
+        with open(err, "w") as sink:
+            proc = subprocess.Popen([RAYFLEET, "submit", "-f", str(path)], stdout=subprocess.PIPE, stderr=sink,
+                                      text=True, env=rayfleet_env(ft.home), cwd=ROOT)
+        wait_until(lambda: "being started again; waiting" in err.read_text(), 120, "submit to wait for the head")
+        assert proc.poll() is None  # still waiting, not failed
+        held.send_signal(signal.SIGCONT)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        held.send_signal(signal.SIGCONT)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err.read_text()
+    assert out.startswith("submitted during-failover as "), out
+    assert supervisor(ft)["head"]["restarts"] > restarts
+    row = finished(ft, "during-failover")
+    assert row["status"] == "SUCCEEDED" and row["step"] == 20
 
 
 def test_a_killed_redis_is_reported_brought_back_and_the_job_still_finishes(ft: Fleet) -> None:

@@ -16,13 +16,13 @@ from cluster.connection import ray_driver, use_token
 from cluster.controller import start_controller
 from cluster.errors import BadInput, Failed
 from cluster.fleetdir import FleetDir, set_current_fleet
-from cluster.head import SUPERVISOR_GONE, adopt_head, head_in_progress, running_head, start_head, use_external_head
+from cluster.head import SUPERVISOR_GONE, adopt_head, running_head, start_head, use_external_head
 from cluster.local_capacity import check_local_capacity
 from cluster.processes import write_json_atomic
 from cluster.providers import make_provider
 from cluster.spec import FleetSpec, load_fleet_spec
 from cluster.store import FleetStore
-from cluster.supervisor import supervisor_process
+from cluster.supervisor import head_in_progress, supervisor_process
 
 
 @app.command()
@@ -43,7 +43,7 @@ def up(
     fleet = FleetDir(spec.name)
     with fleet.lock():
         head, adopted = running_head(fleet), False
-        if head is None and spec.head.address is None and head_in_progress(fleet):
+        if head is None and spec.head.address is None and head_in_progress(fleet.path):
             # an earlier `up` was stopped while its head started, or fault tolerance is restarting it
             with console.status("waiting for the head this fleet's supervisor is starting"):
                 head, adopted = adopt_head(fleet), True

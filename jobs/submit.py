@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from cluster import gcs
-from cluster.connection import Connection
+from cluster.connection import Connection, await_head
 from cluster.errors import BadInput, FleetNotRunning, NotFound
 from cluster.spec import ACCELERATOR_PEAK_TFLOPS, FleetSpec
 from cluster.view import POOL_LABEL
@@ -30,13 +30,23 @@ TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
 def job_client(conn: Connection) -> Any:
+    """A client of the fleet's Job Submission API; it waits for a head being started again."""
     from ray.job_submission import JobSubmissionClient
 
-    try:
-        return JobSubmissionClient(conn.dashboard_url)
-    except Exception as error:
-        raise FleetNotRunning(f"the job API at {conn.dashboard_url} does not answer ({error}); `rayfleet status` "
-                              f"checks the fleet, `rayfleet dashboard` the dashboard and its token") from None
+    made: list[Any] = []
+    failures: list[Exception] = []
+
+    def answers() -> bool:
+        try:
+            made.append(JobSubmissionClient(conn.dashboard_url))
+        except Exception as error:
+            failures.append(error)
+        return bool(made)
+
+    if not await_head(conn.fleet, answers, f"the job API at {conn.dashboard_url}"):
+        raise FleetNotRunning(f"the job API at {conn.dashboard_url} does not answer ({failures[-1]}); `rayfleet "
+                              f"status` checks the fleet, `rayfleet dashboard` the dashboard and its token")
+    return made[0]
 
 
 def local_gpus_are_real() -> bool:

@@ -186,7 +186,8 @@ class GroupedExperts(nn.Module):
         # w1 (gate) and w3 (up) live stacked in one parameter, rows [0, H) and [H, 2H) of each
         # expert, as transformers' gate_up_proj: the grouped GEMM takes it as it is. Kept as two
         # parameters they had to be concatenated in every forward pass (20 MB per moe_8x layer)
-        # and their gradient split back in every backward: 0.65 ms of a 21 ms step on an H100.
+        # and their gradient split back and copied in every backward (with the fused top-k below,
+        # 0.76 ms of a 20.1 ms moe_8x step with CUDA graphs on an H200: bench/results/GPU.md).
         self.w13 = nn.Parameter(torch.empty(e, 2 * h, d))
         self.w2 = nn.Parameter(torch.empty(e, d, h))
         self.register_load_state_dict_pre_hook(_stack_w1_w3)
@@ -243,8 +244,7 @@ class GroupedExperts(nn.Module):
 def stack_w1_w3(state: dict[str, Tensor], prefix: str = "") -> None:
     """Rewrite a state dict saved when experts kept ``w1`` and ``w3`` apart (before the stacked
     ``w13``) in place, so that checkpoints of that layout still load."""
-    w1, w3 = state.get(prefix + "w1"), state.get(prefix + "w3")
-    if w1 is not None and w3 is not None and prefix + "w13" not in state:
+    if prefix + "w1" in state and prefix + "w3" in state and prefix + "w13" not in state:
         state[prefix + "w13"] = torch.cat((state.pop(prefix + "w1"), state.pop(prefix + "w3")), dim=1)
 
 

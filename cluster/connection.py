@@ -45,19 +45,21 @@ class Connection:
 HEAD_RESTART_WAIT_S = 120.0  # how long a command waits for a head its supervisor is bringing back
 
 
-def await_head(fleet: FleetDir, answers: Callable[[], bool], what: str) -> bool:
-    """Whether ``answers()`` holds; while it does not and the fleet's supervisor is at work on the
-    head (restarting it after a crash under fault tolerance, say), asked again each second for up to
-    HEAD_RESTART_WAIT_S. A command given during a head failover waits for the head instead of
-    failing; with no supervisor at work it fails at once."""
+def await_head(fleet: FleetDir, answers: Callable[[], bool], what: str,
+               coming: Callable[[], bool] | None = None) -> bool:
+    """Whether ``answers()`` holds; while it does not and the head is on its way (``coming()``, by
+    default: the fleet's supervisor is at work on the head, restarting it after a crash under fault
+    tolerance, say), asked again each second for up to HEAD_RESTART_WAIT_S. A command given during a
+    head failover waits for the head instead of failing; with nothing on its way it fails at once."""
+    coming = coming or (lambda: head_in_progress(fleet.path))
     if answers():
         return True
-    if not head_in_progress(fleet.path):
+    if not coming():
         return False
-    print(f"fleet {fleet.name}: {what} does not answer while the head is being started again; waiting up to "
+    print(f"fleet {fleet.name}: {what} does not answer yet, the head is starting; waiting up to "
           f"{HEAD_RESTART_WAIT_S:.0f}s", file=sys.stderr)
     deadline = time.monotonic() + HEAD_RESTART_WAIT_S
-    while time.monotonic() < deadline and head_in_progress(fleet.path):
+    while time.monotonic() < deadline and coming():
         time.sleep(1.0)
         if answers():
             return True

@@ -19,6 +19,7 @@ from cluster import gcs
 from cluster.connection import Connection, await_head
 from cluster.errors import BadInput, FleetNotRunning, NotFound
 from cluster.spec import ACCELERATOR_PEAK_TFLOPS, FleetSpec
+from cluster.supervisor import head_in_progress
 from cluster.view import POOL_LABEL
 from jobs import history
 from jobs.entrypoint import RUN_ENV, SPEC_ENV
@@ -43,7 +44,13 @@ def job_client(conn: Connection) -> Any:
             failures.append(error)
         return bool(made)
 
-    if not await_head(conn.fleet, answers, f"the job API at {conn.dashboard_url}"):
+    # The dashboard serving the job API comes up after the GCS: while the GCS answers (the head
+    # runs) or the supervisor is bringing the head back, a job API that does not answer yet is
+    # waited for.
+    def coming() -> bool:
+        return gcs.reachable(conn.gcs_address) or head_in_progress(conn.fleet.path)
+
+    if not await_head(conn.fleet, answers, f"the job API at {conn.dashboard_url}", coming):
         raise FleetNotRunning(f"the job API at {conn.dashboard_url} does not answer ({failures[-1]}); `rayfleet "
                               f"status` checks the fleet, `rayfleet dashboard` the dashboard and its token")
     return made[0]

@@ -102,7 +102,7 @@ def test_a_job_submitted_while_the_head_restarts_waits_for_it_and_runs(ft: Fleet
         with open(err, "w") as sink:
             proc = subprocess.Popen([RAYFLEET, "submit", "-f", str(path)], stdout=subprocess.PIPE, stderr=sink,
                                       text=True, env=rayfleet_env(ft.home), cwd=ROOT)
-        wait_until(lambda: "being started again; waiting" in err.read_text(), 120, "submit to wait for the head")
+        wait_until(lambda: "the head is starting; waiting up to" in err.read_text(), 120, "submit to wait for the head")
         assert proc.poll() is None  # still waiting, not failed
         held.send_signal(signal.SIGCONT)
         out, _ = proc.communicate(timeout=240)
@@ -110,7 +110,7 @@ def test_a_job_submitted_while_the_head_restarts_waits_for_it_and_runs(ft: Fleet
         held.send_signal(signal.SIGCONT)
         if proc is not None and proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err.read_text()
+    assert proc.returncode == 0, (err.read_text(), supervisor(ft))
     assert out.startswith("submitted during-failover as "), out
     assert supervisor(ft)["head"]["restarts"] > restarts
     row = finished(ft, "during-failover")

@@ -35,10 +35,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from model import get_preset  # noqa: E402
-from model.attention import Attention, attention_context  # noqa: E402
-from model.masks import MaskSpec  # noqa: E402
-from model.positions import Positions  # noqa: E402
+from rayfleet.model import get_preset  # noqa: E402
+from rayfleet.model.attention import Attention, attention_context  # noqa: E402
+from rayfleet.model.masks import MaskSpec  # noqa: E402
+from rayfleet.model.positions import Positions  # noqa: E402
 
 WINDOW, SINKS = 1024, 4
 VARIANTS: dict[str, dict[str, Any]] = {
@@ -66,7 +66,7 @@ def causal_context(name: str, t: int, device: torch.device) -> tuple[Attention, 
     """Plain causal attention on one named kernel: (attention, context, SDPA backend or None)."""
     from torch.nn.attention import SDPBackend
 
-    from model.attention import _block_mask
+    from rayfleet.model.attention import _block_mask
 
     attention, ctx = context_for({}, t, "auto", device)
     backend = CAUSAL_KERNELS[name]

@@ -9,7 +9,7 @@ The job (issue 15's schedule): 2 gloo workers of the tiny model, 80 steps padded
              (--notice variant, rayfleet only: a 10 s preemption notice for that node instead;
              Ray alone cannot see notices, so its node simply dies: the kill above)
 Ray alone gets an idealised autoscaler: a new node starts the moment one is killed.
-Both runs use the project's entrypoint, so both write the job history that jobs/goodput.py
+Both runs use the project's entrypoint, so both write the job history that jobs/supervision/goodput.py
 accounts: ETTR = kept training time / wall time, and per fault the time to detection, to the
 first step after it, and the steps redone. Ray alone has no detection events: its detection is
 the whole gap until its workers restarted.
@@ -37,7 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from jobs import goodput, history  # noqa: E402
+from rayfleet.jobs import history  # noqa: E402
+from rayfleet.jobs.supervision import goodput
 from recovery import PlainRay, hard_kill, wait, worker_node_tree  # noqa: E402
 
 RAYFLEET = str(Path(sys.executable).with_name("rayfleet"))
@@ -134,7 +135,7 @@ def run_rayfleet(tmp: Path, notice: bool) -> dict[str, Any]:
 
 def run_ray_alone(tmp: Path) -> dict[str, Any]:
     """The same entrypoint on a plain Ray cluster (head + 3 one-CPU nodes), Ray's own failover."""
-    from jobs.spec import JobSpec
+    from rayfleet.jobs.client.spec import JobSpec
 
     cluster = PlainRay(tmp, nodes=3)
     try:

@@ -35,11 +35,11 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster.plan import plan  # noqa: E402
-from cluster.simulate import (LLAMA3_NODE_HOURS, JobState, SimulatedCloud, SimulatedController,  # noqa: E402
+from rayfleet.cluster.decide.plan import plan  # noqa: E402
+from rayfleet.cluster.sim.simulator import (LLAMA3_NODE_HOURS, JobState, SimulatedCloud, SimulatedController,  # noqa: E402
                               SimulatedJob, llama3_rates)
-from cluster.spec import FleetSpec  # noqa: E402
-from cluster.state import NodeState  # noqa: E402
+from rayfleet.cluster.spec.fleet import FleetSpec  # noqa: E402
+from rayfleet.cluster.decide.state import NodeState  # noqa: E402
 
 SIZES = [100, 250, 500, 1000, 2500, 5000, 10000, 12500]
 GPUS_PER_NODE = 8

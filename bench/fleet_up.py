@@ -28,10 +28,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster import gcs  # noqa: E402
-from cluster.connection import use_token  # noqa: E402
-from cluster.processes import Owned, free_port, process_of, spawn_detached, stop_tree  # noqa: E402
-from cluster.providers.local import node_environment, ray_executable  # noqa: E402
+from rayfleet.cluster import gcs  # noqa: E402
+from rayfleet.cluster.rayio.connection import use_token  # noqa: E402
+from rayfleet.cluster.head.processes import Owned, free_port, process_of, spawn_detached, stop_tree  # noqa: E402
+from rayfleet.cluster.providers.local import node_environment, ray_executable  # noqa: E402
 
 RAYFLEET = str(Path(sys.executable).with_name("rayfleet"))
 POOLS = [{"name": name, "accelerator": gpu, "gpus_per_node": 8, "cpus_per_node": 1, "memory": "8Gi",

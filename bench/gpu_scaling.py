@@ -3,8 +3,8 @@
 A local rayfleet fleet with one node that holds all N GPUs (pool gpus_per_node N, nodes 1: two
 local raylets on one host would both claim GPU 0), brought up with the project's CLI; then
 jobs written as job YAML files and submitted one after another with `rayfleet submit --follow`,
-so they run through the project's entrypoint (jobs/entrypoint.py: TorchTrainer, NCCL) and
-training loop (jobs/loop.py). Jobs:
+so they run through the project's entrypoint (jobs/driver/entrypoint.py: TorchTrainer, NCCL) and
+training loop (jobs/worker/loop.py). Jobs:
     dense-1          dense_124m on 1 GPU (one worker trains the plain model, whatever the strategy)
     ddp-N, fsdp-N    dense_124m, DDP and FSDP2 on N GPUs
     moe-1, moe-N     moe_8x; on N GPUs expert parallelism N (experts sharded, DDP for the rest)
@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "cluster.cli.main"]
+CLI = [sys.executable, "-m", "rayfleet.cli.main"]
 
 
 def fleet_spec(gpus: int, cpus_per_worker: int) -> dict[str, Any]:
@@ -98,7 +98,7 @@ def main() -> int:
     if args.cpu_dry_run:
         args.seq, args.batch_per_gpu, args.moe_batch, args.cpus_per_worker = 64, 4, 4, 1
     n = args.gpus
-    # One worker trains the plain model whatever the strategy (jobs/parallel.py), so one 1-GPU
+    # One worker trains the plain model whatever the strategy (jobs/worker/parallelize.py), so one 1-GPU
     # dense job is the baseline of both DDP and FSDP.
     kinds = args.jobs.split(",")
     plan = [("dense-1", 1, "ddp", dense, args.batch_per_gpu, 1)] if {"ddp", "fsdp"} & set(kinds) else []

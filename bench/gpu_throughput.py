@@ -1,7 +1,7 @@
 """Training throughput on one GPU: our dense and MoE models against transformers' Llama and Mixtral.
 
 Every setup trains from the same initial weights (the transformers twin gets ours, see
-bench/hf_models.py) on the same batches of the project's corpus (jobs/data.py: the bytes of
+bench/hf_models.py) on the same batches of the project's corpus (jobs/worker/data.py: the bytes of
 Python's pydoc topics, vocabulary 50304), sequence 1024, with fused AdamW, gradient clipping
 and the same learning-rate schedule, and records the loss of every step. A setup is
 (kind, implementation, precision, mode):
@@ -44,8 +44,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from jobs.data import StepBatches, corpus_tokens  # noqa: E402
-from model import Transformer, flops_per_token, get_preset  # noqa: E402
+from rayfleet.jobs.worker.data import StepBatches, corpus_tokens  # noqa: E402
+from rayfleet.model import Transformer, flops_per_token, get_preset  # noqa: E402
 
 PEAK_TFLOPS = 989.0  # H100 SXM dense bf16, NVIDIA datasheet (the issue's MFU denominator)
 PRESET = {"dense": "dense_124m", "moe": "moe_8x"}

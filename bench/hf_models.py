@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from model import ModelConfig, Transformer
+from rayfleet.model import ModelConfig, Transformer
 
 
 def hf_config(c: ModelConfig, experts_implementation: str = "grouped_mm") -> Any:
@@ -114,7 +114,7 @@ def hf_loss(hf: nn.Module, inputs: Tensor, targets: Tensor) -> Tensor:
 if __name__ == "__main__":  # python bench/hf_models.py: the twins compute our function (CPU, float32)
     import dataclasses
 
-    from model import get_preset
+    from rayfleet.model import get_preset
 
     for name in ("dense_124m", "moe_8x"):
         cfg = dataclasses.replace(get_preset(name), n_layers=2)

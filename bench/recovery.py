@@ -31,10 +31,10 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cluster import gcs  # noqa: E402
-from cluster.connection import use_token  # noqa: E402
-from cluster.processes import Owned, descendants, free_port, process_of, spawn_detached, stop_tree  # noqa: E402
-from cluster.providers.local import node_environment, ray_executable  # noqa: E402
+from rayfleet.cluster import gcs  # noqa: E402
+from rayfleet.cluster.rayio.connection import use_token  # noqa: E402
+from rayfleet.cluster.head.processes import Owned, descendants, free_port, process_of, spawn_detached, stop_tree  # noqa: E402
+from rayfleet.cluster.providers.local import node_environment, ray_executable  # noqa: E402
 
 RAYFLEET = str(Path(sys.executable).with_name("rayfleet"))
 JOB = {"name": "recovery", "pool": "h100", "workers": 2, "steps": 400, "model": {"preset": "tiny"},
@@ -161,12 +161,12 @@ class PlainRay:
         """The project's entrypoint through Ray's Job API, as `rayfleet submit` would run it."""
         from ray.job_submission import JobSubmissionClient
 
-        from jobs.entrypoint import RUN_ENV, SPEC_ENV
+        from rayfleet.jobs.driver.entrypoint import RUN_ENV, SPEC_ENV
 
         run = {"submission_id": submission_id, "storage": str(storage), "device": "cpu", "gpus_per_worker": 1,
                "peak_tflops": None}
         jobs = JobSubmissionClient(f"http://127.0.0.1:{self.dashboard}")
-        jobs.submit_job(entrypoint=f"{sys.executable} -m jobs.entrypoint", submission_id=submission_id,
+        jobs.submit_job(entrypoint=f"{sys.executable} -m rayfleet.jobs.driver.entrypoint", submission_id=submission_id,
                         runtime_env={"env_vars": {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run)}},
                         entrypoint_num_cpus=0)
         return jobs
@@ -178,7 +178,7 @@ class PlainRay:
 
 def run_ray_alone(tmp: Path) -> dict[str, float]:
     """The same entrypoint on a plain Ray cluster: no rayfleet controller, Ray's own failover."""
-    from jobs.spec import JobSpec
+    from rayfleet.jobs.client.spec import JobSpec
 
     cluster = PlainRay(tmp, nodes=3)
     try:

@@ -25,7 +25,7 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 from .config import ModelConfig
 from .kv_cache import KVCache
 from .masks import MaskSpec, additive_mask, dense_mask, mask_mod
-from . import triton_rope
+from rayfleet.model.kernels import triton_rope
 from .positions import Positions, alibi_bias, apply_rope
 
 

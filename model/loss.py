@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from . import triton_ce
+from rayfleet.model.kernels import triton_ce
 
 IGNORE_INDEX = -100  # same convention as torch.nn.functional.cross_entropy
 

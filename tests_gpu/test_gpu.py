@@ -22,11 +22,11 @@ import dataclasses
 import pytest
 import torch
 
-from model import ModelConfig, Transformer, linear_cross_entropy
-from model.attention import Attention, attention_context
-from model.masks import MaskSpec
-from model.moe import MoE
-from model.positions import Positions
+from rayfleet.model import ModelConfig, Transformer, linear_cross_entropy
+from rayfleet.model.attention import Attention, attention_context
+from rayfleet.model.masks import MaskSpec
+from rayfleet.model.moe import MoE
+from rayfleet.model.positions import Positions
 
 BASE = ModelConfig(vocab_size=512, dim=256, n_layers=2, n_heads=4, max_seq_len=512, mlp_hidden=512,
                    init_std=0.1)  # head_dim 64, as in the presets
@@ -117,7 +117,7 @@ def test_moe_layer_equals_float64(precision: str, capacity: float | None) -> Non
 
 def test_grouped_experts_equal_loop_with_uneven_and_empty_groups() -> None:
     """Group sizes that are not multiples of 8 or 16 rows, experts with no rows, dropped rows."""
-    from model.moe import GroupedExperts
+    from rayfleet.model.moe import GroupedExperts
 
     cfg = dataclasses.replace(BASE, n_experts=8, expert_hidden=128)
     experts = GroupedExperts(cfg).cuda()
@@ -165,7 +165,7 @@ def test_bf16_router_logits_are_float32_products_of_the_bf16_values(compiled: bo
     """With bf16 weights the router takes a bf16 GEMM with float32 output: the logits must be the
     float64 products of the same bf16 numbers to float32 accuracy, not bf16-rounded; and the
     gradients reach x and the gate weight."""
-    from model.moe import Router
+    from rayfleet.model.moe import Router
 
     torch.manual_seed(0)
     cfg = dataclasses.replace(BASE, n_experts=8, top_k=2, expert_hidden=128)
@@ -186,7 +186,7 @@ def test_bf16_router_logits_are_float32_products_of_the_bf16_values(compiled: bo
 def test_triton_softmax_grad_equals_float64(dtype: torch.dtype, tol: float, vocab: int) -> None:
     """The in-place kernel: per-row loss and (softmax - onehot) * scale, ignored rows all zero,
     targets on the first and last column, and a row stride wider than the vocabulary."""
-    from model import triton_ce
+    from rayfleet.model.kernels import triton_ce
 
     assert triton_ce.AVAILABLE, "Triton is on every GPU machine here: the kernel must be in use"
     torch.manual_seed(0)
@@ -214,8 +214,8 @@ def test_triton_rope_equals_float64(dtype: torch.dtype, tol: float, n_q: int, n_
     token block), positions from 37 (decoding's offset), against positions.apply_rope in float64:
     rotated q and k, v a view of qkv, and the qkv gradient from q/k/v gradients in the
     attention kernels' (B, H, T, d) layout (strided as (B, T, H, d) views)."""
-    from model import triton_rope
-    from model.positions import apply_rope, rope_angles, rope_inv_freq
+    from rayfleet.model.kernels import triton_rope
+    from rayfleet.model.positions import apply_rope, rope_angles, rope_inv_freq
 
     assert triton_rope.AVAILABLE, "Triton is on every GPU machine here: the kernel must be in use"
     torch.manual_seed(0)

@@ -14,13 +14,13 @@ import threading
 import time
 from typing import Any
 
-from cluster.health import ring
-from cluster.health.burn import run_burn
-from cluster.health.checks import burn_check, gpu_checks, host_checks
-from cluster.health.report import Check, HealthReport, Status
-from cluster.health.notices import NoticeSource
-from cluster.health.telemetry import SimulatedGpus, open_telemetry
-from cluster.spec import HealthPolicy
+from rayfleet.cluster.health import ring
+from rayfleet.cluster.health.burn import run_burn
+from rayfleet.cluster.health.checks import burn_check, gpu_checks, host_checks
+from rayfleet.cluster.health.report import Check, HealthReport, Status
+from rayfleet.cluster.health.notices import NoticeSource
+from rayfleet.cluster.health.telemetry import SimulatedGpus, open_telemetry
+from rayfleet.cluster.spec.fleet import HealthPolicy
 
 log = logging.getLogger("rayfleet.health")
 

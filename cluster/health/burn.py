@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 
-from cluster.health.telemetry import SimulatedGpus, Telemetry
+from rayfleet.cluster.health.telemetry import SimulatedGpus, Telemetry
 
 SIZE = 8192
 """8192^3 bf16: large enough to reach steady tensor-core throughput on Hopper (798 TFLOP/s measured

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import psutil
 
-from cluster.health.report import Check, Status
-from cluster.health.telemetry import GpuSample
-from cluster.spec import HealthPolicy
+from rayfleet.cluster.health.report import Check, Status
+from rayfleet.cluster.health.telemetry import GpuSample
+from rayfleet.cluster.spec.fleet import HealthPolicy
 
 HARDWARE_XIDS = frozenset({48, 61, 62, 64, 74, 79, 92, 94, 95, 119, 120})
 PCIE_REPLAY_WARN = 1000

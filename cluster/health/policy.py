@@ -16,9 +16,9 @@ import statistics
 from dataclasses import dataclass
 from typing import Literal, Mapping
 
-from cluster.health.report import Check, HealthReport, Status
-from cluster.spec import HealthPolicy
-from cluster.view import Probe
+from rayfleet.cluster.health.report import Check, HealthReport, Status
+from rayfleet.cluster.spec.fleet import HealthPolicy
+from rayfleet.cluster.decide.view import Probe
 
 Level = Literal["healthy", "degraded", "unhealthy"]
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterable
 
-from cluster.view import Probe
+from rayfleet.cluster.decide.view import Probe
 
 _METHOD = "/grpc.health.v1.Health/Check"
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Protocol, Sequence
 
-from cluster.spec import FleetSpec, PoolSpec
-from cluster.view import Instance
+from rayfleet.cluster.spec.fleet import FleetSpec, PoolSpec
+from rayfleet.cluster.decide.view import Instance
 
 
 class Provider(Protocol):
@@ -27,15 +27,15 @@ class Provider(Protocol):
 def make_provider(spec: FleetSpec, runtime: Mapping[str, Any]) -> Provider:
     """The provider for a fleet; `runtime` says where the fleet lives (written by `rayfleet up`)."""
     if spec.provider == "local":
-        from cluster.providers.local import LocalProvider
+        from rayfleet.cluster.providers.local import LocalProvider
 
         return LocalProvider.from_runtime(spec, runtime)
     if spec.provider == "aws":
-        from cluster.providers.aws import AwsProvider  # type: ignore[import-not-found]
+        from rayfleet.cluster.providers.aws import AwsProvider  # type: ignore[import-not-found]
 
         return AwsProvider.from_runtime(spec, runtime)
     if spec.provider == "kubernetes":
-        from cluster.providers.kubernetes import KubernetesProvider  # type: ignore[import-not-found]
+        from rayfleet.cluster.providers.kubernetes import KubernetesProvider  # type: ignore[import-not-found]
 
         return KubernetesProvider.from_runtime(spec, runtime)
     raise ValueError(f"unknown provider {spec.provider}")

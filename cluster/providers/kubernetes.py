@@ -28,10 +28,10 @@ import os
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from cluster.errors import ProviderError
-from cluster.render.k8s import RAY_API, settings
-from cluster.spec import FleetSpec, KubernetesFleet, PoolSpec
-from cluster.view import Instance, InstanceStatus
+from rayfleet.errors import ProviderError
+from rayfleet.cluster.render.k8s import RAY_API, settings
+from rayfleet.cluster.spec.fleet import FleetSpec, KubernetesFleet, PoolSpec
+from rayfleet.cluster.decide.view import Instance, InstanceStatus
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,11 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from cluster.processes import (
+from rayfleet.cluster.head.processes import (
     Owned, descendants, find_by_marker, process_of, signal_owned, spawn_detached, stop_tree, write_json_atomic,
 )
-from cluster.spec import FleetSpec, PoolSpec
-from cluster.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL, Instance, InstanceStatus
+from rayfleet.cluster.spec.fleet import FleetSpec, PoolSpec
+from rayfleet.cluster.decide.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL, Instance, InstanceStatus
 
 log = logging.getLogger(__name__)
 

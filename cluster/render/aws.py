@@ -17,10 +17,10 @@ from typing import Any
 
 import yaml
 
-from cluster.plan import instance_name
-from cluster.render.ray_node import labels_argument, node_labels, number, resources_argument
-from cluster.spec import AwsFleet, AwsPoolProvider, FleetSpec, PoolSpec
-from cluster.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL
+from rayfleet.cluster.decide.plan import instance_name
+from rayfleet.cluster.render.ray_node import labels_argument, node_labels, number, resources_argument
+from rayfleet.cluster.spec.fleet import AwsFleet, AwsPoolProvider, FleetSpec, PoolSpec
+from rayfleet.cluster.decide.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL
 
 ROLE_TAG = "rayfleet.io/role"
 """`head` or `worker`: the provider lists and terminates workers only, never the head it runs on."""
@@ -252,7 +252,7 @@ def head_spec_yaml(spec: FleetSpec) -> str:
 def head_user_data(spec: FleetSpec) -> str:
     """Boot script of the head: fetch the token into the fleet folder, then `rayfleet up` there.
 
-    `rayfleet up` creates a fleet token only when the file is absent (cluster/fleetdir.py), so the
+    `rayfleet up` creates a fleet token only when the file is absent (cluster/head/fleetdir.py), so the
     head and every worker share the SSM token.
     """
     aws = aws_settings(spec)

@@ -18,9 +18,9 @@ from typing import Any
 
 import yaml
 
-from cluster.render.ray_node import labels_argument, number, pool_labels, pool_resources
-from cluster.spec import FleetSpec, KubernetesFleet, KubernetesPoolProvider, PoolSpec
-from cluster.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL
+from rayfleet.cluster.render.ray_node import labels_argument, number, pool_labels, pool_resources
+from rayfleet.cluster.spec.fleet import FleetSpec, KubernetesFleet, KubernetesPoolProvider, PoolSpec
+from rayfleet.cluster.decide.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL
 
 RAY_API = "ray.io/v1"
 CONTROLLER = "rayfleet-controller"

@@ -1,14 +1,14 @@
 """The Ray identity of a pool's node: its labels and custom resources, on every platform.
 
 The local provider, the EC2 user-data and the KubeRay worker groups all start `ray start` with
-these, so a node is joined to its instance record by label whatever the cloud (see cluster/view.py).
+these, so a node is joined to its instance record by label whatever the cloud (see cluster/decide/view.py).
 """
 from __future__ import annotations
 
 import json
 
-from cluster.spec import PoolSpec
-from cluster.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL
+from rayfleet.cluster.spec.fleet import PoolSpec
+from rayfleet.cluster.decide.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL
 
 ACCELERATOR_LABEL = "rayfleet.io/accelerator"
 

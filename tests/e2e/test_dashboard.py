@@ -22,9 +22,9 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
-from cluster.processes import Owned, descendants, stop_tree
-from tests.cluster.fleet_fixture import Fleet, running_fleet
-from tests.cluster.prometheus import export_ports, scrape, value
+from rayfleet.cluster.head.processes import Owned, descendants, stop_tree
+from tests.support.fleet import Fleet, running_fleet
+from tests.support.prometheus import export_ports, scrape, value
 from tests.conftest import rayfleet, wait_until
 
 pytestmark = pytest.mark.ray

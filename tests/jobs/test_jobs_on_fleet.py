@@ -10,7 +10,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.cluster.fleet_fixture import Fleet, running_fleet
+from tests.support.fleet import Fleet, running_fleet
 from tests.conftest import processes_of, wait_until
 
 pytestmark = pytest.mark.ray

@@ -17,8 +17,8 @@ import psutil
 import pytest
 import yaml
 
-from cluster.processes import Owned, process_of
-from tests.cluster.fleet_fixture import Fleet, running_fleet
+from rayfleet.cluster.head.processes import Owned, process_of
+from tests.support.fleet import Fleet, running_fleet
 from tests.conftest import processes_of, wait_until
 
 pytestmark = pytest.mark.ray
@@ -121,7 +121,7 @@ def test_a_sigstopped_worker_is_found_hung_its_stacks_saved_and_the_job_resumes(
     assert doc["state"] == "SUCCEEDED" and doc["final_step"] == 150
     started = [e for e in history(fleet, "hung") if e["event"] == "started"]
     assert len(started) >= 2 and started[-1]["from_step"] >= 10  # resumed from its checkpoint
-    # the first attempt started cold; the restart found warm standby processes waiting (jobs/warm.py)
+    # the first attempt started cold; the restart found warm standby processes waiting (jobs/driver/warm.py)
     ran = [e for e in history(fleet, "hung") if e["event"] == "worker"]
     assert not ran[0]["standby"] and ran[-1]["standby"], ran
     # goodput: the parts add up to the wall time; the hang shows as detection, redone steps as rollback

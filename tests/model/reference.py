@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from model import ModelConfig, Transformer
+from rayfleet.model import ModelConfig, Transformer
 
 
 def ref_mask(q_positions: list[int], k_positions: list[int], window: int | None, sinks: int) -> Tensor:

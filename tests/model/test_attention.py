@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 
-from model import ModelConfig, Transformer
+from rayfleet.model import ModelConfig, Transformer
 
 from .reference import reference_forward
 

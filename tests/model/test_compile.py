@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 import torch
 
-from model import Transformer, get_preset
+from rayfleet.model import Transformer, get_preset
 
 
 @pytest.mark.parametrize("name,overrides,dtype", [

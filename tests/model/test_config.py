@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from model import ModelConfig, get_preset
+from rayfleet.model import ModelConfig, get_preset
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -13,7 +13,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from model import (
+from rayfleet.model import (
     ModelConfig,
     Transformer,
     apply_expert_parallel,

@@ -8,9 +8,9 @@ import dataclasses
 import pytest
 import torch
 
-from model import ModelConfig, Transformer
-from model.kv_cache import KVCache
-from model.masks import MaskSpec
+from rayfleet.model import ModelConfig, Transformer
+from rayfleet.model.kv_cache import KVCache
+from rayfleet.model.masks import MaskSpec
 
 CASES = {
     "causal-rope": {"positions": "rope"},

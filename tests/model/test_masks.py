@@ -6,7 +6,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.masks import MaskSpec, additive_mask, dense_mask, mask_mod
+from rayfleet.model.masks import MaskSpec, additive_mask, dense_mask, mask_mod
 
 from .reference import ref_mask
 

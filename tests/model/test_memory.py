@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import ModelConfig, Transformer
+from rayfleet.model import ModelConfig, Transformer
 
 SEG, M = 8, 3
 

@@ -9,8 +9,8 @@ import math
 import pytest
 import torch
 
-from model import ModelConfig, Transformer, update_expert_bias
-from model.moe import SMALL_TOP_K, MoE, Router, capacity_keep, top_k_indices
+from rayfleet.model import ModelConfig, Transformer, update_expert_bias
+from rayfleet.model.moe import SMALL_TOP_K, MoE, Router, capacity_keep, top_k_indices
 
 from .reference import ref_moe, reference_forward
 

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from model.positions import (
+from rayfleet.model.positions import (
     alibi_bias,
     alibi_slopes,
     apply_rope,
@@ -114,8 +114,8 @@ def test_sinusoidal_matches_vaswani_formula() -> None:
 def test_rope_table_equals_angles_computed_per_call_and_stays_float64() -> None:
     """The tabled cos/sin (what a training step reads) equal the per-call float64 angles, past
     the table too, and survive a cast of the model to bf16 unrounded."""
-    from model import ModelConfig
-    from model.positions import Positions
+    from rayfleet.model import ModelConfig
+    from rayfleet.model.positions import Positions
 
     positions = Positions(ModelConfig(max_seq_len=64, positions="rope")).to(torch.bfloat16)
     for start, length in ((0, 64), (10, 20), (60, 10), (100, 5)):  # the last two leave the table

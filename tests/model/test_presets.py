@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from model import PRESETS, ModelConfig, Transformer, get_preset
+from rayfleet.model import PRESETS, ModelConfig, Transformer, get_preset
 
 
 def test_preset_registry() -> None:

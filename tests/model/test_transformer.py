@@ -10,8 +10,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from model import LMOutput, ModelConfig, Transformer, get_preset, linear_cross_entropy
-from model.flops import flops_per_token, param_counts
+from rayfleet.model import LMOutput, ModelConfig, Transformer, get_preset, linear_cross_entropy
+from rayfleet.model.flops import flops_per_token, param_counts
 
 SMALL = ModelConfig(vocab_size=10, dim=8, n_layers=2, n_heads=2, n_kv_heads=1, max_seq_len=16,
                     mlp_hidden=12, positions="rope")

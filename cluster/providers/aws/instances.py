@@ -7,8 +7,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Mapping
 
-from cluster.render.aws import ROLE_TAG
-from cluster.view import INSTANCE_LABEL, POOL_LABEL, Instance, InstanceStatus
+from rayfleet.cluster.render.aws import ROLE_TAG
+from rayfleet.cluster.decide.view import INSTANCE_LABEL, POOL_LABEL, Instance, InstanceStatus
 
 CAPACITY_ERRORS = frozenset({
     # EC2 API error codes that mean "no capacity of this kind now" (the EC2 API reference, "Error

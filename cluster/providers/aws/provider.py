@@ -20,8 +20,8 @@ import threading
 import time
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
-from cluster.errors import ProviderError
-from cluster.providers.aws.instances import (
+from rayfleet.errors import ProviderError
+from rayfleet.cluster.providers.aws.instances import (
     CAPACITY_ERRORS,
     client_token,
     error_code,
@@ -31,7 +31,7 @@ from cluster.providers.aws.instances import (
     to_instance,
     was_interrupted,
 )
-from cluster.render.aws import (
+from rayfleet.cluster.render.aws import (
     ROLE_TAG,
     aws_settings,
     instance_tag_specifications,
@@ -42,8 +42,8 @@ from cluster.render.aws import (
     worker_launch_template,
     worker_user_data,
 )
-from cluster.spec import FleetSpec, PoolSpec
-from cluster.view import FLEET_LABEL, INSTANCE_LABEL, Instance
+from rayfleet.cluster.spec.fleet import FleetSpec, PoolSpec
+from rayfleet.cluster.decide.view import FLEET_LABEL, INSTANCE_LABEL, Instance
 
 log = logging.getLogger(__name__)
 

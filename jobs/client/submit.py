@@ -1,0 +1,196 @@
+"""Submitting and controlling jobs through Ray's Job Submission API.
+
+A job is submitted with metadata (`rayfleet.io/job`, pool, strategy, workers) so the dashboard's
+Jobs view shows what it is, and with its spec and run info in the runtime_env. Submission ids are
+`<name>-<time>-<random>`: a name can be submitted many times; each submission continues from the
+name's newest checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rayfleet.cluster.rayio import gcs
+from rayfleet.cluster.rayio.connection import Connection, await_head
+from rayfleet.errors import BadInput, FleetNotRunning, NotFound
+from rayfleet.cluster.spec.fleet import ACCELERATOR_PEAK_TFLOPS, FleetSpec
+from rayfleet.cluster.head.supervisor import head_in_progress
+from rayfleet.cluster.decide.view import POOL_LABEL
+from rayfleet.jobs.supervision import history
+from rayfleet.jobs.driver.entrypoint import RUN_ENV, SPEC_ENV
+from rayfleet.jobs.worker.progress import progress_key
+from rayfleet.jobs.client.spec import JobSpec, check_against_fleet, gpus_per_worker, validate_model, workers_per_node
+
+JOB_KEY = "rayfleet.io/job"
+TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+
+
+def job_client(conn: Connection) -> Any:
+    """A client of the fleet's Job Submission API; it waits for a head being started again."""
+    from ray.job_submission import JobSubmissionClient
+
+    made: list[Any] = []
+    failures: list[Exception] = []
+
+    def answers() -> bool:
+        try:
+            made.append(JobSubmissionClient(conn.dashboard_url))
+        except Exception as error:
+            failures.append(error)
+        return bool(made)
+
+    # The dashboard serving the job API comes up after the GCS: while the GCS answers (the head
+    # runs) or the supervisor is bringing the head back, a job API that does not answer yet is
+    # waited for.
+    def coming() -> bool:
+        return gcs.reachable(conn.gcs_address) or head_in_progress(conn.fleet.path)
+
+    if not await_head(conn.fleet, answers, f"the job API at {conn.dashboard_url}", coming):
+        raise FleetNotRunning(f"the job API at {conn.dashboard_url} does not answer ({failures[-1]}); `rayfleet "
+                              f"status` checks the fleet, `rayfleet dashboard` the dashboard and its token")
+    return made[0]
+
+
+def local_gpus_are_real() -> bool:
+    """Whether this machine has NVIDIA GPUs (a local fleet otherwise simulates them)."""
+    return any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def resolve_device(spec: JobSpec, fleet: FleetSpec) -> str:
+    if spec.device != "auto":
+        return spec.device
+    if fleet.pool(spec.pool).gpus_per_node == 0:
+        return "cpu"
+    if fleet.provider == "local" and not local_gpus_are_real():
+        return "cpu"
+    return "cuda"
+
+
+def storage_of(conn: Connection) -> str:
+    runtime = conn.store.runtime()
+    return runtime.get("storage") or str(conn.fleet.storage_dir)
+
+
+def new_submission_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+def run_info(spec: JobSpec, fleet: FleetSpec, storage: str, submission_id: str | None) -> dict[str, Any]:
+    """What the entrypoint needs besides the spec (RUN_ENV). Without a submission id the
+    entrypoint makes one (a RayJob applied from a manifest)."""
+    device = resolve_device(spec, fleet)
+    run: dict[str, Any] = {
+        "storage": storage, "device": device, "gpus_per_worker": gpus_per_worker(spec, fleet),
+        "workers_per_node": workers_per_node(spec, fleet),
+        "peak_tflops": ACCELERATOR_PEAK_TFLOPS.get(fleet.pool(spec.pool).accelerator or "")
+        if device == "cuda" else None}
+    if submission_id is not None:
+        run["submission_id"] = submission_id
+    return run
+
+
+def driver_placement(spec: JobSpec, fleet: FleetSpec) -> dict[str, Any]:
+    """On a fault-tolerant fleet the driver runs on one of the job's pool nodes, not the head: Ray
+    Train pins its controller to the driver's node, so the job then trains straight through a head
+    restart (measured with Ray 2.60: the same workers kept stepping through a SIGKILL of every head
+    process). Elsewhere the driver stays on the head, Ray's default."""
+    on_pool = spec.driver == "pool" or (spec.driver == "auto" and fleet.head.fault_tolerance.enabled)
+    return {"entrypoint_label_selector": {POOL_LABEL: spec.pool}} if on_pool else {}
+
+
+def job_environment(spec: JobSpec, run: dict[str, Any]) -> dict[str, str]:
+    """The job's runtime_env variables: its spec and run info, and Ray Train's polling periods."""
+    return {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run),
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(spec.failure.poll_interval_s),
+            # Ray Train's own barriers (report, checkpoint) wait forever by default: bound them too.
+            "RAY_TRAIN_COLLECTIVE_TIMEOUT_S": str(spec.hang.first_steps_timeout_s),
+            # a drain (rayfleet's remediation, a spot notice) is seen within a second, not five
+            "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": str(min(1.0, spec.failure.poll_interval_s * 2))}
+
+
+def job_metadata(spec: JobSpec) -> dict[str, str]:
+    """Ray job metadata: what the dashboard's Jobs view shows beside the job. `job_name` is the
+    key its Name column reads (the column's help in Ray 2.60's dashboard says so)."""
+    workers = spec.workers if isinstance(spec.workers, int) else f"{spec.workers.min}-{spec.workers.max}"
+    return {JOB_KEY: spec.name, "job_name": spec.name, "pool": spec.pool, "strategy": spec.parallelism.strategy,
+            "workers": str(workers), "model": spec.model.preset, "steps": str(spec.steps)}
+
+
+def submit(conn: Connection, spec: JobSpec, path: str | Path) -> str:
+    """Check the job against the running fleet, then submit it; returns the submission id."""
+    fleet = conn.store.spec()
+    if fleet is None:
+        raise FleetNotRunning(f"fleet {conn.fleet.name} has no spec stored; run `rayfleet up -f FLEET.yaml`")
+    check_against_fleet(spec, fleet, path)
+    validate_model(spec, path)
+    client = job_client(conn)
+    running = [job for job in rayfleet_jobs(client) if job["job"] == spec.name and job["status"] not in TERMINAL]
+    if running:
+        raise BadInput(f"{path}: name: job {spec.name} is already running as {running[0]['submission_id']}; "
+                       f"`rayfleet stop {spec.name}` first, or give this job another name")
+    storage = storage_of(conn)
+    submission_id = new_submission_id(spec.name)
+    run = run_info(spec, fleet, storage, submission_id)
+    python = sys.executable if fleet.provider == "local" else "python"
+    client.submit_job(
+        entrypoint=f"{python} -m rayfleet.jobs.driver.entrypoint",
+        submission_id=submission_id,
+        runtime_env={"env_vars": job_environment(spec, run)},
+        metadata=job_metadata(spec),
+        entrypoint_num_cpus=0,
+        **driver_placement(spec, fleet),
+    )
+    history.record(storage, spec.name, "submitted", submission_id=submission_id, pool=spec.pool,
+                   strategy=spec.parallelism.strategy, steps=spec.steps, spec=spec.model_dump(mode="json"),
+                   run=json.dumps(run), placement=driver_placement(spec, fleet), user=os.environ.get("USER", ""))
+    return submission_id
+
+
+def rayfleet_jobs(client: Any) -> list[dict[str, Any]]:
+    """Ray's jobs that rayfleet submitted, newest first."""
+    out = []
+    for info in client.list_jobs():
+        metadata = info.metadata or {}
+        if JOB_KEY not in metadata:
+            continue
+        out.append({"job": metadata[JOB_KEY], "submission_id": info.submission_id, "status": str(info.status.value),
+                    "pool": metadata.get("pool"), "strategy": metadata.get("strategy"),
+                    "workers": metadata.get("workers"), "steps": int(metadata.get("steps", 0) or 0),
+                    "start_time": (info.start_time or 0) / 1000, "end_time": (info.end_time or 0) / 1000 or None,
+                    "message": info.message})
+    return sorted(out, key=lambda job: job["start_time"], reverse=True)
+
+
+def progress(conn: Connection, name: str) -> dict[str, Any] | None:
+    """The newest progress rank 0 published for job `name`."""
+    raw = gcs.kv_get(conn.client, progress_key(name))
+    return json.loads(raw) if raw else None
+
+
+def resolve_submission(client: Any, ident: str) -> dict[str, Any]:
+    """A job name (its newest submission) or a submission id -> that submission."""
+    jobs = rayfleet_jobs(client)
+    for job in jobs:
+        if job["submission_id"] == ident:
+            return job
+    named = [job for job in jobs if job["job"] == ident]
+    if named:
+        return named[0]
+    known = sorted({job["job"] for job in jobs})
+    raise NotFound(f"no job or submission {ident!r}; jobs: {', '.join(known) or 'none'} (`rayfleet jobs`)")
+
+
+def stop(conn: Connection, ident: str) -> dict[str, Any]:
+    client = job_client(conn)
+    job = resolve_submission(client, ident)
+    if job["status"] in TERMINAL:
+        return job
+    client.stop_job(job["submission_id"])
+    history.record(storage_of(conn), job["job"], "finished", submission_id=job["submission_id"], state="STOPPED",
+                   step=(progress(conn, job["job"]) or {}).get("step"))
+    return job

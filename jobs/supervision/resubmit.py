@@ -1,0 +1,112 @@
+"""Jobs whose driver died are submitted again, and continue from their newest checkpoint.
+
+A driver can die without the training failing: its node is lost, or the head went down without
+fault tolerance (the driver ran there). Then Ray reports the job FAILED or STOPPED, or, on a new
+cluster, does not know it at all, and nothing records why. The job's own history tells the two
+apart: a training that failed for good, or a user's stop, leaves a `finished` record (written by
+the entrypoint or `rayfleet stop`); a lost driver leaves none. The controller runs `orphans` every
+few seconds and resubmits each orphan, up to the job's `failure.max_restarts`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from rayfleet.jobs.supervision import history
+from rayfleet.jobs.client.spec import JobSpec
+
+log = logging.getLogger("rayfleet.jobs")
+RUNNING = ("PENDING", "RUNNING")
+
+
+@dataclass(frozen=True)
+class Orphan:
+    job: str
+    submission_id: str
+    ray_status: str | None      # None: Ray does not know the submission (a new cluster)
+    resubmissions: int          # times this job was already resubmitted after a lost driver
+
+
+def orphans(storage: str, ray_jobs: Mapping[str, str], dead_drivers: frozenset[str] = frozenset()
+            ) -> list[Orphan]:
+    """Jobs whose newest submission has no `finished` record but is not running in Ray.
+
+    `ray_jobs` maps submission id -> Ray's status for the jobs Ray knows. `dead_drivers` are
+    submissions whose JobSupervisor actor (the driver's parent) the GCS reports dead: Ray's job
+    table keeps saying RUNNING for minutes after a driver's node is lost, so its word alone is
+    not trusted for those.
+    """
+    found = []
+    for name in history.job_names(storage):
+        events = history.events(storage, name)
+        submitted = [e for e in events if e["event"] == "submitted"]
+        if not submitted:
+            continue
+        latest = submitted[-1]["submission_id"]
+        if any(e["event"] == "finished" and e.get("submission_id") == latest for e in events):
+            continue
+        status = ray_jobs.get(latest)
+        if (status in RUNNING and latest not in dead_drivers) or _stepped_recently(storage, name, latest):
+            continue
+        resubmissions = sum(1 for e in events if e["event"] == "submitted" and e.get("after_lost_driver"))
+        found.append(Orphan(name, latest, status, resubmissions))
+    return found
+
+
+def _stepped_recently(storage: str, name: str, submission_id: str, within_s: float = 15.0) -> bool:
+    """A job whose rank 0 logged a step moments ago is alive, whatever Ray's job table says: it
+    is never resubmitted (two drivers of one job must not run)."""
+    import time
+
+    metrics = history.job_dir(storage, name) / "runs" / submission_id / "metrics.jsonl"
+    try:
+        return time.time() - metrics.stat().st_mtime < within_s
+    except FileNotFoundError:
+        return False
+
+
+def resubmit(client: Any, storage: str, orphan: Orphan, python: str) -> str | None:
+    """Submit an orphaned job again with its recorded spec and run info; None when its restart
+    budget is spent (then it is recorded as failed)."""
+    from rayfleet.jobs.client.submit import JOB_KEY, job_environment, job_metadata, new_submission_id
+
+    events = history.events(storage, orphan.job)
+    submitted = next(e for e in reversed(events) if e["event"] == "submitted")
+    spec = JobSpec.model_validate(submitted["spec"])
+    budget = spec.failure.max_restarts
+    if budget >= 0 and orphan.resubmissions >= budget:
+        history.record(storage, orphan.job, "finished", submission_id=orphan.submission_id, state="FAILED",
+                       error=f"its driver was lost {orphan.resubmissions + 1} times (failure.max_restarts={budget})")
+        return None
+    run = json.loads(submitted.get("run") or "{}") or {}
+    submission_id = new_submission_id(spec.name)
+    run = {**run, "submission_id": submission_id}
+    placement = submitted.get("placement") or {}
+    client.submit_job(entrypoint=f"{python} -m rayfleet.jobs.driver.entrypoint", submission_id=submission_id,
+                      runtime_env={"env_vars": job_environment(spec, run)},
+                      metadata={**job_metadata(spec), JOB_KEY: spec.name}, entrypoint_num_cpus=0, **placement)
+    history.record(storage, spec.name, "submitted", submission_id=submission_id, pool=spec.pool,
+                   strategy=spec.parallelism.strategy, steps=spec.steps, spec=spec.model_dump(mode="json"),
+                   run=json.dumps(run), placement=placement, after_lost_driver=True,
+                   previous=orphan.submission_id, user="rayfleet-controller")
+    log.warning("job %s lost its driver (%s, Ray says %s); resubmitted as %s", spec.name, orphan.submission_id,
+                orphan.ray_status or "nothing: a new cluster", submission_id)
+    return submission_id
+
+
+def python_for(provider: str) -> str:
+    return sys.executable if provider == "local" else "python"
+
+
+DRIVER_ACTOR_PREFIX = "_ray_internal_job_actor_"
+"""Ray Jobs names each job's JobSupervisor actor `_ray_internal_job_actor_<submission id>`."""
+
+
+def dead_drivers(actors: Mapping[Any, Any]) -> frozenset[str]:
+    """Submission ids whose JobSupervisor actor is DEAD, from the GCS actor table."""
+    dead = 4  # ActorTableData.ActorState.DEAD
+    return frozenset(info.name[len(DRIVER_ACTOR_PREFIX):] for info in actors.values()
+                     if info.name.startswith(DRIVER_ACTOR_PREFIX) and info.state == dead)

@@ -1,0 +1,269 @@
+"""The per-worker training loop that Ray Train runs on every worker.
+
+Build the model from `model/`, place it for the strategy (`jobs.parallel`), resume from the newest
+committed checkpoint if any, then train: the batch of step s is a pure function of (seed, s), so a
+resumed run continues the same loss curve. Rank 0 publishes progress every `log_every` steps;
+all ranks checkpoint together every `checkpoint.every` steps and at the end, and report to Ray
+Train only then (a report is a barrier with Ray Train's controller; see jobs/worker/progress.py).
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from rayfleet.jobs.worker import checkpoint
+from rayfleet.jobs.supervision import history
+from rayfleet.jobs.driver import warm
+from rayfleet.jobs.worker.data import StepBatches, corpus_tokens
+from rayfleet.jobs.worker.parallelize import Parallel, parallelize
+from rayfleet.jobs.worker.notices import NoticeReader
+from rayfleet.jobs.worker.progress import Progress, StepBeats
+from rayfleet.jobs.client.spec import JobSpec
+from rayfleet.model import ModelConfig, Transformer, get_preset
+
+METRICS = "metrics.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunInfo:
+    """What the entrypoint tells every worker besides the spec."""
+
+    submission_id: str
+    storage: str
+    device: str                  # "cpu" or "cuda"
+    peak_tflops: float | None    # per GPU, for MFU; None on CPU
+
+
+def model_config(spec: JobSpec) -> ModelConfig:
+    return dataclasses.replace(get_preset(spec.model.preset), **spec.model.overrides)
+
+
+def lr_at(spec: JobSpec, step: int) -> float:
+    """Linear warmup, then cosine / linear decay to min_lr_ratio x lr, or constant."""
+    opt = spec.optimizer
+    if step < opt.warmup_steps:
+        return opt.lr * (step + 1) / opt.warmup_steps
+    if opt.schedule == "constant":
+        return opt.lr
+    progress = (step - opt.warmup_steps) / max(1, spec.steps - opt.warmup_steps)
+    progress = min(1.0, progress)
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if opt.schedule == "cosine" else 1 - progress
+    return opt.lr * (opt.min_lr_ratio + (1 - opt.min_lr_ratio) * shape)
+
+
+def build_optimizer(spec: JobSpec, par: Parallel, device: torch.device) -> torch.optim.Optimizer:
+    # No weight decay on norms and biases (1-D tensors), as GPT-2/Llama training does.
+    decay = [p for p in par.model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in par.model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": spec.optimizer.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    fused = device.type == "cuda"  # fused AdamW: one kernel for all parameters on GPU
+    return torch.optim.AdamW(groups, lr=spec.optimizer.lr, betas=spec.optimizer.betas,
+                             eps=spec.optimizer.eps, fused=fused)
+
+
+def precision_context(spec: JobSpec, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    precision = spec.precision
+    if precision == "auto":
+        precision = "bf16-mixed" if device.type == "cuda" else "fp32"
+    if precision == "bf16-mixed":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def train_worker(config: dict[str, Any]) -> None:
+    """Ray Train's `train_loop_per_worker`."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    spec = JobSpec.model_validate(config["spec"])
+    run = RunInfo(**config["run"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    # Ray Train's device for this worker (the one it made current): the local rank need not
+    # index this worker's GPU among the CUDA_VISIBLE_DEVICES it shares with its node's workers.
+    device = ray.train.torch.get_device() if run.device == "cuda" else torch.device("cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    if rank == 0:  # the gang was placed and its processes run (goodput: the end of waiting)
+        history.record(run.storage, spec.name, "worker", submission_id=run.submission_id, world=world,
+                       standby=warm.was_standby())
+        if spec.failure.warm_standby:  # what the driver's keeper prestarts standby processes with
+            warm.publish_env(spec.name, run.submission_id)
+    trainer = Trainer(spec, run, rank, world, device, history.job_dir(run.storage, spec.name))
+    trainer.watch(ray.get_runtime_context().get_node_id())
+    trainer.train(report=_ray_report())
+
+
+class Trainer:
+    """One worker's training: usable inside Ray Train or any torch.distributed launcher."""
+
+    def __init__(self, spec: JobSpec, run: RunInfo, rank: int, world: int, device: torch.device,
+                 job_dir: Path) -> None:
+        self.spec, self.run, self.rank, self.world, self.device = spec, run, rank, world, device
+        self.job_dir = job_dir
+        self.run_dir = checkpoint.run_dir(job_dir, run.submission_id)
+        torch.manual_seed(spec.seed)  # identical initial weights on every rank
+        self.config = model_config(spec)
+        model = Transformer(self.config)
+        if spec.precision == "bf16":
+            model.to(torch.bfloat16)
+        self.par = parallelize(model, spec.parallelism.strategy, spec.parallelism.expert_parallel, device)
+        self.forward = torch.compile(self.par.module) if spec.compile else self.par.module
+        self.optimizer = build_optimizer(spec, self.par, device)
+        self.batches = StepBatches(corpus_tokens(spec.data.corpus), spec.data.seq_len, spec.data.global_batch,
+                                   spec.seed)
+        self.step = 0
+        self.restarts = 0
+        self.checkpoint_step: int | None = None
+        self.losses: list[tuple[int, float]] = []
+        self.beats: StepBeats | None = None
+        self.notices: NoticeReader | None = None
+
+    def watch(self, node_id: str) -> None:
+        """Publish step beats (hang detection) and read notices for `node_id` (Ray Train only)."""
+        self.beats = StepBeats(self.spec.name, self.run.submission_id, self.rank)
+        self.notices = NoticeReader(node_id)
+
+    def resume(self) -> None:
+        latest = checkpoint.latest_checkpoint(self.job_dir)
+        if latest is not None:
+            meta = checkpoint.load_checkpoint(latest, self.par, self.optimizer)
+            self.step = self.checkpoint_step = int(meta["step"])
+        attempts = [e for e in history.events(self.run.storage, self.spec.name)
+                    if e["event"] == "started" and e.get("submission_id") == self.run.submission_id]
+        self.restarts = len(attempts)  # attempts before this one
+        if self.rank == 0:
+            history.record(self.run.storage, self.spec.name, "started", submission_id=self.run.submission_id,
+                           attempt=len(attempts) + 1, from_step=self.step, world=self.world)
+            print(f"[rayfleet] {'resumed from step ' + str(self.step) if self.step else 'starting'} "
+                  f"on {self.world} workers ({self.spec.parallelism.strategy})", flush=True)
+
+    def train(self, report: Any = None) -> list[tuple[int, float]]:
+        """Train to `spec.steps`; returns (step, loss) pairs seen by this rank at logged steps."""
+        self.resume()
+        progress = Progress(self.spec.name, self.run.submission_id, self.spec.steps, self.spec.pool,
+                            self.spec.parallelism.strategy, self.run_dir / METRICS) if self.rank == 0 else None
+        tokens_per_step = self.spec.data.global_batch * self.spec.data.seq_len
+        flops_per_token = self.par.model.flops_per_token(self.spec.data.seq_len)
+        started = time.perf_counter()
+        while self.step < self.spec.steps:
+            step_started = time.perf_counter()
+            loss = self.train_step()
+            self.step += 1
+            if self.spec.step_time_s:  # benchmarks pad steps to a known length
+                time.sleep(max(0.0, self.spec.step_time_s - (time.perf_counter() - step_started)))
+            step_s = time.perf_counter() - step_started
+            if self.beats is not None:
+                self.beats.publish(self.step, step_s)
+            if self.rank == 0:  # goodput accounting (jobs/supervision/goodput.py): one line per step
+                history.record(self.run.storage, self.spec.name, "step", submission_id=self.run.submission_id,
+                               step=self.step, duration_s=round(step_s, 4))
+            if self.notice_deadline() > time.time():
+                self.hold_for_notice(report)
+                continue
+            if self.step % self.spec.log_every == 0 or self.step == self.spec.steps:
+                mean_loss = self.mean(loss)
+                elapsed = time.perf_counter() - started
+                tokens_per_s = tokens_per_step * self.spec.log_every / max(elapsed, 1e-9)
+                started = time.perf_counter()
+                mfu = None
+                if self.run.peak_tflops:
+                    mfu = flops_per_token * tokens_per_s / (self.run.peak_tflops * 1e12 * self.world)
+                self.losses.append((self.step, mean_loss))
+                if progress is not None:
+                    progress.publish(self.step, mean_loss, tokens_per_s, mfu, self.restarts, self.checkpoint_step)
+            if self.step % self.spec.checkpoint.every == 0 or self.step == self.spec.steps:
+                path = self.save()
+                if report is not None:
+                    report({"step": self.step, "loss": self.losses[-1][1] if self.losses else None}, path)
+        return self.losses
+
+    def notice_deadline(self) -> float:
+        """The latest notice deadline among the nodes of this job's ranks (0: none). A collective."""
+        own = self.notices.deadline() if self.notices is not None else 0.0
+        if self.world == 1:
+            return own
+        value = torch.tensor([own], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+        return float(value)
+
+    def hold_for_notice(self, report: Any) -> None:
+        """A node of this job goes away soon: checkpoint now, then hold at this step until the
+        controller ends that node (every rank then stops: Ray Train restarts the workers on its
+        replacement, from this checkpoint) or the deadline passes (the notice was withdrawn: go on)."""
+        from rayfleet.jobs.worker.notices import acknowledge, hold
+
+        deadline = self.notice_deadline()
+        if self.checkpoint_step != self.step:
+            path = self.save()
+            if report is not None:
+                report({"step": self.step, "loss": self.losses[-1][1] if self.losses else None}, path)
+        if self.rank == 0:
+            acknowledge(self.spec.name, self.run.submission_id, self.step, deadline)
+            history.record(self.run.storage, self.spec.name, "notice", submission_id=self.run.submission_id,
+                           step=self.step, deadline=deadline, reason="a node of the job goes away (notice)")
+            print(f"[rayfleet] notice: checkpointed at step {self.step}; holding until the node is replaced",
+                  flush=True)
+        hold(deadline)
+        if self.notices is not None:
+            self.notices.ignore_until(deadline)
+
+    def train_step(self) -> torch.Tensor:
+        inputs, targets = self.batches.batch(self.step, self.rank, self.world)
+        inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr_at(self.spec, self.step)
+        with precision_context(self.spec, self.device):
+            out = self.forward(inputs, targets)
+            loss = out.loss + out.aux_loss
+        loss.backward()
+        self.par.after_backward()
+        self.par.clip_grad_norm(self.spec.optimizer.grad_clip)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return out.loss.detach()
+
+    def mean(self, loss: torch.Tensor) -> float:
+        """The language-model loss averaged over all ranks (equal tokens per rank)."""
+        value = loss.float().clone()
+        if self.world > 1:
+            dist.all_reduce(value, op=dist.ReduceOp.SUM)
+            value /= self.world
+        return float(value)
+
+    def save(self) -> Path:
+        saving = time.perf_counter()
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = checkpoint.save_checkpoint(self.run_dir, self.step, self.par, self.optimizer,
+                                          {"job": self.spec.name, "submission_id": self.run.submission_id,
+                                           "strategy": self.spec.parallelism.strategy})
+        self.checkpoint_step = self.step
+        if self.rank == 0:
+            checkpoint.prune(self.job_dir, self.spec.checkpoint.keep, self.run_dir)
+            history.record(self.run.storage, self.spec.name, "checkpoint", submission_id=self.run.submission_id,
+                           step=self.step, duration_s=round(time.perf_counter() - saving, 4))
+        return path
+
+
+def _ray_report() -> Any:
+    """A report function registering our committed checkpoint with Ray Train, without copying it."""
+    import ray.train
+    from ray.train import Checkpoint
+    from ray.train.v2.api.report_config import CheckpointUploadMode
+
+    def report(metrics: dict[str, Any], path: Path) -> None:
+        rank = ray.train.get_context().get_world_rank()
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(path)) if rank == 0 else None,
+                         checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
+
+    return report
+

@@ -1,0 +1,98 @@
+"""Preemption and maintenance notices, as a job's workers see them.
+
+The controller publishes `notices` in the GCS KV: Ray node id -> the time the node goes away (a
+spot interruption, a Kubernetes eviction, `rayfleet chaos preempt`). Each rank checks whether its
+own node has one (at most once a second); the ranks agree through an all-reduce (MAX of their
+deadlines), checkpoint at the same step, and hold there: the controller ends the noticed node as
+soon as the job has acknowledged, and Ray Train restarts the workers on the replacement from that
+checkpoint. No step is done twice.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from rayfleet.cluster.rayio import gcs
+
+log = logging.getLogger("rayfleet.job")
+NAMESPACE = gcs.NAMESPACE.decode()
+NOTICES_KEY = "notices"
+
+
+def ack_key(job: str) -> str:
+    return f"job/{job}/notice-ack"
+
+
+class NodeEnded(RuntimeError):
+    """A node of the job was ended for its notice while the other ranks held: they stop too, so
+    that Ray Train restarts the job now rather than at the notice's deadline."""
+
+
+def read_notices() -> dict[str, float]:
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(NOTICES_KEY, namespace=NAMESPACE)
+    return {node: float(deadline) for node, deadline in (json.loads(raw) if raw else {}).items()}
+
+
+def node_alive(node_id: str) -> bool:
+    import ray
+
+    return any(n["NodeID"] == node_id and n["Alive"] for n in ray.nodes())
+
+
+class NoticeReader:
+    def __init__(self, node_id: str, every_s: float = 1.0) -> None:
+        self.node_id = node_id
+        self.every_s = every_s
+        self._last = 0.0
+        self._deadline = 0.0
+        self._handled = 0.0
+
+    def ignore_until(self, deadline: float) -> None:
+        """A notice already handled (checkpointed and held for) is not acted on twice."""
+        self._handled = max(self._handled, deadline)
+
+    def deadline(self) -> float:
+        """This rank's node's notice deadline (unix time), or 0 when it has none (or it was handled)."""
+        now = time.monotonic()
+        if now - self._last >= self.every_s:
+            self._last = now
+            try:
+                self._deadline = read_notices().get(self.node_id, 0.0)
+            except Exception as error:
+                log.debug("notices not read: %s", error)
+        return self._deadline if self._deadline > self._handled else 0.0
+
+
+def hold(deadline: float, every_s: float = 0.2) -> None:
+    """Hold at a checkpointed step for the notice(s) due at `deadline`, until one of:
+    - the deadline passes, or the notice is withdrawn (its node is alive and no longer noticed):
+      return, and training goes on;
+    - the controller ended a noticed node (it left the notices and is dead in Ray): raise
+      NodeEnded. Ray Train, which has seen the node drain, would otherwise keep the surviving
+      ranks until the deadline before it restarts the job (its PreemptingState waits for every
+      rank to exit); they exit now, and the restart takes the replacement at once."""
+    held = {node for node, due in read_notices().items() if abs(due - deadline) <= 1.0}
+    while time.time() < deadline:
+        try:
+            gone = held - set(read_notices())
+        except Exception as error:  # a GCS hiccup: hold on, look again
+            log.debug("notices not read: %s", error)
+            gone = set()
+        for node in gone:
+            if not node_alive(node):
+                raise NodeEnded(f"node {node[:12]} was ended for its notice; restarting from the checkpoint")
+        held -= gone
+        if not held:
+            return
+        time.sleep(every_s)
+
+
+def acknowledge(job: str, submission_id: str, step: int, deadline: float) -> None:
+    """Tell the controller the job checkpointed at `step` for a notice and holds until `deadline`."""
+    from ray.experimental.internal_kv import _internal_kv_put
+
+    _internal_kv_put(ack_key(job), json.dumps({"submission_id": submission_id, "step": step, "deadline": deadline,
+                                              "time": time.time()}), overwrite=True, namespace=NAMESPACE)

@@ -1,0 +1,47 @@
+"""`rayfleet down`: stop everything the fleet started; nothing of ours is left running."""
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from rayfleet.cluster.rayio import gcs
+from rayfleet.cli.completion import complete_fleet
+from rayfleet.cli.main import app
+from rayfleet.cli.output import console
+from rayfleet.cluster.rayio.connection import ray_driver, use_token
+from rayfleet.cluster.loop.controller import stop_controller
+from rayfleet.cluster.head.fleetdir import current_fleet_name, resolve_fleet, set_current_fleet
+from rayfleet.cluster.head.head import stop_head
+from rayfleet.cluster.providers import make_provider
+from rayfleet.cluster.spec.fleet import load_fleet_spec
+
+
+@app.command()
+def down(fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)",
+                                             autocompletion=complete_fleet)) -> None:
+    """Stop the controller, every node, and the head. Safe to repeat."""
+    fleet = resolve_fleet(fleet_name)
+    with fleet.lock():
+        head = fleet.read_head()
+        if head is not None and gcs.reachable(head["gcs_address"]):
+            use_token(fleet.token_file)
+            with console.status("stopping the controller"):
+                try:
+                    with ray_driver(head["gcs_address"]):
+                        stop_controller()
+                except Exception as error:  # the head may be half-dead; the processes go anyway
+                    console.print(f"controller not stopped cleanly ({error}); stopping its nodes anyway")
+        runtime_file = fleet.path / "runtime.json"
+        if runtime_file.exists() and fleet.spec_file.exists():
+            provider = make_provider(load_fleet_spec(fleet.spec_file), json.loads(runtime_file.read_text()))
+            names = [instance.id for instance in provider.instances()]
+            with console.status(f"stopping {len(names)} nodes"):
+                provider.terminate(names, wait=True)
+            console.print(f"stopped {len(names)} nodes")
+        with console.status("stopping the head"):
+            stop_head(fleet)
+        if current_fleet_name() == fleet.name:
+            set_current_fleet(None)
+    console.print(f"fleet {fleet.name} is down")

@@ -1,0 +1,52 @@
+"""`rayfleet events`: the controller's decisions, each with its reason."""
+from __future__ import annotations
+
+import datetime
+import re
+from typing import Iterable, Optional
+
+import typer
+from rich.table import Table
+
+from rayfleet.cli.completion import complete_fleet, complete_pool
+from rayfleet.cli.main import app
+from rayfleet.cli.output import Format, console, emit, short_instance, table
+from rayfleet.cluster.rayio.connection import connect
+from rayfleet.cluster.decide.events import Event
+
+
+@app.command()
+def events(
+    pool: Optional[str] = typer.Option(None, help="only this pool", autocompletion=complete_pool),
+    kind: Optional[str] = typer.Option(None, help="only this kind (launch, replace, scale, lost, ...)"),
+    limit: int = typer.Option(50, help="newest N events"),
+    output: Format = typer.Option(Format.table, "-o", "--output", help="table, json or yaml"),
+    fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)",
+                                             autocompletion=complete_fleet),
+) -> None:
+    """List launches, replacements, drains and scaling decisions with the reason for each."""
+    conn = connect(fleet_name)
+    chosen = [event for event in conn.store.events()
+              if (pool is None or event.pool == pool) and (kind is None or event.kind == kind)][-limit:]
+    if emit([event.to_json() for event in chosen], output):
+        return
+    if not chosen:
+        console.print("no events yet" + (" matching the filters" if pool or kind else ""))
+        return
+    console.print(events_table(chosen, conn.fleet.name))
+
+
+def events_table(chosen: Iterable[Event], fleet: str) -> Table:
+    """TIME KIND NODE MESSAGE REASON, folded to fit 80 columns; node ids (FLEET-POOL-NNNN, see
+    plan.instance_name) without the fleet's name."""
+    out = table(("TIME", {"no_wrap": True}), ("KIND", {"no_wrap": True}),
+                ("NODE", {"overflow": "fold", "max_width": 16}),
+                ("MESSAGE", {"overflow": "fold", "ratio": 3}), ("REASON", {"overflow": "fold", "ratio": 2}))
+    for event in chosen:
+        when = datetime.datetime.fromtimestamp(event.time).strftime("%H:%M:%S")
+        message = re.sub(rf"(?<![\w.-]){re.escape(fleet)}-(?=[\w.-]*-\d{{4,}}\b)", "", event.message)
+        if event.reason and message.endswith(f": {event.reason}"):  # said once, in REASON
+            message = message[: -len(event.reason) - 2]
+        node = short_instance(event.instance, fleet) if event.instance else (event.pool or "-")
+        out.add_row(when, event.kind, node, message, event.reason or "-")
+    return out

@@ -1,0 +1,83 @@
+"""`rayfleet health [-o json] [--link POOL] [--burn NODE]`: per node, per check."""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from rayfleet.cli.main import app
+from rayfleet.cli.output import Format, console, emit
+from rayfleet.cluster.rayio.connection import connect, ray_driver
+from rayfleet.errors import BadInput, FleetNotRunning, NotFound
+
+
+@app.command()
+def health(
+    link: Optional[str] = typer.Option(None, "--link", help="run the ring all-reduce test among POOL's nodes"),
+    burn: Optional[str] = typer.Option(None, "--burn", help="run the matmul burn on NODE now"),
+    output: Format = typer.Option(Format.table, "-o", "--output", help="table, json or yaml"),
+    fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)"),
+) -> None:
+    """Node health as the agents report it: heartbeat, raylet probe, and every check's result."""
+    conn = connect(fleet_name)
+    if link is not None or burn is not None:
+        result = _active(conn, link, burn)
+        if not emit(result, output):
+            _print_active(result)
+        return
+    doc = conn.store.health()
+    if doc is None:
+        raise FleetNotRunning(f"fleet {conn.fleet.name}: no health reported yet; wait a few seconds")
+    if emit(doc, output):
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("NODE", "STATE", "BEAT", "PROBE", "CHECKS"):
+        table.add_column(column, overflow="fold")
+    for node in doc["nodes"]:
+        bad = [c for c in node["checks"] if c["status"] != "ok"]
+        checks = "; ".join(f"[{'red' if c['status'] == 'fail' else 'yellow'}]{c['name']}[/]: {c['message']}"
+                           for c in bad) or ("ok" if node["checks"] else "-")
+        beat = f"{node['heartbeat_age_s']:.1f}s" if node["heartbeat_age_s"] is not None else "-"
+        name = node["instance"] + (" (spare)" if node["spare"] else "")
+        table.add_row(name, node["state"], beat, node["probe"] or "-", checks)
+    console.print(table)
+    if any(node["simulated"] for node in doc["nodes"]):
+        console.print("GPU telemetry is simulated on nodes without NVIDIA GPUs (`rayfleet chaos inject` writes it)")
+
+
+def _active(conn: Any, link: str | None, burn: str | None) -> dict[str, Any]:
+    import ray
+
+    from rayfleet.cluster.loop.controller import CONTROLLER_NAME, NAMESPACE
+    from rayfleet.cluster.health.agent import agent_name
+
+    spec = conn.store.spec()
+    with ray_driver(conn.gcs_address):
+        if link is not None:
+            if spec is None or link not in spec.pool_names:
+                raise NotFound(f"health --link: no pool {link!r}; pools: {', '.join(spec.pool_names if spec else [])}")
+            controller = ray.get_actor(CONTROLLER_NAME, namespace=NAMESPACE)
+            try:
+                return ray.get(controller.link_test.remote(link), timeout=600)
+            except ray.exceptions.RayTaskError as error:
+                raise BadInput(f"health --link {link}: {error.cause}") from None
+        try:
+            agent = ray.get_actor(agent_name(burn), namespace=NAMESPACE)
+        except ValueError:
+            raise NotFound(f"health --burn: no health agent on {burn!r}; `rayfleet status` lists the nodes") from None
+        return {"node": burn, "burn": ray.get(agent.run_burn.remote(), timeout=600)}
+
+
+def _print_active(result: dict[str, Any]) -> None:
+    if "burn" in result:
+        check = result["burn"] or {}
+        console.print(f"{result['node']}: {check.get('status', 'no GPUs')} {check.get('message', '')}")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("NODE", "LINK MB/s", "RESULT"):
+        table.add_column(column)
+    for node, check in sorted(result["checks"].items()):
+        table.add_row(node, f"{result['bandwidth'].get(node, 0) / 1e6:.0f}", check["message"])
+    console.print(table)
+    console.print(f"stragglers: {', '.join(result['stragglers']) or 'none'}; sums correct: {result['sum_ok']}")

@@ -1,0 +1,26 @@
+"""`rayfleet stop ID`: stop a job (its checkpoints stay: submitting the name again continues it)."""
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from rayfleet.cli.completion import complete_fleet, complete_job
+from rayfleet.cli.main import app
+from rayfleet.cli.output import console
+from rayfleet.cluster.rayio.connection import connect
+
+
+@app.command()
+def stop(
+    ident: str = typer.Argument(..., help="job name (its newest submission) or submission id",
+                               autocompletion=complete_job),
+    fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)",
+                                             autocompletion=complete_fleet),
+) -> None:
+    """Stop a running job."""
+    from rayfleet.jobs.client.submit import stop as stop_job
+
+    job = stop_job(connect(fleet_name), ident)
+    console.print(f"stopped {job['job']} ({job['submission_id']}); submit it again to continue from its "
+                  "newest checkpoint")

@@ -1,0 +1,63 @@
+"""`rayfleet submit -f JOB.yaml [--follow]`: check a job against the fleet and submit it."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from rayfleet.cli.completion import complete_fleet
+from rayfleet.cli.main import app
+from rayfleet.cli.output import console
+from rayfleet.cluster.rayio.connection import Connection, connect
+from rayfleet.errors import Failed
+
+
+@app.command()
+def submit(
+    file: Path = typer.Option(..., "-f", "--file", help="job spec (YAML)"),
+    follow: bool = typer.Option(False, "--follow", help="show live progress until the job ends"),
+    fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)",
+                                             autocompletion=complete_fleet),
+) -> None:
+    """Submit a training job. A name that has checkpoints continues from the newest one."""
+    from rayfleet.jobs.client.spec import load_job_spec
+    from rayfleet.jobs.client.submit import submit as submit_job
+
+    spec = load_job_spec(file)
+    conn = connect(fleet_name)
+    submission_id = submit_job(conn, spec, file)
+    console.print(f"submitted {spec.name} as {submission_id} to pool {spec.pool} "
+                  f"({spec.parallelism.strategy}); dashboard: {conn.dashboard_url}/#/jobs")
+    if follow:
+        follow_job(conn, spec.name, submission_id)
+
+
+def follow_job(conn: Connection, name: str, submission_id: str) -> dict[str, Any]:
+    """Live progress (step, loss, tokens/s) until the submission ends; Failed if it did not succeed."""
+    from rayfleet.jobs.client.submit import TERMINAL, job_client, progress, resolve_submission
+
+    client = job_client(conn)
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                  TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as bar:
+        task = bar.add_task(name, total=None, detail="waiting for workers")
+        while True:
+            job = resolve_submission(client, submission_id)
+            state = progress(conn, name)
+            if state and state.get("submission_id") == submission_id:
+                detail = f"loss {state['loss']:.4f}  {state['tokens_per_s']:,.0f} tok/s"
+                if state.get("mfu") is not None:
+                    detail += f"  MFU {state['mfu']:.1%}"
+                if state.get("restarts"):
+                    detail += f"  restarts {state['restarts']}"
+                bar.update(task, total=state["steps"], completed=state["step"], detail=detail)
+            if job["status"] in TERMINAL:
+                break
+            time.sleep(0.5)
+    if job["status"] != "SUCCEEDED":
+        raise Failed(f"job {name} ({submission_id}) ended {job['status']}: {job.get('message') or ''}; "
+                     f"`rayfleet logs {submission_id}` shows why")
+    console.print(f"job {name} succeeded")
+    return job

@@ -1,0 +1,109 @@
+"""`rayfleet up -f FLEET.yaml`: start (or re-apply) a fleet and wait until its pools are ready."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import typer
+
+from rayfleet.cluster.rayio import gcs
+from rayfleet.cli.main import app
+from rayfleet.cli.output import console
+from rayfleet.cli.progress import wait_for_pools
+from rayfleet.cluster.rayio.connection import ray_driver, use_token
+from rayfleet.cluster.loop.controller import start_controller
+from rayfleet.errors import BadInput, Failed
+from rayfleet.cluster.head.fleetdir import FleetDir, set_current_fleet
+from rayfleet.cluster.head.head import SUPERVISOR_GONE, adopt_head, running_head, start_head, use_external_head
+from rayfleet.cluster.head.local_capacity import check_local_capacity
+from rayfleet.cluster.head.processes import write_json_atomic
+from rayfleet.cluster.providers import make_provider
+from rayfleet.cluster.spec.fleet import FleetSpec, load_fleet_spec
+from rayfleet.cluster.loop.store import FleetStore
+from rayfleet.cluster.head.supervisor import head_in_progress, supervisor_process
+
+
+@app.command()
+def up(
+    file: Path = typer.Option(..., "-f", "--file", help="fleet spec (YAML)"),
+    wait: bool = typer.Option(True, help="wait until every pool is ready"),
+    timeout: float = typer.Option(600.0, help="seconds to wait for the pools"),
+) -> None:
+    """Start the fleet's head and controller, or re-apply the spec to a running fleet.
+
+    Running it again is harmless: a running head and controller are reused, and a pool keeps a
+    manual `rayfleet scale` target unless the spec's own `nodes` for it changed.
+    """
+    spec = load_fleet_spec(file)
+    if spec.provider == "kubernetes" and spec.head.address is None:
+        raise BadInput(f"{file}: head.address: a kubernetes fleet's head is KubeRay's; give its host:port "
+                       f"(the manifests of `rayfleet render k8s -f {file}` run `up` inside the head pod)")
+    fleet = FleetDir(spec.name)
+    with fleet.lock():
+        head, adopted = running_head(fleet), False
+        if head is None and spec.head.address is None and head_in_progress(fleet.path):
+            # an earlier `up` was stopped while its head started, or fault tolerance is restarting it
+            with console.status("waiting for the head this fleet's supervisor is starting"):
+                head, adopted = adopt_head(fleet), True
+            console.print(f"head up at {head.gcs_address}, dashboard {head.dashboard_url}")
+        if head is None and spec.head.address is not None:
+            head = use_external_head(spec, fleet)
+            console.print(f"using the Ray head at {head.gcs_address}")
+        elif head is None:
+            refuse_orphans(fleet)
+            if spec.provider == "local":
+                nodes = sum(pool.desired + pool.hot_spares for pool in spec.pools)
+                check_local_capacity(nodes, f"{file}: pools[*].nodes + hot_spares")
+            with console.status("starting the Ray head"):
+                head = start_head(spec, fleet)
+            console.print(f"head up at {head.gcs_address}, dashboard {head.dashboard_url}")
+        elif not adopted:
+            console.print(f"fleet {spec.name} is already up at {head.gcs_address}: applying the spec")
+            if head.owned is not None and supervisor_process(fleet.path) is None:
+                console.print(f"[yellow]{SUPERVISOR_GONE}[/]")
+        if Path(file).resolve() != fleet.spec_file.resolve():
+            shutil.copyfile(file, fleet.spec_file)
+        use_token(fleet.token_file)
+        store = FleetStore(gcs.client(head.gcs_address))
+        apply_spec(store, spec)
+        runtime = {"fleet_dir": str(fleet.path), "gcs_address": head.gcs_address,
+                   "dashboard_url": head.dashboard_url, "token_path": str(fleet.token_file),
+                   "temp_root": str(fleet.temp_root), "storage": spec.storage or str(fleet.storage_dir)}
+        store.put_runtime(runtime)
+        write_json_atomic(fleet.path / "runtime.json", runtime)
+        with console.status("starting the controller"), ray_driver(head.gcs_address):
+            start_controller(head.gcs_address)
+        set_current_fleet(spec.name)
+    if wait:
+        started = time.monotonic()
+        wait_for_pools(store, spec.name, timeout)
+        console.print(f"fleet {spec.name} ready in {time.monotonic() - started:.1f}s; "
+                      f"`rayfleet status` shows it, the Ray dashboard is at {head.dashboard_url}")
+
+
+def apply_spec(store: FleetStore, spec: FleetSpec) -> None:
+    """Store the spec; a pool whose declared `nodes` changed drops its manual target."""
+    old = store.spec()
+    targets = store.targets()
+    if old is not None and targets:
+        old_nodes = {pool.name: pool.nodes for pool in old.pools}
+        kept = {name: count for name, count in targets.items()
+                if name in spec.pool_names and old_nodes.get(name) == spec.pool(name).nodes}
+        if kept != targets:
+            store.put_targets(kept)
+    store.put_spec(spec)
+
+
+def refuse_orphans(fleet: FleetDir) -> None:
+    """A fleet whose head was lost without fault tolerance still has nodes that point at the dead
+    cluster: starting a new head beside them would leave them stranded. Say what to do instead."""
+    runtime = fleet.path / "runtime.json"
+    if not (runtime.exists() and fleet.spec_file.exists()):
+        return
+    provider = make_provider(load_fleet_spec(fleet.spec_file), json.loads(runtime.read_text()))
+    running = [i.id for i in provider.instances() if i.status.value == "running"]
+    if running:
+        raise Failed(f"fleet {fleet.name} lost its head (fault tolerance is off, so its cluster state is gone) "
+                     f"but {len(running)} of its nodes still run; `rayfleet down` stops them, then `rayfleet up`")

@@ -1,0 +1,171 @@
+"""Head fault tolerance with real Ray and a real Redis: a lost head costs no worker node, no job
+and no history; without fault tolerance the loss is reported clearly and `down` cleans up."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import psutil
+import pytest
+import yaml
+
+from tests.support.fleet import Fleet, kill_tree, raylets, running_fleet, supervisor, supervisors
+from tests.conftest import RAYFLEET, ROOT, rayfleet_env, wait_until
+
+pytestmark = pytest.mark.ray
+
+POOLS = [{"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "cpus_per_node": 1, "memory": "8Gi",
+          "min_nodes": 1, "max_nodes": 4, "nodes": 3}]
+
+
+@pytest.fixture(scope="module")
+def ft(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    yield from running_fleet(tmp_path_factory.mktemp("ft"), "t-ft", POOLS,
+                             head={"cpus": 1, "fault_tolerance": {"enabled": True}})
+
+
+def submit(fleet: Fleet, name: str, steps: int) -> str:
+    path = fleet.home.parent / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "pool": "h100", "workers": 2, "steps": steps,
+                                    "model": {"preset": "tiny"}, "data": {"seq_len": 128, "global_batch": 8},
+                                    "checkpoint": {"every": 10}}))
+    result = fleet.cli("submit", "-f", str(path))
+    assert result.returncode == 0, result.stderr
+    return result.stdout.split(" as ")[1].split()[0]
+
+
+def job_row(fleet: Fleet, name: str) -> dict[str, Any] | None:
+    result = fleet.cli("jobs", "--all", "-o", "json", timeout=60)
+    if result.returncode != 0:
+        return None
+    return next((row for row in json.loads(result.stdout) if row["job"] == name), None)
+
+
+def finished(fleet: Fleet, name: str, timeout: float = 400) -> dict[str, Any]:
+    return wait_until(lambda: (row := job_row(fleet, name)) and row["status"] in ("SUCCEEDED", "FAILED", "STOPPED")
+                      and row, timeout, f"job {name} to end")
+
+
+def curve(fleet: Fleet, name: str) -> list[dict[str, Any]]:
+    points = []
+    for path in (fleet.dir / "storage" / "jobs" / name).glob("runs/*/metrics.jsonl"):
+        points += [json.loads(line) for line in path.read_text().splitlines()]
+    return sorted(points, key=lambda p: p["time"])
+
+
+def test_killing_every_head_process_costs_no_node_no_job_and_no_controller_state(ft: Fleet) -> None:
+    ft.wait_ready()
+    submit(ft, "through", steps=500)
+    wait_until(lambda: len(curve(ft, "through")) >= 30, 300, "30 steps of the job")
+    nodes_before = {n["instance"]: n["node_id"] for n in ft.status()["nodes"]}
+    raylets_before = raylets(ft)
+    controller_before = ft.status()["controller"]["pid"]
+    launches_before = sum(e["kind"] == "launch" for e in ft.events())
+    head = json.loads((ft.dir / "head.json").read_text())
+    killed = time.time()
+    kill_tree(head["pid"])
+    wait_until(lambda: supervisor(ft)["head"]["restarts"] >= 1 and ft.status()["controller"]["pid"] != controller_before,
+               180, "the head and the controller to come back")
+    back = time.time() - killed
+    status = ft.status()
+    assert {n["instance"]: n["node_id"] for n in status["nodes"]} == nodes_before  # the same Ray nodes
+    assert raylets(ft) == raylets_before  # the same raylet processes: reconnected, not relaunched
+    assert sum(e["kind"] == "launch" for e in ft.events()) == launches_before
+    assert status["head"]["restarts"] >= 1 and "fault tolerance kept the cluster" in status["head"]["message"]
+    row = finished(ft, "through")
+    assert row["status"] == "SUCCEEDED" and row["step"] == 500 and row["restarts"] == 0
+    points = curve(ft, "through")
+    assert {p["restarts"] for p in points} == {0}  # the same workers trained straight through
+    gap = max(b["time"] - a["time"] for a, b in zip(points, points[1:]))
+    assert gap < back + 10, (gap, back)
+
+
+def test_a_job_submitted_while_the_head_restarts_waits_for_it_and_runs(ft: Fleet) -> None:
+    """A user's command given during a head failover waits for the head the supervisor is bringing
+    back, instead of failing on a GCS or job API that is not up yet. The supervisor is held stopped
+    while the head is down, so the command surely meets a head that is not back yet."""
+    ft.wait_ready(timeout=240)
+    restarts = supervisor(ft)["head"]["restarts"]
+    path = ft.home.parent / "during-failover.yaml"
+    path.write_text(yaml.safe_dump({"name": "during-failover", "pool": "h100", "workers": 1, "steps": 20,
+                                    "model": {"preset": "tiny"}, "data": {"seq_len": 64, "global_batch": 4}}))
+    held = psutil.Process(supervisors(ft)[0])
+    err = ft.home.parent / "during-failover.err"
+    proc = None
+    held.send_signal(signal.SIGSTOP)
+    try:
+        kill_tree(json.loads((ft.dir / "head.json").read_text())["pid"])
+        with open(err, "w") as sink:
+            proc = subprocess.Popen([RAYFLEET, "submit", "-f", str(path)], stdout=subprocess.PIPE, stderr=sink,
+                                      text=True, env=rayfleet_env(ft.home), cwd=ROOT)
+        wait_until(lambda: "the head is starting; waiting up to" in err.read_text(), 120, "submit to wait for the head")
+        assert proc.poll() is None  # still waiting, not failed
+        held.send_signal(signal.SIGCONT)
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        held.send_signal(signal.SIGCONT)
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, (err.read_text(), supervisor(ft))
+    assert out.startswith("submitted during-failover as "), out
+    assert supervisor(ft)["head"]["restarts"] > restarts
+    row = finished(ft, "during-failover")
+    assert row["status"] == "SUCCEEDED" and row["step"] == 20
+
+
+def test_a_killed_redis_is_reported_brought_back_and_the_job_still_finishes(ft: Fleet) -> None:
+    ft.wait_ready(timeout=240)
+    submit(ft, "through-redis", steps=300)
+    wait_until(lambda: len(curve(ft, "through-redis")) >= 20, 300, "20 steps of the job")
+    redis_pid = supervisor(ft)["redis"]["owned"]["pid"]
+    psutil.Process(redis_pid).send_signal(signal.SIGKILL)
+    wait_until(lambda: supervisor(ft)["redis"]["restarts"] >= 1 and supervisor(ft)["redis"]["alive"], 60,
+               "the supervisor to restart Redis")
+    kinds = [e["kind"] for e in supervisor(ft)["events"]]
+    assert "redis-lost" in kinds and "redis-restarted" in kinds
+    status = wait_until(lambda: ft.cli("status", "-o", "json").returncode == 0 and ft.status(), 180,
+                        "the fleet to answer again")
+    assert "Redis was restarted" in status["head"]["message"]
+    row = finished(ft, "through-redis")
+    assert row["status"] == "SUCCEEDED" and row["step"] == 300
+
+
+def test_a_job_whose_driver_node_is_lost_is_resubmitted_and_finishes(ft: Fleet) -> None:
+    ft.wait_ready(timeout=240)
+    first = submit(ft, "orphaned", steps=300)
+    wait_until(lambda: any(Path(p).name.startswith("rayfleet-step-") for p in
+                           (ft.dir / "storage" / "jobs" / "orphaned").glob("runs/*/rayfleet-step-*")), 300,
+               "a first checkpoint")
+    driver = next(p for p in psutil.process_iter(["name"]) if "JobSupervisor" in (p.info["name"] or "")
+                  and f"rayfleet.io/fleet={ft.name}," in " ".join(p.parent().parent().cmdline()))
+    node = " ".join(driver.parent().parent().cmdline()).split("rayfleet.io/instance=")[1].split()[0]
+    assert ft.cli("chaos", "kill-node", node).returncode == 0
+    wait_until(lambda: any(e["kind"] == "resubmit" for e in ft.events()), 120, "the controller to resubmit")
+    row = finished(ft, "orphaned", timeout=500)
+    assert row["status"] == "SUCCEEDED" and row["step"] == 300
+    assert row["submission_id"] != first and row["restarts"] >= 1
+    starts = [json.loads(line) for line in (ft.dir / "storage" / "jobs" / "orphaned" / "history.jsonl")
+              .read_text().splitlines() if '"started"' in line]
+    assert starts[-1]["from_step"] >= 10  # continued from its checkpoint
+
+
+def test_the_redis_password_is_in_no_log_and_not_in_the_gcs(ft: Fleet) -> None:
+    from rayfleet.cluster.rayio import gcs
+    from rayfleet.cluster.rayio.connection import use_token
+    from rayfleet.cluster.head.fleetdir import FleetDir
+
+    password_file = ft.dir / "redis_password"
+    password = password_file.read_text().strip()
+    assert oct(password_file.stat().st_mode & 0o777) == "0o600"
+    ray_logs = FleetDir(ft.name, ft.home).temp_root / "head" / "session_latest" / "logs"
+    files = [*(ft.dir / "logs").rglob("*"), *ray_logs.rglob("*"), *ft.dir.glob("*.json")]
+    texts = [p.read_text(errors="replace") for p in files if p.is_file()]
+    assert len(texts) > 10 and not any(password in text for text in texts)
+    use_token(ft.dir / "auth_token")
+    client = gcs.client(json.loads((ft.dir / "head.json").read_text())["gcs_address"])
+    for key in ("spec", "runtime", "status", "health", "events", "state", "targets"):
+        assert password.encode() not in (gcs.kv_get(client, key) or b""), key

@@ -1,0 +1,106 @@
+"""Fleet spec validation: good specs load; every kind of bad spec is refused clearly, exit 2."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from rayfleet.errors import BadInput
+from rayfleet.cluster.spec.fleet import FleetSpec, load_fleet_spec, parse_bytes
+from tests.conftest import ROOT, ray_daemon_pids, rayfleet
+
+GOOD = """
+name: good
+pools:
+  - name: h100
+    accelerator: H100
+    gpus_per_node: 8
+    memory: 64Gi
+    min_nodes: 1
+    max_nodes: 4
+"""
+
+# (what is wrong, spec text, the field path the message must name, words the fix must contain)
+BAD = [
+    ("not YAML", "name: [unclosed\n", "line", "YAML"),
+    ("not a mapping", "- a\n- b\n", "mapping", "mapping"),
+    ("bad fleet name", GOOD.replace("name: good", "name: Good_Fleet"), "name", "lower-case"),
+    ("unknown provider", GOOD + "provider: gcp\n", "provider", "'local', 'aws' or 'kubernetes'"),
+    ("typo in a field", GOOD.replace("gpus_per_node", "gpu_per_node"), "pools[0].gpu_per_node", "did you mean 'gpus_per_node'"),
+    ("max below min", GOOD.replace("max_nodes: 4", "max_nodes: 0"), "pools[0]", "max_nodes >= min_nodes"),
+    ("nodes outside bounds", GOOD + "    nodes: 9\n", "pools[0]", "within min_nodes..max_nodes"),
+    ("unknown accelerator", GOOD.replace("H100", "B9000"), "pools[0].accelerator", "H100"),
+    ("GPUs without accelerator", GOOD.replace("    accelerator: H100\n", ""), "pools[0]", "name the GPU model"),
+    ("bad memory size", GOOD.replace("64Gi", "lots"), "pools[0].memory", "64Gi"),
+    ("negative min", GOOD.replace("min_nodes: 1", "min_nodes: -1"), "pools[0].min_nodes", "at least 0"),
+    ("duplicate pools", GOOD + GOOD.split("pools:\n")[1], "pools", "unique"),
+    ("no pools", "name: good\npools: []\n", "pools", "at least one"),
+    ("reserved label", GOOD + "    labels: {rayfleet.io/pool: x}\n", "pools[0].labels", "reserved"),
+    ("wrong provider block", GOOD + "    provider: {aws: {instance_type: p5.48xlarge, ami: ami-0123456789abcdef0}}\n",
+     "provider.aws", "fleet's provider is local"),
+    ("tiny object store", GOOD + "    provider: {local: {object_store_memory: 1Mi}}\n",
+     "pools[0].provider.local.object_store_memory", "at least 80Mi"),
+    ("bad head address", GOOD + "head: {address: 'nowhere'}\n", "head.address", "host:port"),
+    ("string for a number", GOOD.replace("max_nodes: 4", "max_nodes: four"), "pools[0].max_nodes", "integer"),
+]
+
+
+def test_good_spec_loads_with_defaults(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(GOOD)
+    spec = load_fleet_spec(path)
+    pool = spec.pool("h100")
+    assert (spec.provider, spec.head.dashboard_host) == ("local", "127.0.0.1")
+    assert (pool.memory, pool.desired, pool.peak_tflops) == (64 * 2**30, 1, 989.0)
+
+
+def test_examples_in_manifests_are_valid() -> None:
+    examples = sorted((ROOT / "manifests" / "examples").glob("*fleet*.yaml"))
+    assert examples
+    for path in examples:
+        assert isinstance(load_fleet_spec(path), FleetSpec)
+
+
+@pytest.mark.parametrize("what,text,field,fix", BAD, ids=[case[0] for case in BAD])
+def test_bad_spec_message_names_file_field_and_fix(tmp_path: Path, what: str, text: str, field: str,
+                                                   fix: str) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(text)
+    with pytest.raises(BadInput) as caught:
+        load_fleet_spec(path)
+    message = str(caught.value)
+    assert str(path) in message and field in message and fix in message, message
+
+
+def test_missing_file_is_bad_input(tmp_path: Path) -> None:
+    with pytest.raises(BadInput, match="no such file"):
+        load_fleet_spec(tmp_path / "absent.yaml")
+
+
+@pytest.mark.parametrize("value,expected", [("64Gi", 64 * 2**30), ("512M", 512 * 10**6), (1024, 1024),
+                                            ("1.5Gi", int(1.5 * 2**30)), ("200Mi", 200 * 2**20)])
+def test_sizes_parse_like_kubernetes_quantities(value: object, expected: int) -> None:
+    assert parse_bytes(value) == expected
+
+
+def test_cli_refuses_bad_specs_with_exit_2_and_starts_nothing(tmp_path: Path) -> None:
+    """Through the real CLI, as a user: each bad spec exits 2 with one message, nothing starts."""
+    home = tmp_path / "home"
+    for what, text, field, fix in BAD[:12]:
+        path = tmp_path / f"{what.replace(' ', '-')}.yaml"
+        path.write_text(text)
+        result = rayfleet("up", "-f", str(path), home=home, timeout=60)
+        assert result.returncode == 2, (what, result.stdout, result.stderr)
+        assert str(path.name) in result.stderr and fix in result.stderr.replace("\n", " "), (what, result.stderr)
+        assert "Traceback" not in result.stderr
+    assert not (home / "fleets").exists()  # no fleet folder, no token, no head record
+    assert ray_daemon_pids(home) == set()
+
+
+def test_cli_schema_prints_the_json_schema() -> None:
+    import json
+
+    result = rayfleet("schema", timeout=60)
+    assert result.returncode == 0
+    schema = json.loads(result.stdout)
+    assert "pools" in schema["properties"] and "PoolSpec" in schema["$defs"]

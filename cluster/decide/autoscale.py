@@ -15,7 +15,7 @@ For each pool that autoscales (`pools[].autoscale`, default `scaling.autoscale`)
    very work it was launched for.
 
 The target is what the pool needs now: its nodes minus the removable ones plus the new ones.
-`plan.desired_nodes` combines it with the floor (manual target or spec) and max_nodes. Pure:
+`scaling.desired_nodes` combines it with the floor (manual target or spec) and max_nodes. Pure:
 demand and usage arrive in the ClusterView, time as `now`.
 """
 from __future__ import annotations

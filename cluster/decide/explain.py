@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping, Sequence
 
 from rayfleet.cluster.decide.autoscale import show_resources
-from rayfleet.cluster.decide.plan import MAX_BACKOFF_S
+from rayfleet.cluster.decide.retries import backoff_s
 
 Answer = dict[str, Any]   # {"subject", "kind", "answer": [lines], "evidence": {...}}
 
@@ -30,7 +30,7 @@ def explain_pool(name: str, status: Mapping[str, Any], events: Sequence[Mapping[
         lines.append(f"not growing: at max_nodes={pool['max']} (raise `max_nodes` in the fleet spec to grow it)")
     failures = (status.get("pool_failures") or {}).get(name)
     if failures and failures.get("count"):
-        wait = min(MAX_BACKOFF_S, 2.0 ** (failures["count"] - 1))
+        wait = backoff_s(failures["count"])
         retry = failures["last"] + wait - now
         last_error = next((e["message"] for e in reversed(events) if e.get("pool") == name and e["kind"] == "failed"),
                           "")

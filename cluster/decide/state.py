@@ -21,9 +21,9 @@ class NodeState(str, Enum):
     DEGRADED = "degraded"        # working but below thresholds (slow, warm): kept, watched
     UNHEALTHY = "unhealthy"      # alive but failing a check: to be drained and replaced (or held)
     DRAINING = "draining"        # Ray drain requested: no new work lands; terminated after
-    QUARANTINED = "quarantined"  # failed a hardware check; drained and kept for diagnosis
+    QUARANTINED = "quarantined"  # failed a hardware check; out of service, kept for diagnosis
     TERMINATING = "terminating"  # terminate requested from the provider
-    TERMINATED = "terminated"    # gone; kept only as history
+    TERMINATED = "terminated"    # the provider no longer lists it; its record is then dropped
 
     @property
     def counts_as_capacity(self) -> bool:
@@ -42,16 +42,110 @@ _CAPACITY = frozenset({NodeState.REQUESTED, NodeState.BOOTING, NodeState.READY,
                        NodeState.SUSPECT, NodeState.DEGRADED, NodeState.UNHEALTHY})
 
 S = NodeState
+
+# Every allowed edge, with what causes it: `sync` is pass 1 (an observation), the rest are the
+# step's decisions (cluster/decide/*.py). A record may also stay in its state with a new reason.
+# The edges marked "not taken" are allowed, though no step makes them.
 TRANSITIONS: Mapping[NodeState, frozenset[NodeState]] = {
-    S.REQUESTED: frozenset({S.BOOTING, S.READY, S.UNHEALTHY, S.TERMINATING}),
-    S.BOOTING: frozenset({S.READY, S.UNHEALTHY, S.TERMINATING}),
-    S.READY: frozenset({S.SUSPECT, S.DEGRADED, S.UNHEALTHY, S.DRAINING, S.QUARANTINED, S.TERMINATING}),
-    S.SUSPECT: frozenset({S.READY, S.DEGRADED, S.UNHEALTHY, S.DRAINING, S.TERMINATING}),
-    S.DEGRADED: frozenset({S.READY, S.SUSPECT, S.UNHEALTHY, S.DRAINING, S.QUARANTINED, S.TERMINATING}),
-    S.UNHEALTHY: frozenset({S.READY, S.SUSPECT, S.DEGRADED, S.DRAINING, S.QUARANTINED, S.TERMINATING}),
-    S.DRAINING: frozenset({S.QUARANTINED, S.TERMINATING, S.UNHEALTHY}),
-    S.QUARANTINED: frozenset({S.READY, S.TERMINATING}),
-    S.TERMINATING: frozenset({S.TERMINATED}),
+    S.REQUESTED: frozenset({
+        # sync: the provider lists the instance; its Ray node has not joined yet.
+        S.BOOTING,
+        # sync: its Ray node had already joined when a pass first saw the instance.
+        S.READY,
+        # Not taken: checks are judged only once a node has joined Ray.
+        S.UNHEALTHY,
+        # sync: the launch failed (act's error, the provider lists it terminated, or it was not
+        # shown within boot_timeout_s); or scaling removes it, unstarted nodes first.
+        S.TERMINATING,
+    }),
+    S.BOOTING: frozenset({
+        # sync: its Ray node joined.
+        S.READY,
+        # Not taken: checks are judged only once a node has joined Ray.
+        S.UNHEALTHY,
+        # sync: the instance went while booting, or did not join Ray within boot_timeout_s; or
+        # scaling removes it.
+        S.TERMINATING,
+    }),
+    S.READY: frozenset({
+        # sync: no heartbeat from its agent for heartbeat_timeout_s: confirmed before it is failed.
+        S.SUSPECT,
+        # sync: a check warns (slow, hot, a straggler), none fails.
+        S.DEGRADED,
+        # sync: a check failed.
+        S.UNHEALTHY,
+        # sync: its agent reports a notice (spot interruption, eviction): drained to its deadline.
+        S.DRAINING,
+        # Not taken: quarantine starts from UNHEALTHY (remediation of a hardware failure).
+        S.QUARANTINED,
+        # sync: lost (instance gone, Ray node dead or unregistered, raylet refuses connections);
+        # or scaling removes it (drained first, for scale-down).
+        S.TERMINATING,
+    }),
+    S.SUSPECT: frozenset({
+        # sync: its agent reports again and its checks pass.
+        S.READY,
+        # sync: its agent reports again; a check warns.
+        S.DEGRADED,
+        # sync: its agent reports again; a check failed.
+        S.UNHEALTHY,
+        # sync: its agent reports again, with a notice.
+        S.DRAINING,
+        # sync: lost (still silent, its raylet not answering, after confirm_window_s; or gone as
+        # from READY); or scaling removes it.
+        S.TERMINATING,
+    }),
+    S.DEGRADED: frozenset({
+        # sync: its checks pass again.
+        S.READY,
+        # sync: no heartbeat for heartbeat_timeout_s.
+        S.SUSPECT,
+        # sync: a check failed.
+        S.UNHEALTHY,
+        # sync: its agent reports a notice.
+        S.DRAINING,
+        # Not taken: quarantine starts from UNHEALTHY.
+        S.QUARANTINED,
+        # sync: lost; or scaling removes it.
+        S.TERMINATING,
+    }),
+    S.UNHEALTHY: frozenset({
+        # sync: its checks pass again before remediation drained it (a limit held it).
+        S.READY,
+        # sync: no heartbeat for heartbeat_timeout_s.
+        S.SUSPECT,
+        # sync: no check fails any more; one warns.
+        S.DEGRADED,
+        # remediation: drained for replacement (within max_replacements_per_hour and the pool's
+        # max_unavailable); or sync: its agent reports a notice.
+        S.DRAINING,
+        # remediation: the failed check was a hardware check and the node is in Ray: kept for
+        # diagnosis instead of drained.
+        S.QUARANTINED,
+        # sync: lost; or scaling removes it (it still counts as capacity).
+        S.TERMINATING,
+    }),
+    S.DRAINING: frozenset({
+        # Not taken: quarantine starts from UNHEALTHY.
+        S.QUARANTINED,
+        # remediation: its drain_deadline_s passed; notices: its jobs checkpointed for the notice,
+        # or the notice's deadline came; or sync: lost (gone, dead, raylet refuses connections).
+        S.TERMINATING,
+        # Not taken: a draining node's checks are not judged.
+        S.UNHEALTHY,
+    }),
+    S.QUARANTINED: frozenset({
+        # quarantine: released on request once its checks, run after the request, pass.
+        S.READY,
+        # quarantine: terminated on request, over max_quarantined (oldest first) or
+        # quarantine_max_age_s; or sync: lost.
+        S.TERMINATING,
+    }),
+    S.TERMINATING: frozenset({
+        # sync: the provider no longer lists the instance, or lists it terminated.
+        S.TERMINATED,
+    }),
+    # Final: the record leaves the remembered state at the end of the pass.
     S.TERMINATED: frozenset(),
 }
 

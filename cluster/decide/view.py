@@ -1,6 +1,6 @@
 """What the controller observes, as plain values: Ray's nodes and the provider's instances.
 
-Building these values is the only place that talks to Ray or a provider (see `cluster.observe`);
+Building these values is the only place that talks to Ray or a provider (`cluster/loop/observe.py`);
 `plan` only ever sees them. A source that could not be read is `None`, never an empty tuple: a
 failed provider call must not look like a fleet whose every instance vanished.
 """

@@ -7,7 +7,7 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 from rayfleet.cluster.rayio import gcs
-from rayfleet.cluster.decide.plan import Action, Admit, Drain, Evict, Launch, RunChecks, Terminate, Unadmit, Vacate
+from rayfleet.cluster.decide.actions import Action, Admit, Drain, Evict, Launch, RunChecks, Terminate, Unadmit, Vacate
 from rayfleet.cluster.providers import Provider
 from rayfleet.cluster.spec.fleet import FleetSpec
 

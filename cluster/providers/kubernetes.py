@@ -1,7 +1,7 @@
 """The Kubernetes provider: the fleet is a KubeRay RayCluster; a pool is one of its worker groups.
 
 KubeRay creates and names the pods, so an instance here is a worker pod (`Instance.id` is the pod
-name) and the planner pairs new pods with its pending requests (`consume_request` in plan.py).
+name) and the planner pairs new pods with its pending requests (`consume_request` in cluster/decide/adopt.py).
 - `launch(pool, names)` raises the group's `replicas` by the names not asked for before, and
   records them in the RayCluster's annotation `rayfleet.io/requests` in the same write: replicas
   become the live pods plus the pending requests, and repeating a launch (a controller that

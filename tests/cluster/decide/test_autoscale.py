@@ -15,7 +15,8 @@ from rayfleet.cluster.decide.autoscale import PoolTarget, autoscale_targets, nod
 from rayfleet.cluster.decide.demand import (Bundle, Demand, Gang, IdleClock, LabelConstraint, NodeUsage, Selector,
                             demand_from_resource_state, resources)
 from rayfleet.cluster.loop.observe import observe
-from rayfleet.cluster.decide.plan import Launch, Terminate, desired_nodes, plan
+from rayfleet.cluster.decide.actions import Launch, Terminate
+from rayfleet.cluster.decide.plan import desired_nodes, plan
 from rayfleet.cluster.sim.simulator import SimulatedCloud, SimulatedController, SimulatedJob
 from rayfleet.cluster.spec.fleet import FleetSpec
 from rayfleet.cluster.decide.state import FleetState, NodeRecord, NodeState

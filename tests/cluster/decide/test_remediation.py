@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 
 from rayfleet.cluster.health.report import Check, Status
-from rayfleet.cluster.decide.plan import Admit, Drain, Evict, Launch, QuarantineRequests, RunChecks, Terminate, Unadmit, Vacate
+from rayfleet.cluster.decide.actions import Admit, Drain, Evict, Launch, RunChecks, Terminate, Unadmit, Vacate
+from rayfleet.cluster.decide.plan import QuarantineRequests
 from rayfleet.cluster.sim.simulator import SimulatedCloud, SimulatedController
 from rayfleet.cluster.spec.fleet import FleetSpec
 from rayfleet.cluster.decide.state import NodeState

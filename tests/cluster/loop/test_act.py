@@ -8,7 +8,7 @@ import pytest
 
 from rayfleet.cluster.loop import act as act_module
 from rayfleet.cluster.rayio import gcs
-from rayfleet.cluster.decide.plan import Action, Admit, Drain, Evict, Launch, RunChecks, Terminate, Unadmit, Vacate
+from rayfleet.cluster.decide.actions import Action, Admit, Drain, Evict, Launch, RunChecks, Terminate, Unadmit, Vacate
 from rayfleet.cluster.spec.fleet import FleetSpec, PoolSpec
 from rayfleet.cluster.decide.view import Instance
 

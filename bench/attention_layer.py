@@ -5,7 +5,7 @@ shows as the RoPE backward (the rotation's inverse fused with the concatenation 
 gradient: 174 us per layer against 49 us for the forward on an H100).
 
     rope       interleaved  pairs (x[2i], x[2i+1]) as model/positions.py, compiled PyTorch
-               triton       the same pairs through model/kernels/triton_rope.py's kernels (the model's
+               triton       the same pairs through model/kernels/rope.py's kernels (the model's
                             path on CUDA)
                half         pairs (x[i], x[i + d/2]) (transformers' rotate_half) through the
                             model's same autograd function (inverse-rotation backward):
@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import rayfleet.model.attention as attention_mod  # noqa: E402
 import rayfleet.model.positions as positions_mod  # noqa: E402
-from rayfleet.model import triton_rope  # noqa: E402
+from rayfleet.model.kernels import rope as triton_rope  # noqa: E402
 from rayfleet.model import get_preset  # noqa: E402
 from rayfleet.model.attention import Attention, attention_context  # noqa: E402
 from rayfleet.model.masks import MaskSpec  # noqa: E402

@@ -1,5 +1,5 @@
 """The cross-entropy gradient step of the fused head on its own: the in-place Triton kernel
-(model/kernels/triton_ce.py) at several launch shapes against the compiled PyTorch version it replaces
+(model/kernels/cross_entropy.py) at several launch shapes against the compiled PyTorch version it replaces
 (model/loss.py's _chunk_grad), on the bf16 logits of a dense (16 x 1024 tokens) and a MoE
 (8 x 1024) training step, vocabulary 50304.
 
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rayfleet.model import loss as loss_mod  # noqa: E402
-from rayfleet.model import triton_ce  # noqa: E402
+from rayfleet.model.kernels import cross_entropy as triton_ce  # noqa: E402
 from cuda_timing import median_ms  # noqa: E402
 
 VOCAB = 50304

@@ -1,5 +1,5 @@
 """RoPE on the q/k/v projection of one dense_124m layer (batch 16 x 1024, 12 heads of 64, bf16),
-forward and backward on their own: the Triton kernels of model/kernels/triton_rope.py at several launch
+forward and backward on their own: the Triton kernels of model/kernels/rope.py at several launch
 shapes (tokens per program x warps) against the compiled PyTorch version they replace (positions.apply_rope on q and k, the
 backward's inverse rotation fused by inductor with the concatenation into the qkv gradient),
 and against a plain copy of the same bytes (the floor).
@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rayfleet.model import triton_rope  # noqa: E402
+from rayfleet.model.kernels import rope as triton_rope  # noqa: E402
 from rayfleet.model.positions import _rotate, rope_angles, rope_inv_freq  # noqa: E402
 from cuda_timing import median_ms  # noqa: E402
 

@@ -1,11 +1,15 @@
 """rayfleet transformer library: plain PyTorch, driven by one ``ModelConfig``.
 
-No Ray and no torch.distributed setup in here; expert parallelism takes a process group
-that the caller created.
+No Ray and no torch.distributed setup in here; expert parallelism (parallelize.py) takes a
+process group that the caller created.
 """
 
-from .config import ModelConfig
-from .expert_parallel import (
+from rayfleet.model.config import ModelConfig
+from rayfleet.model.flops import flops_per_token, param_counts
+from rayfleet.model.loss import linear_cross_entropy
+from rayfleet.model.masks import MaskSpec
+from rayfleet.model.moe import MoE, update_expert_bias
+from rayfleet.model.parallelize import (
     apply_expert_parallel,
     expert_parameter_names,
     expert_parameters,
@@ -14,12 +18,8 @@ from .expert_parallel import (
     non_expert_parameters,
     reduce_expert_gradients,
 )
-from .flops import flops_per_token, param_counts
-from .loss import linear_cross_entropy
-from .masks import MaskSpec
-from .moe import MoE, update_expert_bias
-from .presets import PRESETS, dense_124m, get_preset, moe_8x, tiny, tiny_moe
-from .transformer import LMOutput, Transformer
+from rayfleet.model.presets import PRESETS, dense_124m, get_preset, moe_8x, tiny, tiny_moe
+from rayfleet.model.transformer import LMOutput, Transformer
 
 __all__ = [
     "PRESETS",

@@ -15,18 +15,20 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-from .config import ModelConfig
-from .kv_cache import KVCache
-from .masks import MaskSpec, additive_mask, dense_mask, mask_mod
-from rayfleet.model.kernels import triton_rope
-from .positions import Positions, alibi_bias, apply_rope
+from rayfleet.model.config import ModelConfig
+from rayfleet.model.kernels import rope as rope_kernel
+from rayfleet.model.kv_cache import KVCache
+from rayfleet.model.masks import MaskSpec, additive_mask, dense_mask, mask_mod
+from rayfleet.model.positions import Positions, alibi_bias, apply_rope
+
+AttentionKernel = Literal["causal", "sdpa", "flex"]
 
 
 @dataclass
@@ -35,7 +37,7 @@ class AttentionContext:
 
     q_pos: Tensor  # (T,) absolute positions of the queries
     spec: MaskSpec
-    kernel: str  # "causal" | "sdpa" | "flex"
+    kernel: AttentionKernel
     rope: tuple[Tensor, Tensor] | None = None  # cos, sin of shape (T, head_dim / 2)
     slopes: Tensor | None = None  # ALiBi slopes (n_heads,)
     sdpa_mask: Tensor | None = None  # bool (T, T) or additive (H, T, T), kernel "sdpa"
@@ -44,7 +46,7 @@ class AttentionContext:
     start: int = 0  # position of the first query (KV-cache decoding)
 
 
-def choose_kernel(config: ModelConfig, spec: MaskSpec, device: torch.device) -> str:
+def choose_kernel(config: ModelConfig, spec: MaskSpec, device: torch.device) -> AttentionKernel:
     """Which attention kernel serves this config on this device (see module docstring)."""
     if spec.is_causal_only and config.positions != "alibi":
         return "causal"
@@ -76,7 +78,7 @@ def attention_context(config: ModelConfig, positions: Positions, q_pos: Tensor,
     ``cached`` (KV-cache decoding) leaves the mask to each layer's cache, since it
     depends on the cache slots' positions.
     """
-    kernel = "sdpa" if cached else choose_kernel(config, spec, q_pos.device)
+    kernel: AttentionKernel = "sdpa" if cached else choose_kernel(config, spec, q_pos.device)
     ctx = AttentionContext(q_pos=q_pos, spec=spec, kernel=kernel, rope=positions.rope_span(start, q_pos.numel()),
                            slopes=positions.alibi(), start=start)
     if cached or kernel == "causal":
@@ -119,17 +121,17 @@ class Attention(nn.Module):
         """Self-attention of ``x`` (B, T, dim); with ``cache`` also attends to cached keys."""
         b, t, _ = x.shape
         qkv = self.wqkv(x).view(b, t, self.n_heads + 2 * self.n_kv_heads, self.head_dim)
-        if ctx.rope is not None and triton_rope.handles(qkv):
+        if ctx.rope is not None and rope_kernel.handles(qkv):
             # one Triton pass each way: q, k rotated out of qkv; their gradients rotated back
-            # and written with v's into the wqkv gradient (see triton_rope)
-            q, k, v = triton_rope.rope_qkv(qkv, *ctx.rope, self.n_heads, self.n_kv_heads)
+            # and written with v's into the wqkv gradient (see kernels/rope.py)
+            q, k, v = rope_kernel.rope_qkv(qkv, *ctx.rope, self.n_heads, self.n_kv_heads)
         else:
             q, k, v = qkv.split([self.n_heads, self.n_kv_heads, self.n_kv_heads], dim=2)
             if ctx.rope is not None:
                 # Rotated in the projection's (B, T, H, d) layout, then viewed as (B, H, T, d):
                 # the attention kernels take the strided view, and their q/k/v gradients come
                 # back in this same layout, so the backward rotation and the concatenation into
-                # the wqkv gradient are one coalesced pass. Rotating after the transpose made
+                # the wqkv gradient are one coalesced pass. Rotating after the transpose makes
                 # that pass 6x slower than the forward rotation (H100, dense_124m, bf16, compiled).
                 cos, sin = (c[:, None] for c in ctx.rope)  # (T, 1, d/2)
                 q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import Attention, AttentionContext
-from .config import ModelConfig
-from .kv_cache import KVCache
-from .moe import MoE
+from rayfleet.model.attention import Attention, AttentionContext
+from rayfleet.model.config import ModelConfig
+from rayfleet.model.kv_cache import KVCache
+from rayfleet.model.moe import MoE
 
 
 class RMSNorm(nn.Module):

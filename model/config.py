@@ -1,25 +1,33 @@
 """One frozen dataclass that drives the whole model.
 
-Every option is a plain field with a JSON-friendly type (int, float, bool, str or
-None), so a job YAML can name a preset plus a dict of overrides and the trainer can
-build the final config with ``dataclasses.replace(preset(), **overrides)``.
-``__post_init__`` validates the combination and raises ``ValueError`` with a message
-that names the offending field(s).
+Every option is a keyword-only field with a JSON-friendly type (int, float, bool, None, or
+a string out of a ``Literal`` of choices), so a job YAML can name a preset plus a dict of
+overrides and the trainer can build the final config with
+``dataclasses.replace(preset(), **overrides)`` (torchtitan's frozen, keyword-only, slotted
+config). ``__post_init__`` validates the combination and raises ``ValueError`` with a
+message that names the offending field(s).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Literal
 
-POSITIONS = ("sinusoidal", "learned", "rope", "alibi", "none")
-ROPE_SCALING_TYPES = ("linear", "ntk")
-ATTN_BACKENDS = ("auto", "sdpa", "flex")
-EXPERT_BACKENDS = ("auto", "grouped_mm", "loop")
+PositionKind = Literal["sinusoidal", "learned", "rope", "alibi", "none"]
+RopeScalingType = Literal["linear", "ntk"]
+AttnBackend = Literal["auto", "sdpa", "flex"]
+ExpertBackend = Literal["auto", "grouped_mm", "loop"]
+POSITIONS: tuple[str, ...] = typing.get_args(PositionKind)
+ROPE_SCALING_TYPES: tuple[str, ...] = typing.get_args(RopeScalingType)
+ATTN_BACKENDS: tuple[str, ...] = typing.get_args(AttnBackend)
+EXPERT_BACKENDS: tuple[str, ...] = typing.get_args(ExpertBackend)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ModelConfig:
     """All options of the decoder-only transformer (dense, MoE, RMT)."""
 
@@ -37,19 +45,19 @@ class ModelConfig:
     norm_eps: float = 1e-5
 
     # --- positions -------------------------------------------------------------------
-    positions: str = "rope"  # one of POSITIONS
+    positions: PositionKind = "rope"
     rope_base: float = 10000.0
     # Context extension factor s >= 1. "linear" = position interpolation (Chen et al. 2023,
     # arXiv:2306.15595): positions are divided by s. "ntk" = NTK-aware scaling (bloc97,
     # 2023; used by Code Llama-style long-context fine-tunes): base becomes
     # base * s ** (d / (d - 2)), which keeps the highest frequency and stretches the lowest.
     rope_scaling: float = 1.0
-    rope_scaling_type: str = "linear"
+    rope_scaling_type: RopeScalingType = "linear"
 
     # --- attention masks -------------------------------------------------------------
     window: int | None = None  # sliding window: query i sees keys i-W+1 .. i
     sinks: int = 0  # first S tokens always visible (StreamingLLM, Xiao et al. 2023); needs a window to matter
-    attn_backend: str = "auto"  # auto: flex_attention on CUDA, explicit-mask SDPA on CPU
+    attn_backend: AttnBackend = "auto"  # auto: flex_attention on CUDA, explicit-mask SDPA on CPU
 
     # --- recurrent memory (Bulatov et al. 2022) --------------------------------------
     memory_tokens: int = 0  # M; 0 = off
@@ -67,7 +75,7 @@ class ModelConfig:
     bias_balancing: bool = False  # auxiliary-loss-free balancing (Wang et al. 2024)
     bias_update_rate: float = 0.001  # u in DeepSeek-V3 (arXiv:2412.19437)
     router_renormalize: bool = True  # top-k gate weights sum to 1 (Mixtral style)
-    expert_backend: str = "auto"  # auto: torch._grouped_mm on CUDA bf16 sm90+, else loop
+    expert_backend: ExpertBackend = "auto"  # auto: torch._grouped_mm on CUDA bf16 sm90+, else loop
 
     # --- embeddings, init, regularisation, loss --------------------------------------
     tie_embeddings: bool = True
@@ -124,20 +132,41 @@ class ModelConfig:
         return dataclasses.asdict(self)
 
 
-_TYPES = {"int": int, "float": float, "bool": bool, "str": str, "None": type(None)}
+def _value_types(annotation: object) -> tuple[type, ...]:
+    """The classes a field's value may have: ``int | None`` -> (int, NoneType), a ``Literal``
+    of strings -> (str,) (which string is a semantic check)."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return tuple(dict.fromkeys(type(choice) for choice in typing.get_args(annotation)))
+    if origin in (typing.Union, types.UnionType):
+        return tuple(t for arg in typing.get_args(annotation) for t in _value_types(arg))
+    assert isinstance(annotation, type), annotation
+    return (annotation,)
+
+
+def _field_types() -> dict[str, tuple[tuple[type, ...], str]]:
+    """Per field: the classes its value may have and how an error message names them."""
+    out = {}
+    for name, annotation in typing.get_type_hints(ModelConfig).items():
+        allowed = _value_types(annotation)
+        out[name] = allowed, " | ".join("None" if t is type(None) else t.__name__ for t in allowed)
+    return out
+
+
+_FIELD_TYPES = _field_types()
 
 
 def _check_types(cfg: ModelConfig) -> None:
     """Reject values whose type does not match the field annotation (e.g. from YAML)."""
     for f in dataclasses.fields(cfg):
-        allowed = tuple(_TYPES[name.strip()] for name in str(f.type).split("|"))
+        allowed, described = _FIELD_TYPES[f.name]
         value = getattr(cfg, f.name)
         ok = isinstance(value, allowed) and not (isinstance(value, bool) and bool not in allowed)
         if not ok and float in allowed and isinstance(value, int) and not isinstance(value, bool):
             object.__setattr__(cfg, f.name, float(value))  # YAML "1" for a float field
             ok = True
         if not ok:
-            raise ValueError(f"invalid ModelConfig: {f.name}={value!r} must be of type {f.type}")
+            raise ValueError(f"invalid ModelConfig: {f.name}={value!r} must be of type {described}")
 
 
 def _semantic_errors(c: ModelConfig) -> Iterator[str]:

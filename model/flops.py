@@ -19,7 +19,7 @@ FLOPs per token follow the PaLM MFU convention (Chowdhery et al. 2022, appendix 
 
 from __future__ import annotations
 
-from .config import ModelConfig
+from rayfleet.model.config import ModelConfig
 
 
 def attention_params(c: ModelConfig) -> int:

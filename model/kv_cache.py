@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .masks import MaskSpec
+from rayfleet.model.masks import MaskSpec
 
 
 class KVCache:

@@ -11,10 +11,10 @@ tokens x vocab is kept for the backward pass. The matmul count equals the unfuse
 Per chunk the logits stay in the matmul's dtype (bf16 under autocast or with bf16
 weights); the log-sum-exp and the softmax are taken in float32 and the gradient is
 written once, in the logits' dtype, which is what the two gradient matmuls read. On CUDA
-that elementwise step is one Triton kernel (triton_ce.py) that overwrites the logits with
-their gradient: one read and one write of the chunk x vocab tensor. Without Triton it is
-a compiled (fused) kernel pair, even in an eager model: read the logits twice, write the
-gradient once, instead of some ten passes.
+that elementwise step is one Triton kernel (kernels/cross_entropy.py) that overwrites the
+logits with their gradient: one read and one write of the chunk x vocab tensor. Without
+Triton it is a compiled (fused) kernel pair, even in an eager model: read the logits twice,
+write the gradient once, instead of some ten passes.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from rayfleet.model.kernels import triton_ce
+from rayfleet.model.kernels import cross_entropy as ce_kernel
 
 IGNORE_INDEX = -100  # same convention as torch.nn.functional.cross_entropy
 
@@ -67,8 +67,8 @@ class _LinearCrossEntropy(torch.autograd.Function):
         for s in range(0, h.shape[0], chunk):
             hc, tc = h[s:s + chunk], targets[s:s + chunk]
             g = hc @ weight.t()
-            if triton_ce.handles(g):  # one Triton kernel turns the logits into their gradient
-                loss = triton_ce.softmax_grad_(g, tc, scale.float()).sum()
+            if ce_kernel.handles(g):  # one Triton kernel turns the logits into their gradient
+                loss = ce_kernel.softmax_grad_(g, tc, scale.float()).sum()
             else:
                 loss, g = chunk_grad(g, tc, scale)
             total = total + loss

@@ -24,16 +24,29 @@ across calls (no gradient crosses calls).
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-if TYPE_CHECKING:  # imported for type hints only: transformer.py imports this module
-    from .transformer import LMOutput, Transformer
+from rayfleet.model.config import ModelConfig
+from rayfleet.model.masks import MaskSpec
 
 
-def segment_forward(model: Transformer, tokens: Tensor, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+class SegmentModel(Protocol):
+    """What the recurrence needs of the model (``Transformer`` has it)."""
+
+    config: ModelConfig
+    spec: MaskSpec  # the model's mask; each segment lets its write memory see past the window
+    tok_embeddings: nn.Embedding
+    memory_init: nn.Parameter | None  # (M, dim), the first segment's memory
+
+    def run_blocks(self, x: Tensor, *, spec: MaskSpec | None = None) -> tuple[Tensor, Tensor]:
+        """Final-norm hidden states and weighted aux loss of embedded inputs ``x``."""
+        ...
+
+
+def segment_forward(model: SegmentModel, tokens: Tensor, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """One segment: returns (final hidden of the tokens, new memory, weighted aux loss)."""
     m, t = memory.shape[1], tokens.shape[1]
     x = model.tok_embeddings(tokens)
@@ -43,18 +56,18 @@ def segment_forward(model: Transformer, tokens: Tensor, memory: Tensor) -> tuple
     return h[:, m:-m], h[:, -m:], aux
 
 
-def initial_memory(model: Transformer, batch: int) -> Tensor:
+def initial_memory(model: SegmentModel, batch: int) -> Tensor:
     """The learned initial memory, broadcast to ``batch`` sequences: (B, M, dim)."""
     assert model.memory_init is not None
     return model.memory_init.unsqueeze(0).expand(batch, -1, -1)
 
 
-def recurrent_forward(model: Transformer, tokens: Tensor, targets: Tensor | None = None,
-                      memory: Tensor | None = None) -> LMOutput:
+def recurrent_forward(model: SegmentModel, tokens: Tensor,
+                      memory: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """Run ``tokens`` (B, T) segment by segment, carrying the memory; see module docstring.
 
-    ``loss`` is the mean over all counted tokens of all segments; ``aux_loss`` the mean
-    over segments.
+    Returns the final hidden states of all tokens (B, T, dim), the aux loss averaged over
+    segments, and the memory after the last segment (detached).
     """
     cfg = model.config
     assert cfg.segment_len is not None
@@ -71,4 +84,4 @@ def recurrent_forward(model: Transformer, tokens: Tensor, targets: Tensor | None
         hidden.append(h)
         aux = aux + a
         n_segments += 1
-    return model.head(torch.cat(hidden, dim=1), targets, aux / max(n_segments, 1), memory.detach())
+    return torch.cat(hidden, dim=1), aux / max(n_segments, 1), memory.detach()

@@ -7,8 +7,9 @@ Flow of ``MoE.forward`` (tokens flattened to (N, D)):
    scatter-add on device (no host sync); with a capacity factor the overflow
    assignments go to a virtual expert E that sorts last and is never computed;
 3. experts: grouped GEMMs (``torch._grouped_mm``; w1 and w3 stored stacked as ``w13``) on CUDA bf16 sm90+,
-   else a loop over experts; in expert-parallel mode the sorted rows travel to the
-   experts' ranks with all_to_all (see ``expert_parallel.py``);
+   else a loop over experts; with a process group (``AllToAllDispatch``, installed by
+   ``parallelize.apply_expert_parallel``) the sorted rows travel to the experts' ranks and
+   back with all_to_all;
 4. combine: un-permute and sum the k outputs weighted by the gates. Permutations move rows
    by gathers in both directions (``gather_rows``): no scatter-add in the backward pass.
 Only the loop fallback and the expert-parallel split sizes need host values.
@@ -17,13 +18,14 @@ Only the loop fallback and the expert-parallel split sizes need host values.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Protocol
+from typing import Callable, NamedTuple
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .config import ModelConfig
+from rayfleet.model.config import ModelConfig
 
 
 _MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")  # bf16 x bf16 -> float32 GEMM (torch >= 2.8, CUDA)
@@ -32,7 +34,7 @@ _MM_OUT_DTYPE = hasattr(torch.ops.aten.mm, "dtype")  # bf16 x bf16 -> float32 GE
 class _Bf16RouterLogits(torch.autograd.Function):
     """float32 logits x @ w.T of bf16 x (N, D) and w (E, D) on CUDA: the exact products of the bf16
     values, accumulated and returned in float32 by one tensor-core GEMM (``aten.mm.dtype``,
-    which has no autograd formula of its own). Upcasting both to float32 instead ran SIMT
+    which has no autograd formula of its own). Upcasting both to float32 instead runs SIMT
     float32 GEMMs for these (N, D) x (D, E) products plus casts of x: 1 ms of a 23 ms moe_8x
     step on an H100. The backward takes the float32 logit gradient in bf16, the dtype of the
     gradients it produces (transformers' Mixtral computes the whole router in bf16)."""
@@ -184,10 +186,11 @@ class GroupedExperts(nn.Module):
         self.backend = config.expert_backend
         self.n_total, self.first = e, 0  # global expert count; first global id held here
         # w1 (gate) and w3 (up) live stacked in one parameter, rows [0, H) and [H, 2H) of each
-        # expert, as transformers' gate_up_proj: the grouped GEMM takes it as it is. Kept as two
-        # parameters they had to be concatenated in every forward pass (20 MB per moe_8x layer)
-        # and their gradient split back and copied in every backward (with the fused top-k below,
-        # 0.76 ms of a 20.1 ms moe_8x step with CUDA graphs on an H200: bench/results/GPU.md).
+        # expert, as transformers' gate_up_proj: the grouped GEMM takes it as it is. Two
+        # parameters would be concatenated in every forward pass (20 MB per moe_8x layer) and
+        # their gradient split back and copied in every backward (with the fused top-k below,
+        # 0.76 ms of a 20.1 ms moe_8x step with CUDA graphs on an H200:
+        # bench/results/moe_w13_topk_ab.json).
         self.w13 = nn.Parameter(torch.empty(e, 2 * h, d))
         self.w2 = nn.Parameter(torch.empty(e, d, h))
         self.register_load_state_dict_pre_hook(_stack_w1_w3)
@@ -242,8 +245,8 @@ class GroupedExperts(nn.Module):
 
 
 def stack_w1_w3(state: dict[str, Tensor], prefix: str = "") -> None:
-    """Rewrite a state dict saved when experts kept ``w1`` and ``w3`` apart (before the stacked
-    ``w13``) in place, so that checkpoints of that layout still load."""
+    """Rewrite in place a state dict whose experts under ``prefix`` hold ``w1`` and ``w3`` as
+    separate keys into the stacked ``w13``, so that checkpoints of that layout load."""
     if prefix + "w1" in state and prefix + "w3" in state and prefix + "w13" not in state:
         state[prefix + "w13"] = torch.cat((state.pop(prefix + "w1"), state.pop(prefix + "w3")), dim=1)
 
@@ -286,12 +289,64 @@ def inverse_permutation(perm: Tensor) -> Tensor:
     return torch.empty_like(perm).scatter_(0, perm, torch.arange(perm.numel(), device=perm.device))
 
 
-class ExpertDispatcher(Protocol):
-    """What the MoE layer needs from an expert-parallel implementation."""
+class _AllToAll(torch.autograd.Function):
+    """all_to_all_single whose backward is the reverse all_to_all of the gradient."""
 
-    def global_counts(self, counts: Tensor) -> Tensor: ...
+    @staticmethod
+    def forward(ctx, x: Tensor, out_splits: list[int], in_splits: list[int],  # type: ignore[override]
+                group: dist.ProcessGroup) -> Tensor:
+        ctx.splits, ctx.group = (out_splits, in_splits), group
+        out = x.new_empty((sum(out_splits), *x.shape[1:]))
+        dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
+        return out
 
-    def run(self, experts: GroupedExperts, xs: Tensor, counts: Tensor) -> Tensor: ...
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
+        out_splits, in_splits = ctx.splits
+        grad_in = grad.new_empty((sum(in_splits), *grad.shape[1:]))
+        dist.all_to_all_single(grad_in, grad.contiguous(), in_splits, out_splits, group=ctx.group)
+        return grad_in, None, None, None
+
+
+class AllToAllDispatch:
+    """Expert parallelism's token dispatch (GShard, Lepikhin et al. 2020): each of the W ranks
+    of ``group`` holds the E / W contiguous experts [r * E/W, (r+1) * E/W) of a layer.
+
+    Each rank routes its own tokens, sends every assignment to the rank that owns its expert
+    with ``all_to_all_single`` (split sizes are exchanged first, as every rank must know what
+    it receives), runs its local experts as one grouped GEMM and sends the results back. Both
+    all-to-alls are differentiable. The caller creates the group; the model never sets up
+    torch.distributed.
+    """
+
+    def __init__(self, group: dist.ProcessGroup, n_experts: int) -> None:
+        self.group = group
+        self.world = dist.get_world_size(group)
+        self.local = n_experts // self.world
+
+    def global_counts(self, counts: Tensor) -> Tensor:
+        """Routed-token counts per expert summed over the group (balance statistics)."""
+        total = counts.clone()
+        dist.all_reduce(total, group=self.group)
+        return total
+
+    def run(self, experts: GroupedExperts, xs: Tensor, counts: Tensor) -> Tensor:
+        """Expert outputs for the expert-sorted rows ``xs`` with ``counts`` (E,) per expert."""
+        w, el = self.world, self.local
+        # recv[r * el + j] = rows that rank r sends to my local expert j.
+        recv = torch.empty_like(counts)
+        dist.all_to_all_single(recv, counts.contiguous(), group=self.group)
+        send_splits = counts.view(w, el).sum(1).tolist()  # host sync: split sizes are
+        recv_splits = recv.view(w, el).sum(1).tolist()  # arguments of the collective
+        n_sent = sum(send_splits)
+        received = _AllToAll.apply(xs[:n_sent], recv_splits, send_splits, self.group)
+        # Received rows are ordered (source rank, local expert); group them by expert.
+        expert_of_row = torch.arange(el, device=xs.device).repeat(w).repeat_interleave(recv)
+        perm = expert_of_row.argsort(stable=True)
+        out = experts(received[perm], recv.view(w, el).sum(0))
+        back = torch.empty_like(out).index_copy_(0, perm, out)
+        ys = _AllToAll.apply(back, send_splits, recv_splits, self.group)
+        return torch.cat((ys, ys.new_zeros(xs.shape[0] - n_sent, ys.shape[1])))  # dropped rows
 
 
 class MoE(nn.Module):
@@ -304,7 +359,7 @@ class MoE(nn.Module):
         self.aux_coef, self.z_coef = config.aux_loss_coef, config.z_loss_coef
         self.router = Router(config)
         self.experts = GroupedExperts(config)
-        self.ep: ExpertDispatcher | None = None  # set by expert_parallel.apply_expert_parallel
+        self.ep: AllToAllDispatch | None = None  # set by parallelize.apply_expert_parallel
 
     def capacity(self, n_tokens: int) -> int | None:
         """Per-expert capacity ceil(cf * N * k / E) (Fedus et al. 2021), None when dropless."""
@@ -348,7 +403,7 @@ def moe_layers(model: nn.Module) -> list[MoE]:
 
 
 @torch.no_grad()
-def update_expert_bias(model: nn.Module, group: object | None = None) -> None:
+def update_expert_bias(model: nn.Module, group: dist.ProcessGroup | None = None) -> None:
     """Apply the aux-loss-free bias update after an optimiser step and reset the counts.
 
     b_i += u * sign(mean_load - load_i) (Wang et al. 2024, DeepSeek-V3 section 2.1.2):
@@ -361,8 +416,6 @@ def update_expert_bias(model: nn.Module, group: object | None = None) -> None:
             continue
         load = router.tokens_per_expert.clone()
         if group is not None:
-            import torch.distributed as dist
-
-            dist.all_reduce(load, group=group)  # type: ignore[arg-type]
+            dist.all_reduce(load, group=group)
         router.expert_bias += router.bias_update_rate * torch.sign(load.mean() - load)
         router.tokens_per_expert.zero_()

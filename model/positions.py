@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from .config import ModelConfig
+from rayfleet.model.config import ModelConfig, RopeScalingType
 
 
 def sinusoidal_embedding(pos: Tensor, dim: int) -> Tensor:
@@ -43,7 +43,7 @@ class LearnedPositions(nn.Module):
 
 
 def rope_inv_freq(head_dim: int, base: float, scaling: float = 1.0,
-                  scaling_type: str = "linear") -> Tensor:
+                  scaling_type: RopeScalingType = "linear") -> Tensor:
     """Inverse frequencies theta_i = base^(-2i/d) of RoPE (Su et al. 2021, RoFormer), float64.
 
     ``scaling`` s > 1 extends the usable context by s:

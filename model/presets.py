@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .config import ModelConfig
+from rayfleet.model.config import ModelConfig
 
 GPT2_VOCAB = 50304  # GPT-2's 50257 tokens padded to a multiple of 128 (nanoGPT) for fast matmuls
 # Tokens per chunk of the fused head + cross-entropy for the GPU presets: a 16 x 1024 step in one

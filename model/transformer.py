@@ -18,16 +18,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from . import flops
-from .attention import attention_context
-from .block import Block, RMSNorm
-from .config import ModelConfig
-from .kv_cache import KVCache
-from .loss import linear_cross_entropy
-from .masks import MaskSpec
-from .memory import recurrent_forward
-from .moe import GroupedExperts
-from .positions import LearnedPositions, Positions
+from rayfleet.model import flops
+from rayfleet.model.attention import attention_context
+from rayfleet.model.block import Block, RMSNorm
+from rayfleet.model.config import ModelConfig
+from rayfleet.model.kv_cache import KVCache
+from rayfleet.model.loss import linear_cross_entropy
+from rayfleet.model.masks import MaskSpec
+from rayfleet.model.memory import recurrent_forward
+from rayfleet.model.moe import GroupedExperts
+from rayfleet.model.positions import LearnedPositions, Positions
 
 
 class LMOutput(NamedTuple):
@@ -95,7 +95,8 @@ class Transformer(nn.Module):
         no logits. ``memory`` (B, M, dim) continues a recurrent-memory sequence.
         """
         if self.config.memory_tokens > 0:
-            return recurrent_forward(self, tokens, targets, memory)
+            h, aux, memory = recurrent_forward(self, tokens, memory)
+            return self.head(h, targets, aux, memory)
         if memory is not None:
             raise ValueError("memory was passed but config.memory_tokens == 0")
         h, aux = self.run_blocks(self.tok_embeddings(tokens))

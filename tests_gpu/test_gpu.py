@@ -186,9 +186,9 @@ def test_bf16_router_logits_are_float32_products_of_the_bf16_values(compiled: bo
 def test_triton_softmax_grad_equals_float64(dtype: torch.dtype, tol: float, vocab: int) -> None:
     """The in-place kernel: per-row loss and (softmax - onehot) * scale, ignored rows all zero,
     targets on the first and last column, and a row stride wider than the vocabulary."""
-    from rayfleet.model.kernels import triton_ce
+    from rayfleet.model.kernels import cross_entropy as ce_kernel
 
-    assert triton_ce.AVAILABLE, "Triton is on every GPU machine here: the kernel must be in use"
+    assert ce_kernel.AVAILABLE, "Triton is on every GPU machine here: the kernel must be in use"
     torch.manual_seed(0)
     n = 257
     x = (torch.randn(n, vocab + 8) * 4).to(dtype).double()  # the reference sees the same inputs
@@ -200,7 +200,7 @@ def test_triton_softmax_grad_equals_float64(dtype: torch.dtype, tol: float, voca
     got = x.to("cuda", dtype)
     view = got[:, :vocab]  # row stride vocab + 8
     poison = got[:, vocab:].clone()
-    loss = triton_ce.softmax_grad_(view, targets.cuda(), torch.tensor(0.5, device="cuda"))
+    loss = ce_kernel.softmax_grad_(view, targets.cuda(), torch.tensor(0.5, device="cuda"))
     assert rel(loss, ref_loss) < 1e-6
     assert rel(view, ref.grad) < tol, rel(view, ref.grad)
     assert view[::5].abs().max() == 0 and loss[::5].abs().max() == 0
@@ -214,10 +214,10 @@ def test_triton_rope_equals_float64(dtype: torch.dtype, tol: float, n_q: int, n_
     token block), positions from 37 (decoding's offset), against positions.apply_rope in float64:
     rotated q and k, v a view of qkv, and the qkv gradient from q/k/v gradients in the
     attention kernels' (B, H, T, d) layout (strided as (B, T, H, d) views)."""
-    from rayfleet.model.kernels import triton_rope
+    from rayfleet.model.kernels import rope as rope_kernel
     from rayfleet.model.positions import apply_rope, rope_angles, rope_inv_freq
 
-    assert triton_rope.AVAILABLE, "Triton is on every GPU machine here: the kernel must be in use"
+    assert rope_kernel.AVAILABLE, "Triton is on every GPU machine here: the kernel must be in use"
     torch.manual_seed(0)
     b, t = 3, T
     x = torch.randn(b, t, n_q + 2 * n_k, d).to(dtype).double()
@@ -229,8 +229,8 @@ def test_triton_rope_equals_float64(dtype: torch.dtype, tol: float, n_q: int, n_
     sum((w * g.transpose(1, 2)).sum() for w, g in zip(want, grads)).backward()
 
     qkv = x.to("cuda", dtype).requires_grad_()
-    assert triton_rope.handles(qkv)
-    got = triton_rope.rope_qkv(qkv, cos.cuda(), sin.cuda(), n_q, n_k)
+    assert rope_kernel.handles(qkv)
+    got = rope_kernel.rope_qkv(qkv, cos.cuda(), sin.cuda(), n_q, n_k)
     assert got[2].data_ptr() == qkv[:, :, n_q + n_k:].data_ptr()  # v: a view, no copy
     for g, w in zip(got, want):
         assert g.shape == w.shape and rel(g, w) < tol, rel(g, w)

@@ -10,7 +10,7 @@ import torch
 
 from rayfleet.model import ModelConfig, Transformer
 
-from .reference import reference_forward
+from tests.model.reference import reference_forward
 
 T = 24
 MASKS = {

@@ -3,8 +3,11 @@ invalid combinations with a clear ValueError."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
+import pickle
+import typing
 
 import pytest
 
@@ -74,3 +77,19 @@ def test_derived_sizes() -> None:
     assert ModelConfig(dim=64).ffn_hidden == 192  # 170 rounded up to 64
     assert [cfg.is_moe_layer(i) for i in range(4)] == [False, True, False, True]
     assert cfg.n_moe_layers == 2 and cfg.moe_hidden == cfg.ffn_hidden
+
+
+def test_fields_are_keyword_only_and_string_choices_are_literals() -> None:
+    with pytest.raises(TypeError):
+        ModelConfig(256)  # type: ignore[misc]
+    hints = typing.get_type_hints(ModelConfig)
+    assert all(hint is not str for hint in hints.values()), "a string option names its choices as a Literal"
+    assert typing.get_args(hints["positions"]) == ("sinusoidal", "learned", "rope", "alibi", "none")
+
+
+def test_config_pickles_copies_and_converts_like_a_value() -> None:
+    cfg = dataclasses.replace(get_preset("tiny_moe"), capacity_factor=1)
+    assert pickle.loads(pickle.dumps(cfg)) == cfg and copy.deepcopy(cfg) == cfg
+    assert hash(cfg) == hash(dataclasses.replace(cfg))
+    assert dataclasses.asdict(cfg) == cfg.to_dict() and cfg.to_dict()["capacity_factor"] == 1.0
+    assert not hasattr(cfg, "__dict__")  # slots

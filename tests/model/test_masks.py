@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from rayfleet.model.masks import MaskSpec, additive_mask, dense_mask, mask_mod
 
-from .reference import ref_mask
+from tests.model.reference import ref_mask
 
 FAST = settings(deadline=None, max_examples=60, derandomize=True)
 

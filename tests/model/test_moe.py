@@ -12,7 +12,7 @@ import torch
 from rayfleet.model import ModelConfig, Transformer, update_expert_bias
 from rayfleet.model.moe import SMALL_TOP_K, MoE, Router, capacity_keep, top_k_indices
 
-from .reference import ref_moe, reference_forward
+from tests.model.reference import ref_moe, reference_forward
 
 
 def moe_config(**overrides: object) -> ModelConfig:

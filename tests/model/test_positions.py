@@ -18,7 +18,7 @@ from rayfleet.model.positions import (
     sinusoidal_embedding,
 )
 
-from .reference import ref_rope, ref_sinusoidal, ref_slopes
+from tests.model.reference import ref_rope, ref_sinusoidal, ref_slopes
 
 FAST = settings(deadline=None, max_examples=40, derandomize=True)
 

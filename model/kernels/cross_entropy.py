@@ -12,11 +12,9 @@ plain copy, on an H100), where the compiled elementwise version reads it twice a
 writes a second N x V tensor (and holds it: 1.6 GB more at 16k tokens x 50k in bf16). The
 in-place write is Liger-Kernel's idea (Hsu et al. 2024); the code is this project's.
 
-Registered as the custom op ``rayfleet::softmax_grad_`` (``torch.library.triton_op``) so it
-runs the same eager and inside ``torch.compile`` (which sees the mutation). ``AVAILABLE``
-is False where Triton or CUDA is missing (or RAYFLEET_CE_KERNEL=0), and ``handles(logits)``
-False for logits it would compute less exactly (float64): callers then keep the PyTorch path
-of loss.py.
+``AVAILABLE`` is False where Triton or CUDA is missing (or RAYFLEET_CE_KERNEL=0), and
+``handles(logits)`` False for logits it would compute less exactly (float64): callers then keep
+the PyTorch path of loss.py.
 """
 
 from __future__ import annotations
@@ -27,7 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from rayfleet.model.kernels.available import usable
+from rayfleet.model.kernels.enabled import triton_enabled
 
 IGNORE_INDEX = -100
 # One row of 50304 in 8192-wide blocks, 7 iterations per pass: the fastest of 12 launch shapes
@@ -35,14 +33,12 @@ IGNORE_INDEX = -100
 BLOCK = 8192
 NUM_WARPS = 16
 
+# Decided once at import (a plain flag: torch.compile reads it without tracing a cache).
+AVAILABLE = triton_enabled("RAYFLEET_CE_KERNEL")
 
-@functools.lru_cache(maxsize=1)
-def _register() -> Any:
-    """Register the op once; returns the raw @triton.jit kernel (bench/ce_kernel.py tries launch
-    shapes on it)."""
+if AVAILABLE:
     import triton
     import triton.language as tl
-    from torch.library import triton_op, wrap_triton
 
     @triton.jit
     def _softmax_grad_kernel(x_ptr, row_stride, targets_ptr, loss_ptr, scale_ptr, V,
@@ -72,6 +68,12 @@ def _register() -> Any:
             g = tl.exp(x - lse) - tl.where(cols == safe, 1.0, 0.0)
             tl.store(base + cols, (g * coef).to(x_ptr.dtype.element_ty), mask=inside)
 
+
+@functools.lru_cache(maxsize=1)
+def _register() -> Any:
+    """Register the op once (where ``AVAILABLE``); returns the raw @triton.jit kernel."""
+    from torch.library import triton_op, wrap_triton
+
     @triton_op("rayfleet::softmax_grad_", mutates_args={"logits"})
     def softmax_grad_op(logits: Tensor, targets: Tensor, scale: Tensor) -> Tensor:
         n, v = logits.shape
@@ -84,8 +86,6 @@ def _register() -> Any:
     return _softmax_grad_kernel
 
 
-# Decided once at import (a plain flag: torch.compile reads it without tracing a cache).
-AVAILABLE = usable("RAYFLEET_CE_KERNEL")
 if AVAILABLE:
     _register()
 

@@ -1,4 +1,4 @@
-"""Whether this project's Triton kernels (triton_ce, triton_rope) can run in this process."""
+"""Whether a Triton kernel of this package can run in this process."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ import os
 import torch
 
 
-def usable(switch: str) -> bool:
+def triton_enabled(switch: str) -> bool:
     """Triton installed and a CUDA device present, unless the environment variable ``switch`` is
-    "0" (each kernel family's way back to the PyTorch path, for A/B runs)."""
+    "0" (each kernel's way back to the PyTorch path, for A/B runs)."""
     if os.environ.get(switch, "1") == "0":
         return False
     return importlib.util.find_spec("triton") is not None and torch.cuda.is_available()

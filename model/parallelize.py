@@ -1,12 +1,12 @@
-"""Expert parallelism: each rank of a process group keeps E / W experts.
+"""Expert parallelism applied to a built model from outside its math (torchtitan's
+parallelize.py): shard every MoE layer's experts over a process group, split the parameters
+for the trainer, reduce the expert gradients, and convert state dicts between the sharded
+and the full layout.
 
-The model never sets up torch.distributed; the caller passes an initialised group.
-``apply_expert_parallel(model, group)`` keeps on rank r the contiguous experts
-[r * E/W, (r+1) * E/W) of every MoE layer. In the forward pass each rank routes its own
-tokens, sends every assignment to the rank that owns its expert with
-``all_to_all_single`` (split sizes are exchanged first, as every rank must know what
-it receives), runs its local experts as one grouped GEMM and sends the results back
-(GShard, Lepikhin et al. 2020). Both all-to-alls are differentiable.
+``apply_expert_parallel(model, group)`` keeps on rank r of W the contiguous experts
+[r * E/W, (r+1) * E/W) of every MoE layer and installs the all-to-all dispatch of moe.py
+(``AllToAllDispatch``) that sends each token to its experts' rank. The caller creates the
+group; nothing here sets up torch.distributed.
 
 Gradient reduction (why expert grads must not be averaged like DDP grads)
 ----------------------------------------------------------------------------
@@ -40,60 +40,9 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from .moe import GroupedExperts, moe_layers, stack_w1_w3
+from rayfleet.model.moe import AllToAllDispatch, GroupedExperts, moe_layers, stack_w1_w3
 
 _EXPERT_WEIGHTS = ("w13", "w2")
-
-
-class _AllToAll(torch.autograd.Function):
-    """all_to_all_single whose backward is the reverse all_to_all of the gradient."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, out_splits: list[int], in_splits: list[int], group: dist.ProcessGroup) -> Tensor:  # type: ignore[override]
-        ctx.splits, ctx.group = (out_splits, in_splits), group
-        out = x.new_empty((sum(out_splits), *x.shape[1:]))
-        dist.all_to_all_single(out, x.contiguous(), out_splits, in_splits, group=group)
-        return out
-
-    @staticmethod
-    def backward(ctx, grad: Tensor) -> tuple[Tensor, None, None, None]:  # type: ignore[override]
-        out_splits, in_splits = ctx.splits
-        grad_in = grad.new_empty((sum(in_splits), *grad.shape[1:]))
-        dist.all_to_all_single(grad_in, grad.contiguous(), in_splits, out_splits, group=ctx.group)
-        return grad_in, None, None, None
-
-
-class ExpertParallel:
-    """Dispatcher installed on each MoE layer by ``apply_expert_parallel``."""
-
-    def __init__(self, group: dist.ProcessGroup, n_experts: int) -> None:
-        self.group = group
-        self.world, self.rank = dist.get_world_size(group), dist.get_rank(group)
-        self.local = n_experts // self.world
-
-    def global_counts(self, counts: Tensor) -> Tensor:
-        """Routed-token counts per expert summed over the group (balance statistics)."""
-        total = counts.clone()
-        dist.all_reduce(total, group=self.group)
-        return total
-
-    def run(self, experts: GroupedExperts, xs: Tensor, counts: Tensor) -> Tensor:
-        """Expert outputs for the expert-sorted rows ``xs`` with ``counts`` (E,) per expert."""
-        w, el = self.world, self.local
-        # recv[r * el + j] = rows that rank r sends to my local expert j.
-        recv = torch.empty_like(counts)
-        dist.all_to_all_single(recv, counts.contiguous(), group=self.group)
-        send_splits = counts.view(w, el).sum(1).tolist()  # host sync: split sizes are
-        recv_splits = recv.view(w, el).sum(1).tolist()  # arguments of the collective
-        n_sent = sum(send_splits)
-        received = _AllToAll.apply(xs[:n_sent], recv_splits, send_splits, self.group)
-        # Received rows are ordered (source rank, local expert); group them by expert.
-        expert_of_row = torch.arange(el, device=xs.device).repeat(w).repeat_interleave(recv)
-        perm = expert_of_row.argsort(stable=True)
-        out = experts(received[perm], recv.view(w, el).sum(0))
-        back = torch.empty_like(out).index_copy_(0, perm, out)
-        ys = _AllToAll.apply(back, send_splits, recv_splits, self.group)
-        return torch.cat((ys, ys.new_zeros(xs.shape[0] - n_sent, ys.shape[1])))  # dropped rows
 
 
 def apply_expert_parallel(model: nn.Module, group: dist.ProcessGroup) -> nn.Module:
@@ -115,7 +64,7 @@ def apply_expert_parallel(model: nn.Module, group: dist.ProcessGroup) -> nn.Modu
         for name in _EXPERT_WEIGHTS:
             full = getattr(ex, name)
             setattr(ex, name, nn.Parameter(full.detach()[ex.first:ex.first + local].clone()))
-        moe.ep = ExpertParallel(group, moe.n_experts)
+        moe.ep = AllToAllDispatch(group, moe.n_experts)
     return model
 
 
@@ -150,7 +99,7 @@ def reduce_expert_gradients(model: nn.Module, replica_group: dist.ProcessGroup |
     See the module docstring for the derivation. Without expert parallelism W = 1.
     """
     for moe in moe_layers(model):
-        world = moe.ep.world if isinstance(moe.ep, ExpertParallel) else 1
+        world = 1 if moe.ep is None else moe.ep.world
         for p in moe.experts.parameters():
             if p.grad is None:
                 continue
@@ -165,7 +114,7 @@ def load_full_state_dict(model: nn.Module, state: dict[str, Tensor], strict: boo
     local = dict(state)
     for name, mod in model.named_modules():
         if isinstance(mod, GroupedExperts):
-            stack_w1_w3(local, f"{name}.")  # a checkpoint from before w13
+            stack_w1_w3(local, f"{name}.")  # checkpoints with w1 and w3 as separate keys
             for w in _EXPERT_WEIGHTS:
                 key = f"{name}.{w}"
                 n = getattr(mod, w).shape[0]
@@ -177,9 +126,9 @@ def gather_full_state_dict(model: nn.Module) -> dict[str, Tensor]:
     """The unsharded state dict, assembled on every rank of each EP group (collective)."""
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     for name, moe in model.named_modules():
-        if not isinstance(getattr(moe, "ep", None), ExpertParallel):
+        ep = getattr(moe, "ep", None)
+        if not isinstance(ep, AllToAllDispatch):
             continue
-        ep = moe.ep
         for w in _EXPERT_WEIGHTS:
             shard = getattr(moe.experts, w).detach().contiguous()
             parts = [torch.empty_like(shard) for _ in range(ep.world)]

@@ -31,7 +31,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rayfleet.cluster import gcs  # noqa: E402
+from rayfleet.cluster.rayio import gcs  # noqa: E402
 from rayfleet.cluster.rayio.connection import use_token  # noqa: E402
 from rayfleet.cluster.head.processes import Owned, descendants, free_port, process_of, spawn_detached, stop_tree  # noqa: E402
 from rayfleet.cluster.providers.local import node_environment, ray_executable  # noqa: E402
@@ -158,17 +158,16 @@ class PlainRay:
             self.tmp / f"n{index}.log", self.env))
 
     def submit(self, spec: Any, storage: Path, submission_id: str) -> Any:
-        """The project's entrypoint through Ray's Job API, as `rayfleet submit` would run it."""
+        """The project's entrypoint through Ray's Job API, as `rayfleet submit` runs it, with Ray
+        Train's own polling periods and no job metadata."""
         from ray.job_submission import JobSubmissionClient
 
-        from rayfleet.jobs.driver.entrypoint import RUN_ENV, SPEC_ENV
+        from rayfleet.jobs.client.submit import submit_driver
+        from rayfleet.jobs.contract import RunInfo, python_for
 
-        run = {"submission_id": submission_id, "storage": str(storage), "device": "cpu", "gpus_per_worker": 1,
-               "peak_tflops": None}
+        run = RunInfo(storage=str(storage), device="cpu", gpus_per_worker=1, submission_id=submission_id)
         jobs = JobSubmissionClient(f"http://127.0.0.1:{self.dashboard}")
-        jobs.submit_job(entrypoint=f"{sys.executable} -m rayfleet.jobs.driver.entrypoint", submission_id=submission_id,
-                        runtime_env={"env_vars": {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run)}},
-                        entrypoint_num_cpus=0)
+        submit_driver(jobs, spec, run, python_for("local"), ray_train_defaults=True)
         return jobs
 
     def stop(self) -> None:

@@ -16,8 +16,7 @@ from rayfleet.cluster.spec.fleet import FleetSpec
 from rayfleet.cluster.decide.view import FLEET_LABEL
 from rayfleet.jobs.client.spec import JobSpec
 from rayfleet.jobs.client.submit import job_environment, job_metadata, run_info
-
-ENTRYPOINT = "python -m rayfleet.jobs.driver.entrypoint"
+from rayfleet.jobs.contract import driver_command, python_for
 
 
 def ray_job(spec: JobSpec, fleet: FleetSpec, fleet_path: str) -> dict[str, Any]:
@@ -33,7 +32,7 @@ def ray_job(spec: JobSpec, fleet: FleetSpec, fleet_path: str) -> dict[str, Any]:
         "metadata": {"name": spec.name, "namespace": k8s.namespace, "labels": {**MANAGED, FLEET_LABEL: fleet.name}},
         "spec": {
             "clusterSelector": {"ray.io/cluster": fleet.name},
-            "entrypoint": ENTRYPOINT,
+            "entrypoint": driver_command(python_for(fleet.provider)),
             "entrypointNumCpus": 0,
             "metadata": job_metadata(spec),
             "runtimeEnvYAML": yaml.safe_dump({"env_vars": env}, sort_keys=False),

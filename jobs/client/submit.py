@@ -1,19 +1,15 @@
 """Submitting and controlling jobs through Ray's Job Submission API.
 
 A job is submitted with metadata (`rayfleet.io/job`, pool, strategy, workers) so the dashboard's
-Jobs view shows what it is, and with its spec and run info in the runtime_env. Submission ids are
-`<name>-<time>-<random>`: a name can be submitted many times; each submission continues from the
-name's newest checkpoint.
+Jobs view shows what it is, and with its spec and run info in the runtime_env (jobs/contract.py).
+A name can be submitted many times; each submission continues from the name's newest checkpoint.
 """
 from __future__ import annotations
 
 import json
 import os
-import secrets
-import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 from rayfleet.cluster.rayio import gcs
 from rayfleet.cluster.rayio.connection import Connection, await_head
@@ -21,8 +17,9 @@ from rayfleet.errors import BadInput, FleetNotRunning, NotFound
 from rayfleet.cluster.spec.fleet import ACCELERATOR_PEAK_TFLOPS, FleetSpec
 from rayfleet.cluster.head.supervisor import head_in_progress
 from rayfleet.cluster.decide.view import POOL_LABEL
+from rayfleet.jobs.contract import (COLLECTIVE_TIMEOUT_ENV, HEALTH_CHECK_ENV, PREEMPTION_POLL_ENV, RUN_ENV, SPEC_ENV,
+                                    RunInfo, driver_command, new_submission_id, python_for)
 from rayfleet.jobs.supervision import history
-from rayfleet.jobs.driver.entrypoint import RUN_ENV, SPEC_ENV
 from rayfleet.jobs.worker.progress import progress_key
 from rayfleet.jobs.client.spec import JobSpec, check_against_fleet, gpus_per_worker, validate_model, workers_per_node
 
@@ -76,22 +73,15 @@ def storage_of(conn: Connection) -> str:
     return runtime.get("storage") or str(conn.fleet.storage_dir)
 
 
-def new_submission_id(name: str) -> str:
-    return f"{name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-
-
-def run_info(spec: JobSpec, fleet: FleetSpec, storage: str, submission_id: str | None) -> dict[str, Any]:
-    """What the entrypoint needs besides the spec (RUN_ENV). Without a submission id the
-    entrypoint makes one (a RayJob applied from a manifest)."""
+def run_info(spec: JobSpec, fleet: FleetSpec, storage: str, submission_id: str | None) -> RunInfo:
+    """The job's run info on this fleet. Without a submission id the driver makes one (a RayJob
+    applied from a manifest)."""
     device = resolve_device(spec, fleet)
-    run: dict[str, Any] = {
-        "storage": storage, "device": device, "gpus_per_worker": gpus_per_worker(spec, fleet),
-        "workers_per_node": workers_per_node(spec, fleet),
-        "peak_tflops": ACCELERATOR_PEAK_TFLOPS.get(fleet.pool(spec.pool).accelerator or "")
-        if device == "cuda" else None}
-    if submission_id is not None:
-        run["submission_id"] = submission_id
-    return run
+    return RunInfo(storage=storage, device=device, gpus_per_worker=gpus_per_worker(spec, fleet),
+                   workers_per_node=workers_per_node(spec, fleet),
+                   peak_tflops=ACCELERATOR_PEAK_TFLOPS.get(fleet.pool(spec.pool).accelerator or "")
+                   if device == "cuda" else None,
+                   submission_id=submission_id)
 
 
 def driver_placement(spec: JobSpec, fleet: FleetSpec) -> dict[str, Any]:
@@ -103,14 +93,17 @@ def driver_placement(spec: JobSpec, fleet: FleetSpec) -> dict[str, Any]:
     return {"entrypoint_label_selector": {POOL_LABEL: spec.pool}} if on_pool else {}
 
 
-def job_environment(spec: JobSpec, run: dict[str, Any]) -> dict[str, str]:
-    """The job's runtime_env variables: its spec and run info, and Ray Train's polling periods."""
-    return {SPEC_ENV: spec.model_dump_json(), RUN_ENV: json.dumps(run),
-            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": str(spec.failure.poll_interval_s),
+def job_environment(spec: JobSpec, run: RunInfo, ray_train_defaults: bool = False) -> dict[str, str]:
+    """The job's runtime_env variables: its spec and run info, and Ray Train's polling periods
+    (`ray_train_defaults`: Ray Train's own, as the recovery benchmark's Ray-alone baseline runs)."""
+    env = {SPEC_ENV: spec.model_dump_json(), RUN_ENV: run.to_json()}
+    if ray_train_defaults:
+        return env
+    return {**env, HEALTH_CHECK_ENV: str(spec.failure.poll_interval_s),
             # Ray Train's own barriers (report, checkpoint) wait forever by default: bound them too.
-            "RAY_TRAIN_COLLECTIVE_TIMEOUT_S": str(spec.hang.first_steps_timeout_s),
+            COLLECTIVE_TIMEOUT_ENV: str(spec.hang.first_steps_timeout_s),
             # a drain (rayfleet's remediation, a spot notice) is seen within a second, not five
-            "RAY_TRAIN_PREEMPTION_POLL_INTERVAL_S": str(min(1.0, spec.failure.poll_interval_s * 2))}
+            PREEMPTION_POLL_ENV: str(min(1.0, spec.failure.poll_interval_s * 2))}
 
 
 def job_metadata(spec: JobSpec) -> dict[str, str]:
@@ -119,6 +112,18 @@ def job_metadata(spec: JobSpec) -> dict[str, str]:
     workers = spec.workers if isinstance(spec.workers, int) else f"{spec.workers.min}-{spec.workers.max}"
     return {JOB_KEY: spec.name, "job_name": spec.name, "pool": spec.pool, "strategy": spec.parallelism.strategy,
             "workers": str(workers), "model": spec.model.preset, "steps": str(spec.steps)}
+
+
+def submit_driver(client: Any, spec: JobSpec, run: RunInfo, python: str, metadata: dict[str, str] | None = None,
+                  placement: Mapping[str, Any] | None = None, ray_train_defaults: bool = False) -> None:
+    """Start submission `run.submission_id` of the job: its driver (contract.DRIVER_MODULE) in
+    `python` through `client`, Ray's JobSubmissionClient. Every submission goes through here:
+    `submit`, the controller's `resubmit` and the recovery benchmark."""
+    if run.submission_id is None:
+        raise ValueError("a submission needs its submission id in the run info")
+    client.submit_job(entrypoint=driver_command(python), submission_id=run.submission_id,
+                      runtime_env={"env_vars": job_environment(spec, run, ray_train_defaults)},
+                      metadata=metadata, entrypoint_num_cpus=0, **(placement or {}))
 
 
 def submit(conn: Connection, spec: JobSpec, path: str | Path) -> str:
@@ -136,18 +141,11 @@ def submit(conn: Connection, spec: JobSpec, path: str | Path) -> str:
     storage = storage_of(conn)
     submission_id = new_submission_id(spec.name)
     run = run_info(spec, fleet, storage, submission_id)
-    python = sys.executable if fleet.provider == "local" else "python"
-    client.submit_job(
-        entrypoint=f"{python} -m rayfleet.jobs.driver.entrypoint",
-        submission_id=submission_id,
-        runtime_env={"env_vars": job_environment(spec, run)},
-        metadata=job_metadata(spec),
-        entrypoint_num_cpus=0,
-        **driver_placement(spec, fleet),
-    )
+    placement = driver_placement(spec, fleet)
+    submit_driver(client, spec, run, python_for(fleet.provider), job_metadata(spec), placement)
     history.record(storage, spec.name, "submitted", submission_id=submission_id, pool=spec.pool,
                    strategy=spec.parallelism.strategy, steps=spec.steps, spec=spec.model_dump(mode="json"),
-                   run=json.dumps(run), placement=driver_placement(spec, fleet), user=os.environ.get("USER", ""))
+                   run=run.to_json(), placement=placement, user=os.environ.get("USER", ""))
     return submission_id
 
 

@@ -1,22 +1,22 @@
 """The job's driver, run by Ray Jobs: `python -m rayfleet.jobs.driver.entrypoint`.
 
-It reads the job spec and run info from the environment (set by `rayfleet submit` through the
-job's runtime_env), builds a `TorchTrainer` whose workers land on the job's pool (a label
-selector on `rayfleet.io/pool`), and records the outcome in the job's durable history.
+It reads the job spec and run info from the environment (SPEC_ENV and RUN_ENV of jobs/contract.py,
+set in the job's runtime_env by its submitter), builds a `TorchTrainer` whose workers land on the
+job's pool (a label selector on `rayfleet.io/pool`), and records the outcome in the job's durable
+history.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import sys
 import traceback
 from typing import Any
 
-SPEC_ENV = "RAYFLEET_JOB_SPEC"
-RUN_ENV = "RAYFLEET_JOB_RUN"
+from rayfleet.jobs.contract import RUN_ENV, SPEC_ENV, RunInfo, new_submission_id
 
 
-def build_trainer(spec: Any, run: dict[str, Any]) -> Any:
+def build_trainer(spec: Any, run: RunInfo) -> Any:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig
 
@@ -26,7 +26,7 @@ def build_trainer(spec: Any, run: dict[str, Any]) -> Any:
     from rayfleet.jobs.worker.loop import train_worker
 
     low, high = spec.worker_range
-    gpus = run["gpus_per_worker"]
+    gpus = run.gpus_per_worker
     resources = {"CPU": spec.resources.cpus, **({"GPU": gpus} if gpus else {})}
     scaling = ScalingConfig(
         num_workers=low if low == high else (low, high),
@@ -36,7 +36,7 @@ def build_trainer(spec: Any, run: dict[str, Any]) -> Any:
     )
     # One Ray Train run per submission: Ray Train resumes a reused run name from its snapshot
     # and refuses one whose checkpoints were pruned. Resuming across submissions is ours.
-    folder = checkpoint.run_dir(history.job_dir(run["storage"], spec.name), run["submission_id"])
+    folder = checkpoint.run_dir(history.job_dir(run.storage, spec.name), run.submission_id)
     config = RunConfig(
         name=folder.name,
         storage_path=str(folder.parent),
@@ -46,11 +46,11 @@ def build_trainer(spec: Any, run: dict[str, Any]) -> Any:
     )
     # gloo where the GPUs are simulated (a CPU machine advertising GPU resources), NCCL on real ones.
     # Collectives time out at the hang policy's widest bound: none ever outwaits the policy.
-    torch_config = TorchConfig(backend="nccl" if run["device"] == "cuda" else "gloo",
+    torch_config = TorchConfig(backend="nccl" if run.device == "cuda" else "gloo",
                                timeout_s=int(spec.hang.first_steps_timeout_s))
-    worker_run = {key: run[key] for key in ("submission_id", "storage", "device", "peak_tflops")}
-    return trainer_class()(train_worker, train_loop_config={"spec": spec.model_dump(mode="json"), "run": worker_run},
-                        scaling_config=scaling, run_config=config, torch_config=torch_config)
+    loop_config = {"spec": spec.model_dump(mode="json"), "run": run.to_json()}
+    return trainer_class()(train_worker, train_loop_config=loop_config,
+                           scaling_config=scaling, run_config=config, torch_config=torch_config)
 
 
 def trainer_class() -> Any:
@@ -69,14 +69,14 @@ def trainer_class() -> Any:
     return Trainer
 
 
-def standby_keeper(spec: Any, run: dict[str, Any]) -> Any:
+def standby_keeper(spec: Any, run: RunInfo) -> Any:
     """Warm standby workers on the pool's nodes (jobs/driver/warm.py), unless the spec turns them off."""
     if not spec.failure.warm_standby:
         return None
     from rayfleet.jobs.driver import warm
 
-    per_node = min(int(run.get("workers_per_node", 1)), spec.worker_range[1])
-    return warm.Keeper(spec.name, run["submission_id"], spec.pool, per_node).start()
+    per_node = min(run.workers_per_node, spec.worker_range[1])
+    return warm.Keeper(spec.name, run.submission_id, spec.pool, per_node).start()
 
 
 def own_node_temp_dir() -> str | None:
@@ -106,16 +106,14 @@ def main() -> int:
     from rayfleet.jobs.supervision import history
     from rayfleet.jobs.client.spec import JobSpec
 
-    from rayfleet.jobs.client.submit import new_submission_id
-
     spec = JobSpec.model_validate_json(os.environ[SPEC_ENV])
-    run = json.loads(os.environ[RUN_ENV])
-    if "submission_id" not in run:  # applied as a RayJob manifest, not through `rayfleet submit`
-        run["submission_id"] = new_submission_id(spec.name)
-        history.record(run["storage"], spec.name, "submitted", submission_id=run["submission_id"],
+    run = RunInfo.from_json(os.environ[RUN_ENV])
+    if run.submission_id is None:  # applied as a RayJob manifest, not submitted through the Job API
+        run = dataclasses.replace(run, submission_id=new_submission_id(spec.name))
+        history.record(run.storage, spec.name, "submitted", submission_id=run.submission_id,
                        pool=spec.pool, strategy=spec.parallelism.strategy, steps=spec.steps,
-                       spec=spec.model_dump(mode="json"), run=json.dumps(run), user="rayjob")
-    history.record(run["storage"], spec.name, "driver", submission_id=run["submission_id"])
+                       spec=spec.model_dump(mode="json"), run=run.to_json(), user="rayjob")
+    history.record(run.storage, spec.name, "driver", submission_id=run.submission_id)
     import ray
 
     ray.init(logging_level="WARNING", _temp_dir=own_node_temp_dir())
@@ -123,7 +121,7 @@ def main() -> int:
     try:
         result = build_trainer(spec, run).fit()
     except Exception as error:  # the job failed for good: record why, exit non-zero
-        history.record(run["storage"], spec.name, "finished", submission_id=run["submission_id"],
+        history.record(run.storage, spec.name, "finished", submission_id=run.submission_id,
                        state="FAILED", error=f"{type(error).__name__}: {error}"[:2000])
         traceback.print_exc()
         return 1
@@ -135,9 +133,9 @@ def main() -> int:
     if step is None:  # Ray Train kept no metrics (e.g. a resumed job already at its last step)
         from rayfleet.jobs.worker import checkpoint
 
-        latest = checkpoint.latest_checkpoint(history.job_dir(run["storage"], spec.name))
+        latest = checkpoint.latest_checkpoint(history.job_dir(run.storage, spec.name))
         step = checkpoint.read_meta(latest)["step"] if latest is not None else None
-    history.record(run["storage"], spec.name, "finished", submission_id=run["submission_id"],
+    history.record(run.storage, spec.name, "finished", submission_id=run.submission_id,
                    state="SUCCEEDED", step=step, loss=metrics.get("loss"))
     print(f"[rayfleet] job {spec.name} finished at step {step} "
           f"with loss {metrics.get('loss')}", flush=True)

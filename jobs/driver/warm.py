@@ -10,12 +10,12 @@ runtime environment takes such an idle one instead of starting another (measured
 ready actor against 3.2 s cold).
 
 The pieces:
-- every training worker of the job runs `preload` first (Ray's worker process setup hook, set in
-  the workers' runtime environment by `worker_runtime_env`): it imports what a worker needs, then,
-  while the process is idle, keeps a heartbeat key in the GCS KV (`job/NAME/warm/NODE/PID`). A
-  process that becomes an actor deletes its key;
-- rank 0 publishes the workers' exact runtime environment (`publish_env`): a prestarted process
-  serves an actor only when the two match byte for byte;
+- every training worker of the job runs `preload` first (jobs/worker/preload.py; Ray's worker
+  process setup hook, set in the workers' runtime environment by `worker_runtime_env`): it imports
+  what a worker needs, then, while the process is idle, keeps a heartbeat key in the GCS KV
+  (`job/NAME/warm/NODE/PID`, jobs/worker/standby.py). A process that becomes an actor deletes its key;
+- rank 0 publishes the workers' exact runtime environment (`standby.publish_env`): a prestarted
+  process serves an actor only when the two match byte for byte;
 - the driver runs a `Keeper` thread: every `interval_s` it counts the live heartbeats on each alive
   node of the job's pool and asks the raylet of a node short of standbys to prestart the rest
   (`plan`, pure). A node fits as many standbys as the job's workers it could hold. Standbys are
@@ -39,92 +39,20 @@ from typing import Any, Iterable, Mapping
 
 from rayfleet.cluster.rayio import gcs
 from rayfleet.cluster.decide.view import POOL_LABEL
+from rayfleet.jobs.contract import WORKER_SETUP_HOOK_ENV
+from rayfleet.jobs.worker.preload import HOOK
 from rayfleet.jobs.worker.progress import beat_key
+from rayfleet.jobs.worker.standby import env_key
 
 log = logging.getLogger("rayfleet.job")
-NAMESPACE = gcs.NAMESPACE.decode()
-HOOK = "rayfleet.jobs.driver.warm.preload"
-HOOK_ENV = "__RAY_WORKER_PROCESS_SETUP_HOOK_ENV_VAR"  # ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR
-IDLE_S = 1.0      # a process idle this long after its imports is a standby, not a cold start
-BEAT_S = 2.0      # an idle standby refreshes its key this often
-STALE_S = 8.0     # ... and counts as gone when its key is older than this
+STALE_S = 8.0     # a standby whose key is older than this is gone (it refreshes it every standby.BEAT_S)
 PENDING_S = 30.0  # a prestart asked for is counted as coming for this long (its imports take seconds)
 KEEP_ALIVE_S = 3600  # Ray does not reap an idle prestarted worker before this
 
 
 def worker_runtime_env() -> dict[str, Any]:
     """The training workers' runtime environment addition: run `preload` when a process starts."""
-    return {"env_vars": {HOOK_ENV: HOOK}}
-
-
-def env_key(job: str) -> str:
-    return f"job/{job}/warm-env"
-
-
-def standby_key(job: str, node_id: str, pid: int) -> str:
-    return f"job/{job}/warm/{node_id}/{pid}"
-
-
-_standby = False  # this process idled as a standby before an actor took it
-
-
-def was_standby() -> bool:
-    """Whether this worker process waited as a warm standby (rather than starting cold)."""
-    return _standby
-
-
-def preload() -> None:
-    """Ray's worker process setup hook, in every training worker process of the job before it
-    serves anything. The imports run here, synchronously (two threads importing torch at once can
-    deadlock on import locks); a daemon thread then keeps the heartbeat while the process idles."""
-    import torch  # noqa: F401
-    import torch._dynamo  # noqa: F401  (DistributedDataParallel's constructor imports it: 1.4 s)
-    import ray.train.torch  # noqa: F401
-
-    import jobs.loop  # noqa: F401
-
-    job = json.loads(os.environ.get("RAYFLEET_JOB_SPEC", "{}")).get("name")
-    if job:
-        threading.Thread(target=_heartbeat, args=(job,), name="rayfleet-standby", daemon=True).start()
-
-
-def _heartbeat(job: str) -> None:
-    """A process started for an actor that was already waiting (a cold start) gets it within
-    milliseconds of its hook's end: only one still idle IDLE_S later is a standby and says so."""
-    global _standby
-    import ray
-    from ray.experimental.internal_kv import _internal_kv_del, _internal_kv_put
-
-    context = ray.get_runtime_context()
-    ready = time.monotonic()
-    while time.monotonic() - ready < IDLE_S:
-        if context.get_actor_id() is not None:
-            return  # a cold start
-        time.sleep(0.05)
-    _standby = True
-    key = standby_key(job, context.get_node_id(), os.getpid())
-    submission = json.loads(os.environ.get("RAYFLEET_JOB_RUN", "{}")).get("submission_id")
-    last = 0.0
-    try:
-        while context.get_actor_id() is None:  # still idle: no actor took this process yet
-            if time.monotonic() - last >= BEAT_S:
-                _internal_kv_put(key, json.dumps({"time": time.time(), "submission_id": submission}),
-                                 overwrite=True, namespace=NAMESPACE)
-                last = time.monotonic()
-            time.sleep(0.2)
-        _internal_kv_del(key, namespace=NAMESPACE)
-    except Exception as error:  # the GCS went away, or the process is ending: the key goes stale
-        log.debug("standby heartbeat ended: %s", error)
-
-
-def publish_env(job: str, submission_id: str) -> None:
-    """Rank 0: the exact runtime environment of this job's training workers, for the keeper."""
-    import ray
-    from ray.experimental.internal_kv import _internal_kv_put
-
-    env = ray.get_runtime_context().get_runtime_env_string()
-    _internal_kv_put(env_key(job), json.dumps({"submission_id": submission_id, "env": env, "time": time.time()}),
-                     overwrite=True, namespace=NAMESPACE)
+    return {"env_vars": {WORKER_SETUP_HOOK_ENV: HOOK}}
 
 
 @dataclass(frozen=True)

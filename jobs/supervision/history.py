@@ -1,8 +1,9 @@
 """Durable job history: an append-only JSON-lines file per job in the fleet's storage path.
 
 It lives beside the job's checkpoints (`<storage>/jobs/<name>/history.jsonl`), not in Ray, so it
-outlives a head restart and a `down`/`up` of the fleet. Each line is one event: submitted, started
-(an attempt, with the step it resumed from), finished (with the final state, step and loss).
+outlives a head restart and a `down`/`up` of the fleet. Each line is one event, e.g. submitted,
+started (an attempt, with the step it resumed from), finished (with the final state, step and
+loss); jobs/supervision/goodput.py lists them all.
 """
 from __future__ import annotations
 

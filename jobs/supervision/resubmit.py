@@ -9,14 +9,16 @@ few seconds and resubmits each orphan, up to the job's `failure.max_restarts`.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
 import logging
-import sys
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from rayfleet.jobs.supervision import history
 from rayfleet.jobs.client.spec import JobSpec
+from rayfleet.jobs.client.submit import job_metadata, submit_driver
+from rayfleet.jobs.contract import RunInfo, new_submission_id, submission_of_driver_actor
+from rayfleet.jobs.contract import python_for  # noqa: F401  (the controller's chooser for `resubmit`'s python)
+from rayfleet.jobs.supervision import history
 
 log = logging.getLogger("rayfleet.jobs")
 RUNNING = ("PENDING", "RUNNING")
@@ -70,9 +72,7 @@ def _stepped_recently(storage: str, name: str, submission_id: str, within_s: flo
 
 def resubmit(client: Any, storage: str, orphan: Orphan, python: str) -> str | None:
     """Submit an orphaned job again with its recorded spec and run info; None when its restart
-    budget is spent (then it is recorded as failed)."""
-    from rayfleet.jobs.client.submit import JOB_KEY, job_environment, job_metadata, new_submission_id
-
+    budget is spent (then it is recorded as failed). `python`: the driver's interpreter (`python_for`)."""
     events = history.events(storage, orphan.job)
     submitted = next(e for e in reversed(events) if e["event"] == "submitted")
     spec = JobSpec.model_validate(submitted["spec"])
@@ -81,32 +81,21 @@ def resubmit(client: Any, storage: str, orphan: Orphan, python: str) -> str | No
         history.record(storage, orphan.job, "finished", submission_id=orphan.submission_id, state="FAILED",
                        error=f"its driver was lost {orphan.resubmissions + 1} times (failure.max_restarts={budget})")
         return None
-    run = json.loads(submitted.get("run") or "{}") or {}
     submission_id = new_submission_id(spec.name)
-    run = {**run, "submission_id": submission_id}
+    run = dataclasses.replace(RunInfo.from_json(submitted["run"]), submission_id=submission_id)
     placement = submitted.get("placement") or {}
-    client.submit_job(entrypoint=f"{python} -m rayfleet.jobs.driver.entrypoint", submission_id=submission_id,
-                      runtime_env={"env_vars": job_environment(spec, run)},
-                      metadata={**job_metadata(spec), JOB_KEY: spec.name}, entrypoint_num_cpus=0, **placement)
+    submit_driver(client, spec, run, python, job_metadata(spec), placement)
     history.record(storage, spec.name, "submitted", submission_id=submission_id, pool=spec.pool,
                    strategy=spec.parallelism.strategy, steps=spec.steps, spec=spec.model_dump(mode="json"),
-                   run=json.dumps(run), placement=placement, after_lost_driver=True,
+                   run=run.to_json(), placement=placement, after_lost_driver=True,
                    previous=orphan.submission_id, user="rayfleet-controller")
     log.warning("job %s lost its driver (%s, Ray says %s); resubmitted as %s", spec.name, orphan.submission_id,
                 orphan.ray_status or "nothing: a new cluster", submission_id)
     return submission_id
 
 
-def python_for(provider: str) -> str:
-    return sys.executable if provider == "local" else "python"
-
-
-DRIVER_ACTOR_PREFIX = "_ray_internal_job_actor_"
-"""Ray Jobs names each job's JobSupervisor actor `_ray_internal_job_actor_<submission id>`."""
-
-
 def dead_drivers(actors: Mapping[Any, Any]) -> frozenset[str]:
     """Submission ids whose JobSupervisor actor is DEAD, from the GCS actor table."""
     dead = 4  # ActorTableData.ActorState.DEAD
-    return frozenset(info.name[len(DRIVER_ACTOR_PREFIX):] for info in actors.values()
-                     if info.name.startswith(DRIVER_ACTOR_PREFIX) and info.state == dead)
+    found = (submission_of_driver_actor(info.name) for info in actors.values() if info.state == dead)
+    return frozenset(submission for submission in found if submission is not None)

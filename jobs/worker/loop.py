@@ -1,10 +1,11 @@
 """The per-worker training loop that Ray Train runs on every worker.
 
-Build the model from `model/`, place it for the strategy (`jobs.parallel`), resume from the newest
-committed checkpoint if any, then train: the batch of step s is a pure function of (seed, s), so a
-resumed run continues the same loss curve. Rank 0 publishes progress every `log_every` steps;
-all ranks checkpoint together every `checkpoint.every` steps and at the end, and report to Ray
-Train only then (a report is a barrier with Ray Train's controller; see jobs/worker/progress.py).
+Build the model from `model/`, place it for the strategy (jobs/worker/parallelize.py), resume from
+the newest committed checkpoint if any, then train: the batch of step s is a pure function of
+(seed, s), so a resumed run continues the same loss curve. Rank 0 publishes progress every
+`log_every` steps; all ranks checkpoint together every `checkpoint.every` steps and at the end, and
+report to Ray Train only then (a report is a barrier with Ray Train's controller; see
+jobs/worker/progress.py).
 """
 from __future__ import annotations
 
@@ -18,9 +19,9 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from rayfleet.jobs.worker import checkpoint
+from rayfleet.jobs.contract import RunInfo
+from rayfleet.jobs.worker import checkpoint, standby
 from rayfleet.jobs.supervision import history
-from rayfleet.jobs.driver import warm
 from rayfleet.jobs.worker.data import StepBatches, corpus_tokens
 from rayfleet.jobs.worker.parallelize import Parallel, parallelize
 from rayfleet.jobs.worker.notices import NoticeReader
@@ -29,16 +30,6 @@ from rayfleet.jobs.client.spec import JobSpec
 from rayfleet.model import ModelConfig, Transformer, get_preset
 
 METRICS = "metrics.jsonl"
-
-
-@dataclasses.dataclass(frozen=True)
-class RunInfo:
-    """What the entrypoint tells every worker besides the spec."""
-
-    submission_id: str
-    storage: str
-    device: str                  # "cpu" or "cuda"
-    peak_tflops: float | None    # per GPU, for MFU; None on CPU
 
 
 def model_config(spec: JobSpec) -> ModelConfig:
@@ -85,7 +76,7 @@ def train_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     spec = JobSpec.model_validate(config["spec"])
-    run = RunInfo(**config["run"])
+    run = RunInfo.from_json(config["run"])
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     # Ray Train's device for this worker (the one it made current): the local rank need not
@@ -95,9 +86,9 @@ def train_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(spec.resources.cpus)))
     if rank == 0:  # the gang was placed and its processes run (goodput: the end of waiting)
         history.record(run.storage, spec.name, "worker", submission_id=run.submission_id, world=world,
-                       standby=warm.was_standby())
+                       standby=standby.was_standby())
         if spec.failure.warm_standby:  # what the driver's keeper prestarts standby processes with
-            warm.publish_env(spec.name, run.submission_id)
+            standby.publish_env(spec.name, run.submission_id)
     trainer = Trainer(spec, run, rank, world, device, history.job_dir(run.storage, spec.name))
     trainer.watch(ray.get_runtime_context().get_node_id())
     trainer.train(report=_ray_report())

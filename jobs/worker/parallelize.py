@@ -6,7 +6,7 @@
 - moe: experts sharded over expert-parallel groups of `expert_parallel` consecutive ranks
   (`model.apply_expert_parallel`); every other parameter replicated and averaged by DDP, which
   is told to leave the expert parameters alone; expert gradients are then reduced by the rule
-  derived in `model/expert_parallel.py` (divide by the EP size, average over replicas).
+  derived in `model/parallelize.py` (divide by the EP size, average over replicas).
 """
 from __future__ import annotations
 

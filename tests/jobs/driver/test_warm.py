@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from rayfleet.jobs.contract import WORKER_SETUP_HOOK_ENV
 from rayfleet.jobs.worker import notices
 from rayfleet.jobs.driver import warm
 from rayfleet.jobs.driver.warm import PENDING_S, STALE_S, Asks, PoolNode, plan, standing, training
@@ -57,10 +58,14 @@ def test_standbys_wait_for_the_restarted_attempt_to_train() -> None:
 
 
 def test_the_training_workers_run_the_preload_hook() -> None:
-    assert warm.worker_runtime_env() == {"env_vars": {warm.HOOK_ENV: "rayfleet.jobs.driver.warm.preload"}}
+    assert warm.worker_runtime_env() == {"env_vars": {WORKER_SETUP_HOOK_ENV: "rayfleet.jobs.worker.preload.preload"}}
     import ray._private.ray_constants as ray_constants
+    from ray._common.utils import load_class
 
-    assert warm.HOOK_ENV == ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+    from rayfleet.jobs.worker.preload import preload
+
+    assert WORKER_SETUP_HOOK_ENV == ray_constants.WORKER_PROCESS_SETUP_HOOK_ENV_VAR
+    assert load_class(warm.worker_runtime_env()["env_vars"][WORKER_SETUP_HOOK_ENV]) is preload  # as Ray loads it
 
 
 def test_the_trainer_starts_no_ray_data_actor_for_a_job_without_datasets() -> None:

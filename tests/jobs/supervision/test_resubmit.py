@@ -6,9 +6,13 @@ import os
 import time
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
+from rayfleet.jobs.client.spec import JobSpec
+from rayfleet.jobs.client.submit import job_metadata
+from rayfleet.jobs.contract import RUN_ENV
 from rayfleet.jobs.supervision import history
-from rayfleet.jobs.supervision.resubmit import dead_drivers, orphans
+from rayfleet.jobs.supervision.resubmit import dead_drivers, orphans, resubmit
 
 
 def submitted(storage: Path, name: str, submission: str, **extra: object) -> None:
@@ -56,3 +60,24 @@ def test_dead_driver_actors_are_read_from_the_actor_table() -> None:
               2: SimpleNamespace(name="_ray_internal_job_actor_j-2", state=2),
               3: SimpleNamespace(name="rayfleet-controller", state=4)}
     assert dead_drivers(actors) == frozenset({"j-1"})
+
+
+def test_a_resubmission_carries_the_recorded_run_info_under_a_new_submission_id(tmp_path: Path) -> None:
+    spec = JobSpec.model_validate({"name": "a", "pool": "p"})
+    run = ('{"storage": "%s", "device": "cpu", "gpus_per_worker": 0.0, "workers_per_node": 2, "peak_tflops": null, '
+           '"submission_id": "a-1"}' % tmp_path)
+    placement = {"entrypoint_label_selector": {"rayfleet.io/pool": "p"}}
+    history.record(tmp_path, "a", "submitted", submission_id="a-1", spec=spec.model_dump(mode="json"), run=run,
+                   placement=placement)
+    calls: list[dict[str, Any]] = []
+    client = SimpleNamespace(submit_job=lambda **kwargs: calls.append(kwargs))
+    [orphan] = orphans(str(tmp_path), {})
+    new = resubmit(client, str(tmp_path), orphan, "python")
+    [call] = calls
+    assert new is not None and new != "a-1" and call["submission_id"] == new
+    assert call["entrypoint"] == "python -m rayfleet.jobs.driver.entrypoint"
+    assert call["metadata"] == job_metadata(spec) and call["entrypoint_label_selector"] == {"rayfleet.io/pool": "p"}
+    expected = run.replace('"a-1"', json.dumps(new))  # the recorded JSON, but for the submission id
+    assert call["runtime_env"]["env_vars"][RUN_ENV] == expected
+    latest = history.events(tmp_path, "a")[-1]
+    assert (latest["run"], latest["after_lost_driver"], latest["previous"]) == (expected, True, "a-1")

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from rayfleet.jobs.contract import RunInfo
 from rayfleet.jobs.worker import checkpoint
-from rayfleet.jobs.worker.loop import METRICS, RunInfo, Trainer, lr_at
+from rayfleet.jobs.worker.loop import METRICS, Trainer, lr_at
 from rayfleet.jobs.client.spec import JobSpec
 from tests.support.distributed import on_ranks
 
@@ -25,7 +26,8 @@ def job(strategy: str = "ddp", workers: int = 1, ep: int = 1, preset: str = "tin
 
 
 def train(rank: int, world: int, spec: JobSpec, storage: str, submission: str = "s1") -> list[tuple[int, float]]:
-    trainer = Trainer(spec, RunInfo(submission, storage, "cpu", None), rank, world, torch.device("cpu"),
+    run = RunInfo(storage=storage, device="cpu", gpus_per_worker=0, submission_id=submission)
+    trainer = Trainer(spec, run, rank, world, torch.device("cpu"),
                       Path(storage) / "jobs" / spec.name)
     return trainer.train()
 

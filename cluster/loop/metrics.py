@@ -18,16 +18,15 @@ which is what the dashboard's Metrics view (through Grafana) and any Prometheus 
 | rayfleet_health_checks                  | counter   | fleet, pool, check, result    | `record_health`           |
 | rayfleet_health_check_seconds           | histogram | fleet, pool, check            | `record_health`           |
 | rayfleet_health_failing_nodes           | gauge     | fleet, pool, check            | `record_health`           |
-| rayfleet_pool_gpu_hours                 | gauge     | fleet, pool, state            | cluster/decide/usage.py totals   |
-| rayfleet_job_ettr                       | gauge     | fleet, job                    | jobs/supervision/goodput.py           |
-| rayfleet_job_seconds                    | gauge     | fleet, job, part              | jobs/supervision/goodput.py           |
+| rayfleet_pool_gpu_hours                 | gauge     | fleet, pool, state            | cluster/decide/usage.py   |
 
 (1) <state>: desired, ready, starting, unhealthy, degraded, draining, quarantined (POOL_GAUGES).
 
 Tags stay bounded (pools, event kinds, check names, reason kinds), never a node or instance id:
 a fleet of 12,500 nodes must not make 12,500 series per metric. Per-node detail lives in events
-and the controller's log. Job metrics (`rayfleet_job_*`) are published by the job itself
-(`jobs/worker/progress.py`).
+and the controller's log. Job metrics are published by the job's rank 0 (`rayfleet_job_step` and
+the rest, jobs/worker/progress.py) and by the job supervision step in the controller's process
+(`rayfleet_job_ettr`, `rayfleet_job_seconds`, jobs/supervision/step.py).
 
 Gauges are set again on every loop: Ray drops a gauge that has not been refreshed for two export
 intervals (`OpenTelemetryMetricRecorder._resolve_gauge_ttl_seconds`, Ray 2.60), so a stopped
@@ -128,11 +127,6 @@ class FleetMetrics:
         self._gpu_hours = metrics.Gauge("rayfleet_pool_gpu_hours", "GPU-hours since the fleet came up, by "
                                         "node state (training, idle, spare, quarantined, booting, unavailable)",
                                         tag_keys=("fleet", "pool", "state"))
-        self._job_ettr = metrics.Gauge("rayfleet_job_ettr", "effective training time ratio: kept training "
-                                       "time over wall time", tag_keys=("fleet", "job"))
-        self._job_seconds = metrics.Gauge("rayfleet_job_seconds", "a job's wall time by part (waiting, startup, "
-                                          "training, rollback, checkpoint, detection, recovery)",
-                                          tag_keys=("fleet", "job", "part"))
         self._causes: dict[str, str] = {}   # instance -> kind of the reason it last failed for
         self._failing: dict[tuple[str, str, str], set[str]] = {}   # (fleet, pool, check) -> instances
 
@@ -176,17 +170,6 @@ class FleetMetrics:
             self._causes.pop(instance, None)
         elif instance and event.reason and _SLUG.match(event.reason):
             self._causes[instance] = reason_kind(event.reason)
-
-    def record_jobs(self, fleet: str, goodput: Mapping[str, Mapping[str, Any]]) -> None:
-        """Publish each job's ETTR and wall time by part (job -> Goodput.to_json())."""
-        try:
-            for job, figures in goodput.items():
-                if figures.get("ettr") is not None:
-                    self._job_ettr.set(float(figures["ettr"]), tags={"fleet": fleet, "job": job})
-                for part, seconds in figures.get("parts", {}).items():
-                    self._job_seconds.set(float(seconds), tags={"fleet": fleet, "job": job, "part": part})
-        except Exception as error:
-            self._warn(error)
 
     # --- health checks --------------------------------------------------------------------------
     def record_health(self, fleet: str, pool: str, instance: str, check: str, passed: bool,

@@ -7,8 +7,11 @@
              "draining", "quarantined", "spares", "spares_ready", "min", "max", "gpus_ready",
              "floor", "autoscale", "autoscale_target", "pending_bundles", "unplaced_bundles",
              "autoscale_reason"}],
-  "nodes": [{"instance", "pool", "state", "node_id", "address", "since", "reason", "spare", "admitted"}]
+  "nodes": [{"instance", "pool", "state", "node_id", "address", "since", "reason", "spare", "admitted"}],
+  "gpu_hours": {pool or "all": {state: hours}}, "pending": [pending gangs and where they could run],
+  "pool_failures": {pool: {"count", "last"}}
 }
+`rayfleet status` adds what it reads at its own time: "age_s", "dashboard_url", "head".
 
 The health document (`rayfleet health -o json`): {"observed_at", "nodes": [{"instance", "pool",
 "state", "heartbeat_age_s", "probe", "simulated", "checks": [{"name", "status", "message", "value",
@@ -18,7 +21,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from rayfleet.cluster.decide.autoscale import PoolTarget, autoscales
+from rayfleet.cluster.decide.autoscale import PoolTarget, autoscales, pending_report
+from rayfleet.cluster.decide.demand import Demand
+from rayfleet.cluster.decide.usage import gpu_hours
 from rayfleet.cluster.health.report import HealthReport
 from rayfleet.cluster.decide.plan import desired_nodes
 from rayfleet.cluster.spec.fleet import FleetSpec
@@ -30,9 +35,15 @@ S = NodeState
 
 def fleet_status(spec: FleetSpec, state: FleetState, targets: Mapping[str, int], now: float,
                  controller: Mapping[str, Any], autoscale: Mapping[str, PoolTarget] | None = None,
+                 usage: Mapping[str, Mapping[str, float]] | None = None, demand: Demand | None = None,
                  ) -> dict[str, Any]:
-    """`desired` is the size the planner works toward: the floor (manual target, else spec) raised
-    by the autoscaler's target; `autoscale_target` is null for pools that do not autoscale."""
+    """The whole document as the controller stores it each pass (`rayfleet status` adds only what
+    it reads at its own time: age_s, dashboard_url, head).
+
+    `desired` is the size the planner works toward: the floor (manual target, else spec) raised
+    by the autoscaler's target; `autoscale_target` is null for pools that do not autoscale.
+    `usage` is GPU-seconds by pool and state (cluster/decide/usage.py), `demand` Ray's pending
+    demand as the pass observed it."""
     pools = []
     by_pool: dict[str, list] = {pool.name: [] for pool in spec.pools}
     for record in state.nodes.values():
@@ -72,7 +83,10 @@ def fleet_status(spec: FleetSpec, state: FleetState, targets: Mapping[str, int],
         "address": r.address, "since": r.since, "reason": r.reason, "spare": r.spare, "admitted": r.admitted,
     } for r in sorted(state.nodes.values(), key=lambda r: (r.pool, r.instance))]
     return {"fleet": spec.name, "provider": spec.provider, "observed_at": now,
-            "controller": dict(controller), "pools": pools, "nodes": nodes}
+            "controller": dict(controller), "pools": pools, "nodes": nodes,
+            "gpu_hours": gpu_hours(usage or {}), "pending": pending_report(spec, demand),
+            "pool_failures": {pool: {"count": count, "last": last}
+                              for pool, (count, last) in state.pool_failures.items()}}
 
 
 def health_document(state: FleetState, reports: Mapping[str, HealthReport], probes: Mapping[str, Probe],

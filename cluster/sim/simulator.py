@@ -28,7 +28,8 @@ from rayfleet.cluster.decide.plan import (MAX_BACKOFF_S, RELAUNCH_AFTER_S, TERMI
                           QuarantineRequests, RunChecks, Terminate, Unadmit, plan)
 from rayfleet.cluster.spec.fleet import FleetSpec, PoolSpec
 from rayfleet.cluster.decide.state import FleetState, NodeState
-from rayfleet.cluster.decide.usage import accumulate, gpu_hours
+from rayfleet.cluster.decide.usage import gpu_hours
+from rayfleet.cluster.loop.reconcile import UsageMeter, reconcile
 from rayfleet.cluster.decide.view import INSTANCE_LABEL, POOL_LABEL, ClusterView, Instance, InstanceStatus, Probe, RayNode
 
 HOUR = 3600.0
@@ -501,7 +502,8 @@ class SimulatedCloud:
 
 @dataclass
 class SimulatedController:
-    """The production loop (observe -> plan -> act) over a SimulatedCloud."""
+    """The production pass (cluster/loop/reconcile.py: plan, persist, act) over a SimulatedCloud.
+    It persists to memory; its actions are applied to the simulated cloud."""
 
     spec: FleetSpec
     cloud: SimulatedCloud
@@ -510,34 +512,26 @@ class SimulatedController:
     events: list[object] = field(default_factory=list)
     requests: QuarantineRequests = field(default_factory=QuarantineRequests)
     ticks: int = 0
-    usage: dict[str, dict[str, float]] = field(default_factory=dict)   # GPU-seconds by pool and state
-    _usage_at: float | None = None
-    _busy: frozenset[str] = frozenset()
+    usage: UsageMeter = field(default_factory=UsageMeter)   # GPU-seconds by pool and state
 
     def __post_init__(self) -> None:
         if not self.cloud.pools:
             self.cloud.pools = {pool.name: pool for pool in self.spec.pools}
 
     def tick(self) -> Plan:
-        view = self.cloud.view()
-        if self._usage_at is not None:  # the nodes as the last loop left them, for the time since
-            self.usage = accumulate(self.usage, self.state.nodes.values(), self._gpus, self._busy,
-                                    self.cloud.now - self._usage_at)
-        self._usage_at, self._busy = self.cloud.now, view.busy_nodes
-        result = plan(self.spec, self.state, view, self.cloud.now, self.targets, self.requests)
-        self.state = result.state
-        self.events.extend(result.events)
-        self.cloud.apply(result.actions)
+        result = reconcile(self, self.cloud.view(), self.cloud.now)
         self.ticks += 1
         return result
 
-    @property
-    def _gpus(self) -> dict[str, int]:
-        return {pool.name: pool.gpus_per_node for pool in self.spec.pools}
+    def persist(self, result: Plan) -> None:
+        self.events.extend(result.events)
+
+    def apply(self, actions: Sequence[object]) -> None:
+        self.cloud.apply(actions)
 
     def gpu_hours(self) -> dict[str, dict[str, float]]:
         """GPU-hours by pool and state so far (cluster/decide/usage.py), as the controller reports them."""
-        return gpu_hours(self.usage)
+        return gpu_hours(self.usage.totals)
 
     def run(self, seconds: float, period: float | None = None, fast: bool = False) -> None:
         """Loop every `period` for `seconds`. `fast`: after a loop that did nothing, sleep to the
@@ -597,4 +591,4 @@ class SimulatedController:
 
     def restarted(self) -> SimulatedController:
         """The same controller after a crash that lost its memory (state comes back empty)."""
-        return dataclasses.replace(self, state=FleetState(), events=[])
+        return dataclasses.replace(self, state=FleetState(), events=[], usage=dataclasses.replace(self.usage))

@@ -9,24 +9,14 @@ from __future__ import annotations
 import os
 import sys
 
-import typer
 from rich.markup import escape
 
+from rayfleet.cli.app import app
 from rayfleet.cli.output import errors
 from rayfleet.errors import RayfleetError
 
-app = typer.Typer(
-    name="rayfleet",
-    help="Elastic GPU fleets and transformer training on Ray.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=True,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
-
-
 def _register() -> None:
-    # Each module adds its command(s) to `app` on import.
+    # Each command's module adds it to `app` on import; this list is the CLI's table of contents.
     from rayfleet.cli.commands import (  # noqa: F401
         chaos, completion_script, dashboard, demo, down, events, explain, health, job, jobs, logs, quarantine, render,
         scale, schema, status, stop, submit, up,
@@ -52,8 +42,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    # `python -m rayfleet.cli.main`: the commands register on the importable module's `app`, not
-    # on this `__main__` copy, so run that module's main.
-    from rayfleet.cli import main as cli_module
-
-    cli_module.main()
+    main()

@@ -1,4 +1,4 @@
-"""Drive the production control loop (`plan` + `act`) over any Provider, with Ray emulated.
+"""Drive the production reconcile pass (cluster/loop/reconcile.py) over any Provider, with Ray emulated.
 
 The controller's loop is observe -> plan -> act. Here `observe` reads the real provider under test
 (EC2 through moto, KubeRay through the fake API server) and synthesises Ray's node table from it:
@@ -16,15 +16,17 @@ import dataclasses
 import hashlib
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from rayfleet.cluster.loop.act import act
 from rayfleet.cluster.decide.events import Event
-from rayfleet.cluster.decide.plan import Launch, Plan, Terminate, plan
+from rayfleet.cluster.decide.plan import Launch, Plan, QuarantineRequests, Terminate
+from rayfleet.cluster.loop.reconcile import UsageMeter, reconcile
 from rayfleet.cluster.providers import Provider
 from rayfleet.cluster.spec.fleet import FleetSpec
 from rayfleet.cluster.decide.state import FleetState, NodeState
 from rayfleet.cluster.decide.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL, ClusterView, Instance, InstanceStatus, RayNode
+from tests.support.fleet_state import ready_count
 
 
 @dataclass
@@ -90,6 +92,8 @@ class ProviderHarness:
     actions: list[Any] = field(default_factory=list)
     drains: DrainRecorder = field(default_factory=DrainRecorder)
     launch_errors: dict[str, str] = field(default_factory=dict)
+    requests: QuarantineRequests = field(default_factory=QuarantineRequests)
+    usage: UsageMeter = field(default_factory=UsageMeter)
 
     def now(self) -> float:
         return time.time() + self.skew
@@ -107,13 +111,15 @@ class ProviderHarness:
         return ClusterView(ray_nodes=ray, instances=instances, launch_errors=dict(self.launch_errors))
 
     def tick(self) -> Plan:
-        """One observe -> plan -> act pass, as the controller runs it."""
-        result = plan(self.spec, self.state, self.view(), self.now(), self.targets)
-        self.state = result.state
+        """One observe -> plan -> persist -> act pass, as the controller runs it (reconcile)."""
+        return reconcile(self, self.view(), self.now())
+
+    def persist(self, result: Plan) -> None:
         self.events.extend(result.events)
-        self.actions.extend(result.actions)
-        self.launch_errors = act(result.actions, self.provider, self.spec, self.drains)
-        return result
+
+    def apply(self, actions: Sequence[Any]) -> None:
+        self.actions.extend(actions)
+        self.launch_errors = act(actions, self.provider, self.spec, self.drains)
 
     def run_until(self, predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.05) -> None:
         """Tick until `predicate()` holds after a pass; fail naming `what` at the deadline."""
@@ -128,7 +134,7 @@ class ProviderHarness:
 
     # --- what tests ask ---------------------------------------------------------------------
     def ready(self, pool: str) -> int:
-        return sum(r.state is NodeState.READY and not r.spare for r in self.state.in_pool(pool))
+        return ready_count(self.state, pool)
 
     def records(self, pool: str, state: NodeState) -> list[str]:
         return sorted(r.instance for r in self.state.in_pool(pool) if r.state is state)
@@ -149,4 +155,5 @@ class ProviderHarness:
     def restarted(self, provider: Provider, keep_state: bool = False) -> ProviderHarness:
         """The controller after a crash: a new provider object; its state persisted or lost."""
         return dataclasses.replace(self, provider=provider, state=self.state if keep_state else FleetState(),
-                                   events=[], actions=[], drains=DrainRecorder(), launch_errors={})
+                                   events=[], actions=[], drains=DrainRecorder(), launch_errors={},
+                                   usage=UsageMeter())

@@ -11,7 +11,7 @@ from typing import Any, Optional
 
 import typer
 
-from rayfleet.cli.main import app
+from rayfleet.cli.app import app
 from rayfleet.cli.output import Format, console, emit
 from rayfleet.cluster.rayio.connection import connect, ray_driver
 from rayfleet.errors import BadInput, NotFound

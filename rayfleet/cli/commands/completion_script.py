@@ -9,7 +9,7 @@ from __future__ import annotations
 import typer
 from typer.completion import Shells, get_completion_script
 
-from rayfleet.cli.main import app
+from rayfleet.cli.app import app
 
 
 @app.command("completion")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from rayfleet.cli.main import app
+from rayfleet.cli.app import app
 from rayfleet.cli.output import console
 from rayfleet.errors import NotFound
 

@@ -8,7 +8,7 @@ import typer
 
 from rayfleet.cluster.rayio import gcs
 from rayfleet.cli.completion import complete_fleet
-from rayfleet.cli.main import app
+from rayfleet.cli.app import app
 from rayfleet.cli.output import console
 from rayfleet.cluster.rayio.connection import ray_driver, use_token
 from rayfleet.cluster.loop.controller import stop_controller

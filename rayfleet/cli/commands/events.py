@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from rayfleet.cli.completion import complete_fleet, complete_pool
-from rayfleet.cli.main import app
+from rayfleet.cli.app import app
 from rayfleet.cli.output import Format, console, emit, short_instance, table
 from rayfleet.cluster.rayio.connection import connect
 from rayfleet.cluster.decide.events import Event

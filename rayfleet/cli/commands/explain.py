@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from rayfleet.cli.completion import complete_fleet
-from rayfleet.cli.main import app
+from rayfleet.cli.app import app
 from rayfleet.cli.output import Format, console, emit
 from rayfleet.cluster.rayio.connection import connect
 from rayfleet.errors import BadInput, FleetNotRunning

@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from rayfleet.cli.completion import complete_fleet
-from rayfleet.cli.main import app
+from rayfleet.cli.app import app
 from rayfleet.cli.output import Format, age, console, count, emit, table
 from rayfleet.cluster.rayio.connection import connect
 

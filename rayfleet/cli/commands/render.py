@@ -14,7 +14,7 @@ from typing import Optional
 
 import typer
 
-from rayfleet.cli.main import app
+from rayfleet.cli.app import app
 from rayfleet.cli.output import console
 from rayfleet.errors import BadInput
 from rayfleet.cluster.spec.fleet import FleetSpec, load_fleet_spec

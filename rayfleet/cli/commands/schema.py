@@ -5,7 +5,7 @@ import json
 
 import typer
 
-from rayfleet.cli.main import app
+from rayfleet.cli.app import app
 
 
 @app.command()

@@ -6,7 +6,7 @@ from typing import Optional
 import typer
 
 from rayfleet.cli.completion import complete_fleet, complete_job
-from rayfleet.cli.main import app
+from rayfleet.cli.app import app
 from rayfleet.cli.output import console
 from rayfleet.cluster.rayio.connection import connect
 

@@ -9,7 +9,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from rayfleet.cli.completion import complete_fleet
-from rayfleet.cli.main import app
+from rayfleet.cli.app import app
 from rayfleet.cli.output import console
 from rayfleet.cluster.rayio.connection import Connection, connect
 from rayfleet.errors import Failed

@@ -9,11 +9,12 @@ from pathlib import Path
 import typer
 
 from rayfleet.cluster.rayio import gcs
-from rayfleet.cli.main import app
+from rayfleet.cli.app import app
 from rayfleet.cli.output import console
 from rayfleet.cli.progress import wait_for_pools
 from rayfleet.cluster.rayio.connection import ray_driver, use_token
 from rayfleet.cluster.loop.controller import start_controller
+from rayfleet.jobs.supervision.step import JobSupervision
 from rayfleet.errors import BadInput, Failed
 from rayfleet.cluster.head.fleetdir import FleetDir, set_current_fleet
 from rayfleet.cluster.head.head import SUPERVISOR_GONE, adopt_head, running_head, start_head, use_external_head
@@ -23,6 +24,9 @@ from rayfleet.cluster.providers import make_provider
 from rayfleet.cluster.spec.fleet import FleetSpec, load_fleet_spec
 from rayfleet.cluster.loop.store import FleetStore
 from rayfleet.cluster.head.supervisor import head_in_progress, supervisor_process
+
+CONTROLLER_STEPS = (JobSupervision,)
+"""What the controller runs each pass beside reconciling the fleet (cluster/loop/steps.py)."""
 
 
 @app.command()
@@ -74,7 +78,7 @@ def up(
         store.put_runtime(runtime)
         write_json_atomic(fleet.path / "runtime.json", runtime)
         with console.status("starting the controller"), ray_driver(head.gcs_address):
-            start_controller(head.gcs_address)
+            start_controller(head.gcs_address, steps=CONTROLLER_STEPS)
         set_current_fleet(spec.name)
     if wait:
         started = time.monotonic()

@@ -1,0 +1,64 @@
+"""Every name rayfleet shares with Ray, a cloud or another of its processes, defined once.
+
+Ray namespace and actor names, the node labels (Ray node labels, EC2 tags and Kubernetes labels
+use the same keys), and the keys of the GCS KV store. A name that two modules must agree on lives
+here; a module's private names stay in the module.
+"""
+from __future__ import annotations
+
+# --- Ray -----------------------------------------------------------------------------------------
+NAMESPACE = "rayfleet"
+"""The Ray namespace of rayfleet's actors and of its GCS KV keys."""
+CONTROLLER_NAME = "rayfleet-controller"
+AGENT_PREFIX = "rayfleet-health-"
+"""A health agent actor is named AGENT_PREFIX + its node's instance name."""
+
+# --- labels and tags -----------------------------------------------------------------------------
+FLEET_LABEL = "rayfleet.io/fleet"
+POOL_LABEL = "rayfleet.io/pool"
+INSTANCE_LABEL = "rayfleet.io/instance"
+SPARE_LABEL = "rayfleet.io/spare"
+ACCELERATOR_LABEL = "rayfleet.io/accelerator"
+ROLE_LABEL = "rayfleet.io/role"
+"""head / worker: a Kubernetes label and an EC2 tag."""
+JOB_LABEL = "rayfleet.io/job"
+"""A Ray job's metadata key naming its rayfleet job."""
+REQUESTS_ANNOTATION = "rayfleet.io/requests"
+"""The RayCluster annotation that keeps the Kubernetes provider's launch ledger."""
+RESERVED_LABEL_PREFIXES = ("rayfleet.io/", "ray.io/")
+"""Label keys a spec may not set on a pool: rayfleet and Ray set them."""
+
+# --- GCS KV keys (namespace NAMESPACE) -----------------------------------------------------------
+# The fleet's own record (cluster/loop/store.py documents who writes each).
+SPEC_KEY = "spec"
+RUNTIME_KEY = "runtime"
+TARGETS_KEY = "targets"
+QUARANTINE_KEY = "quarantine"
+STATE_KEY = "state"
+USAGE_KEY = "usage"
+STATUS_KEY = "status"
+HEALTH_KEY = "health"
+EVENTS_KEY = "events"
+NOTICES_KEY = "notices"
+"""node id -> deadline of the preemption or maintenance notice it is under (the controller writes)."""
+
+
+# Per job: what its ranks and driver publish, the controller and the CLI read.
+def progress_key(job: str) -> str:
+    return f"job/{job}/progress"
+
+
+def beat_key(job: str, rank: int) -> str:
+    return f"job/{job}/beat/{rank}"
+
+
+def notice_ack_key(job: str) -> str:
+    return f"job/{job}/notice-ack"
+
+
+def warm_env_key(job: str) -> str:
+    return f"job/{job}/warm-env"
+
+
+def standby_key(job: str, node_id: str, pid: int) -> str:
+    return f"job/{job}/warm/{node_id}/{pid}"

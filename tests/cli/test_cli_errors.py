@@ -2,13 +2,13 @@
 traceback, the documented exit code (1 failed, 2 bad input). No Ray is started here."""
 from __future__ import annotations
 
-import json
-import socket
 from pathlib import Path
 
 import pytest
 
+from rayfleet.cluster.head.processes import free_port
 from tests.conftest import rayfleet
+from tests.support.fleet_folder import fleet_folder
 
 
 def one_line_error(result, code: int) -> str:
@@ -17,22 +17,6 @@ def one_line_error(result, code: int) -> str:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     return lines[0]
-
-
-def closed_port() -> int:
-    with socket.socket() as probe:  # bound, never listening, released: nothing answers there
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def fleet_folder(home: Path, name: str, head: dict | None = None) -> Path:
-    folder = home / "fleets" / name
-    folder.mkdir(parents=True)
-    (folder / "fleet.yaml").write_text(f"name: {name}\n")
-    if head is not None:
-        (folder / "head.json").write_text(json.dumps(head))
-    (home / "current").write_text(name + "\n")
-    return folder
 
 
 @pytest.mark.parametrize("command", [["status"], ["events"], ["jobs"], ["dashboard"], ["logs", "x"],
@@ -55,7 +39,7 @@ def test_a_fleet_that_is_down_names_its_spec_to_start_it_again(tmp_path: Path) -
 
 
 def test_a_crashed_head_says_to_clean_up_and_start_again(tmp_path: Path) -> None:
-    address = f"127.0.0.1:{closed_port()}"
+    address = f"127.0.0.1:{free_port()}"  # bound, never listening, released: nothing answers there
     fleet_folder(tmp_path, "alpha", head={"gcs_address": address, "dashboard_url": "http://127.0.0.1:1"})
     for command in (["events"], ["dashboard", "-o", "json"], ["jobs"]):
         line = one_line_error(rayfleet(*command, home=tmp_path, timeout=60), 1)

@@ -8,16 +8,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import RAYFLEET, rayfleet, rayfleet_env
+from tests.support.fleet_folder import fleet_folder
 
 
 @pytest.fixture
 def home(tmp_path: Path) -> Path:
-    fleet = tmp_path / "fleets" / "demo"
-    (fleet / "storage" / "jobs" / "moe-demo").mkdir(parents=True)
-    (fleet / "storage" / "jobs" / "ddp-run").mkdir()
-    (fleet / "fleet.yaml").write_text("name: demo\npools:\n  - name: h100\n  - name: a100\n")
+    fleet_folder(tmp_path, "demo", spec="pools:\n  - name: h100\n  - name: a100\n", jobs=("moe-demo", "ddp-run"))
     (tmp_path / "fleets" / "other").mkdir()
-    (tmp_path / "current").write_text("demo\n")
     return tmp_path
 
 

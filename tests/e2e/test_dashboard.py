@@ -13,7 +13,6 @@ from typing import Any, Iterator
 
 import psutil
 import pytest
-import yaml
 from selenium import webdriver
 from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.chrome.options import Options
@@ -23,15 +22,16 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import WebDriverWait
 
 from rayfleet.cluster.head.processes import Owned, descendants, stop_tree
-from tests.support.fleet import Fleet, running_fleet
+from tests.support.fleet import Fleet, lines_at_80_columns, running_fleet
+from tests.support.fleet_jobs import jobs, submit
 from tests.support.prometheus import export_ports, scrape, value
-from tests.conftest import rayfleet, wait_until
+from tests.support.specs import h100_pool, job_spec
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.ray
 
 JOB = "dash-moe"
-POOLS = [{"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "cpus_per_node": 2, "memory": "4Gi",
-          "min_nodes": 1, "max_nodes": 2, "nodes": 1}]
+POOLS = [h100_pool(cpus_per_node=2, memory="4Gi", min_nodes=1, max_nodes=2, nodes=1)]
 CHROMIUM, CHROMEDRIVER = "/usr/bin/chromium", "/usr/bin/chromedriver"
 CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -52,25 +52,15 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 def job(fleet: Fleet) -> Iterator[dict[str, Any]]:
     """A tiny_moe job with experts sharded over 2 workers, long enough to be running throughout;
     stopped at the end."""
-    spec = {"name": JOB, "pool": "h100", "workers": 2, "resources": {"cpus": 1},
-            "parallelism": {"strategy": "moe", "expert_parallel": 2}, "model": {"preset": "tiny_moe"},
-            "data": {"seq_len": 64, "global_batch": 4}, "optimizer": {"warmup_steps": 2}, "steps": 5000,
-            "checkpoint": {"every": 1000}}
-    path = fleet.home.parent / f"{JOB}.yaml"
-    path.write_text(yaml.safe_dump(spec))
-    submitted = fleet.cli("submit", "-f", str(path), timeout=120)
-    assert submitted.returncode == 0, submitted.stdout + submitted.stderr
+    spec = job_spec(JOB, workers=2, resources={"cpus": 1}, parallelism={"strategy": "moe", "expert_parallel": 2},
+                    model={"preset": "tiny_moe"}, data={"seq_len": 64, "global_batch": 4},
+                    optimizer={"warmup_steps": 2}, steps=5000, checkpoint={"every": 1000})
+    submit(fleet, spec, timeout=120)
     try:
         yield wait_until(lambda: (row := jobs(fleet).get(JOB)) and row["status"] == "RUNNING"
                          and (row["step"] or 0) >= 3 and row, 300, f"{JOB} running past step 3")
     finally:
         fleet.cli("stop", JOB, timeout=120)
-
-
-def jobs(fleet: Fleet) -> dict[str, dict[str, Any]]:
-    result = fleet.cli("jobs", "-o", "json", timeout=60)
-    assert result.returncode == 0, result.stderr
-    return {row["job"]: row for row in json.loads(result.stdout)}
 
 
 @pytest.fixture
@@ -169,10 +159,7 @@ def test_the_browser_signs_in_and_sees_the_job_and_the_controller(fleet: Fleet, 
 
 def test_the_cli_lists_the_running_job_at_80_columns_and_names_known_jobs_for_an_unknown_one(
         fleet: Fleet, job: dict[str, Any]) -> None:
-    listed = rayfleet("jobs", home=fleet.home, timeout=60, env={"COLUMNS": "80"})
-    assert listed.returncode == 0, listed.stderr
-    lines = listed.stdout.splitlines()
-    assert all(len(line.rstrip()) <= 80 for line in lines), listed.stdout
+    lines = lines_at_80_columns(fleet, "jobs")
     row = next(line.split() for line in lines if line.startswith(JOB))
     assert row[1] == "RUNNING" and row[-3:-1] == ["h100", "moe"]
     logs = fleet.cli("logs", JOB, "-o", "json", timeout=60)

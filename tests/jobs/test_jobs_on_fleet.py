@@ -1,22 +1,22 @@
 """Training jobs through the CLI on a real local fleet: Ray Jobs, Ray Train, node loss, stop."""
 from __future__ import annotations
 
-import json
 import signal
-from pathlib import Path
 from typing import Any, Iterator
 
-import psutil
 import pytest
-import yaml
 
 from tests.support.fleet import Fleet, running_fleet
-from tests.conftest import processes_of, wait_until
+from tests.support.fleet_jobs import job_file, jobs, run_curve, started_events, train_workers, wait_for_job
+from tests.support.fleet_processes import instance_of, node_raylet
+from tests.support.specs import h100_pool, job_spec
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.ray
 
-POOLS = [{"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "cpus_per_node": 2, "memory": "8Gi",
-          "min_nodes": 1, "max_nodes": 5, "nodes": 4}]
+POOLS = [h100_pool(cpus_per_node=2, memory="8Gi", min_nodes=1, max_nodes=5, nodes=4)]
+SMALL = {"workers": 1, "resources": {"cpus": 1}, "data": {"seq_len": 64, "global_batch": 4},
+         "optimizer": {"warmup_steps": 2}, "steps": 6, "checkpoint": {"every": 6}}
 
 
 @pytest.fixture(scope="module")
@@ -24,34 +24,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     yield from running_fleet(tmp_path_factory.mktemp("jobs"), "t-jobs", POOLS)
 
 
-def job_file(fleet: Fleet, name: str, **spec: Any) -> Path:
-    base = {"name": name, "pool": "h100", "workers": 1, "resources": {"cpus": 1},
-            "model": {"preset": "tiny"}, "data": {"seq_len": 64, "global_batch": 4},
-            "optimizer": {"warmup_steps": 2}, "steps": 6, "checkpoint": {"every": 6}}
-    path = fleet.home.parent / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({**base, **spec}))
-    return path
-
-
-def jobs(fleet: Fleet) -> dict[str, dict[str, Any]]:
-    result = fleet.cli("jobs", "-o", "json", timeout=60)
-    assert result.returncode == 0, result.stderr
-    return {row["job"]: row for row in json.loads(result.stdout)}
-
-
-def wait_state(fleet: Fleet, name: str, states: tuple[str, ...], timeout: float = 300) -> dict[str, Any]:
-    return wait_until(lambda: (row := jobs(fleet).get(name)) and row["status"] in states and row, timeout,
-                      f"job {name} in {states}")
-
-
-def curve(fleet: Fleet, name: str, submission: str) -> list[dict[str, Any]]:
-    path = fleet.dir / "storage" / "jobs" / name / "runs" / submission / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-def started_events(fleet: Fleet, name: str) -> list[dict[str, Any]]:
-    path = fleet.dir / "storage" / "jobs" / name / "history.jsonl"
-    return [e for e in map(json.loads, path.read_text().splitlines()) if e["event"] == "started"]
+def small_job(name: str, **changes: Any) -> dict[str, Any]:
+    """A six-step job of one worker; `changes` replace its parts."""
+    return job_spec(name, **{**SMALL, **changes})
 
 
 def test_parallel_strategies_agree_with_one_worker_through_ray_train(fleet: Fleet) -> None:
@@ -61,12 +36,12 @@ def test_parallel_strategies_agree_with_one_worker_through_ray_train(fleet: Flee
             "moe2": {"workers": 2, "parallelism": {"strategy": "moe", "expert_parallel": 2},
                      "model": {"preset": "tiny_moe"}}}
     for name, extra in runs.items():
-        result = fleet.cli("submit", "-f", str(job_file(fleet, name, **extra)))
+        result = fleet.cli("submit", "-f", str(job_file(fleet, small_job(name, **extra))))
         assert result.returncode == 0, result.stderr
-    rows = {name: wait_state(fleet, name, ("SUCCEEDED", "FAILED"), timeout=400) for name in runs}
+    rows = {name: wait_for_job(fleet, name, ("SUCCEEDED", "FAILED"), timeout=400) for name in runs}
     assert all(row["status"] == "SUCCEEDED" for row in rows.values()), rows
     assert (rows["fsdp2"]["pool"], rows["fsdp2"]["strategy"]) == ("h100", "fsdp")  # metadata, as the Jobs view shows
-    losses = {name: [m["loss"] for m in curve(fleet, name, row["submission_id"])] for name, row in rows.items()}
+    losses = {name: [m["loss"] for m in run_curve(fleet, name, row["submission_id"])] for name, row in rows.items()}
     assert all(len(values) == 6 for values in losses.values())
     for a, b in (("ddp2", "ddp1"), ("fsdp2", "ddp2"), ("moe2", "moe1")):
         assert max(abs(x - y) for x, y in zip(losses[a], losses[b])) < 1e-4, (a, losses[a], b, losses[b])
@@ -78,39 +53,27 @@ def test_bad_jobs_are_refused_with_exit_2_and_nothing_is_submitted(fleet: Fleet)
              "gpus": {"resources": {"cpus": 1, "gpus": 9}}, "preset": {"model": {"preset": "nope"}},
              "option": {"model": {"preset": "tiny", "overrides": {"windw": 3}}}, "typo": {"step": 5}}
     for name, extra in cases.items():
-        path = job_file(fleet, f"bad-{name}", **extra)
+        path = job_file(fleet, small_job(f"bad-{name}", **extra))
         result = fleet.cli("submit", "-f", str(path))
         assert result.returncode == 2, (name, result.stdout, result.stderr)
         assert path.name in result.stderr and "Traceback" not in result.stderr, (name, result.stderr)
     assert jobs(fleet).keys() == before.keys()
 
 
-def ray_train_workers(fleet: Fleet) -> list[psutil.Process]:
-    return processes_of(fleet.home, "RayTrainWorker")
-
-
-def raylet_of(process: psutil.Process) -> psutil.Process:
-    parent = process.parent()
-    while parent is not None and parent.name() != "raylet":
-        parent = parent.parent()
-    assert parent is not None
-    return parent
-
-
 def test_node_killed_mid_run_resumes_from_its_checkpoint_and_finishes(fleet: Fleet) -> None:
     steps = 200
-    path = job_file(fleet, "survivor", workers=2, steps=steps, checkpoint={"every": 10},
-                    data={"seq_len": 128, "global_batch": 8})
+    path = job_file(fleet, small_job("survivor", workers=2, steps=steps, checkpoint={"every": 10},
+                                     data={"seq_len": 128, "global_batch": 8}))
     assert fleet.cli("submit", "-f", str(path)).returncode == 0
-    submission = wait_state(fleet, "survivor", ("RUNNING",))["submission_id"]
+    submission = wait_for_job(fleet, "survivor", ("RUNNING",))["submission_id"]
     wait_until(lambda: (jobs(fleet)["survivor"]["step"] or 0) >= 25, 240, "survivor past step 25")
-    workers = ray_train_workers(fleet)
+    workers = train_workers(fleet)
     assert len(workers) == 2
-    raylet_of(workers[0]).send_signal(signal.SIGKILL)
-    row = wait_state(fleet, "survivor", ("SUCCEEDED", "FAILED"), timeout=400)
+    node_raylet(fleet, instance_of(fleet, workers[0])).send_signal(signal.SIGKILL)  # the node under a worker
+    row = wait_for_job(fleet, "survivor", ("SUCCEEDED", "FAILED"), timeout=400)
     assert row["status"] == "SUCCEEDED" and row["step"] == steps
     attempts = [e for e in started_events(fleet, "survivor") if e["submission_id"] == submission]
-    points = curve(fleet, "survivor", submission)
+    points = run_curve(fleet, "survivor", submission)
     assert points[-1]["step"] == steps
     first = {p["step"]: p["loss"] for p in points if p["restarts"] == 0}
     redone = {p["step"]: p["loss"] for p in points if p["restarts"] == 1}
@@ -124,21 +87,20 @@ def test_node_killed_mid_run_resumes_from_its_checkpoint_and_finishes(fleet: Fle
 
 
 def test_stopped_job_continues_from_its_checkpoint_when_submitted_again(fleet: Fleet) -> None:
-    path = job_file(fleet, "pausable", workers=2, steps=150, checkpoint={"every": 10},
-                    data={"seq_len": 128, "global_batch": 8})
+    path = job_file(fleet, small_job("pausable", workers=2, steps=150, checkpoint={"every": 10},
+                                     data={"seq_len": 128, "global_batch": 8}))
     assert fleet.cli("submit", "-f", str(path)).returncode == 0
     wait_until(lambda: (jobs(fleet)["pausable"]["step"] or 0) >= 25, 240, "pausable past step 25")
     stopped = fleet.cli("stop", "pausable")
     assert stopped.returncode == 0, stopped.stderr
-    wait_state(fleet, "pausable", ("STOPPED",), timeout=120)
+    wait_for_job(fleet, "pausable", ("STOPPED",), timeout=120)
     again = fleet.cli("submit", "-f", str(path))
     assert again.returncode == 0, again.stderr
-    row = wait_state(fleet, "pausable", ("SUCCEEDED", "FAILED"), timeout=400)
+    row = wait_for_job(fleet, "pausable", ("SUCCEEDED", "FAILED"), timeout=400)
     assert row["status"] == "SUCCEEDED" and row["step"] == 150
     starts = started_events(fleet, "pausable")
     assert len({e["submission_id"] for e in starts}) == 2
     assert starts[-1]["from_step"] >= 20
-    listed = json.loads(fleet.cli("jobs", "--all", "-o", "json").stdout)
-    assert any(row["job"] == "pausable" for row in listed)
+    assert "pausable" in jobs(fleet, every=True)
     logs = fleet.cli("logs", "pausable")
     assert logs.returncode == 0 and f"resumed from step {starts[-1]['from_step']}" in logs.stdout

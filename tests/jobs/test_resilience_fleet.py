@@ -4,7 +4,6 @@ placed, a busy pool and a noticed node are explained; and under full CPU load a 
 paused controller cost no node while a killed raylet is still caught within a second."""
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -15,16 +14,18 @@ from typing import Any, Iterator
 
 import psutil
 import pytest
-import yaml
 
 from rayfleet.cluster.head.processes import Owned, process_of
 from tests.support.fleet import Fleet, running_fleet
-from tests.conftest import processes_of, wait_until
+from tests.support.fleet_jobs import history, job_detail, jobs, started_events, submit, train_workers
+from tests.support.fleet_processes import instance_of, node_raylet
+from tests.support.specs import h100_pool, job_spec
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.ray
 
-POOLS = [{"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "cpus_per_node": 1, "memory": "8Gi",
-          "min_nodes": 1, "max_nodes": 4, "nodes": 3, "hot_spares": 1, "max_unavailable": 2}]
+POOLS = [h100_pool(cpus_per_node=1, memory="8Gi", min_nodes=1, max_nodes=4, nodes=3, hot_spares=1,
+                   max_unavailable=2)]
 
 
 @pytest.fixture(scope="module")
@@ -33,71 +34,29 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                              health={"max_replacements_per_hour": 20, "drain_deadline_s": 5})
 
 
-def submit(fleet: Fleet, name: str, workers: int = 2, steps: int = 60, **extra: Any) -> None:
-    path = fleet.home.parent / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "pool": "h100", "workers": workers, "steps": steps,
-                                    "model": {"preset": "tiny"}, "data": {"seq_len": 64, "global_batch": 2 * workers},
-                                    "checkpoint": {"every": 5}, "step_time_s": 0.3, **extra}))
-    result = fleet.cli("submit", "-f", str(path))
-    assert result.returncode == 0, result.stderr
-
-
-def history(fleet: Fleet, name: str) -> list[dict[str, Any]]:
-    path = fleet.dir / "storage" / "jobs" / name / "history.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def paced_job(name: str, workers: int = 2, steps: int = 60, **extra: Any) -> dict[str, Any]:
+    """A job whose steps are padded to 0.3 s, checkpointing every 5 steps."""
+    return job_spec(name, workers=workers, steps=steps, data={"seq_len": 64, "global_batch": 2 * workers},
+                    checkpoint={"every": 5}, step_time_s=0.3, **extra)
 
 
 def steps_done(fleet: Fleet, name: str) -> int:
     return max((e["step"] for e in history(fleet, name) if e["event"] == "step"), default=0)
 
 
-def job(fleet: Fleet, name: str) -> dict[str, Any]:
-    result = fleet.cli("job", name, "-o", "json")
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)
-
-
 def ended(fleet: Fleet, name: str, timeout: float = 400) -> dict[str, Any]:
-    return wait_until(lambda: (doc := job(fleet, name))["state"] in ("SUCCEEDED", "FAILED") and doc,
+    return wait_until(lambda: (doc := job_detail(fleet, name))["state"] in ("SUCCEEDED", "FAILED") and doc,
                       timeout, f"{name} to end")
-
-
-def workers(fleet: Fleet, name: str = "RayTrainWorker") -> list[psutil.Process]:
-    return processes_of(fleet.home, name)
-
-
-def instance_of(fleet: Fleet, process: psutil.Process) -> str:
-    ancestor = process.parent()
-    while ancestor is not None:
-        cmdline = " ".join(ancestor.cmdline())
-        if f"rayfleet.io/fleet={fleet.name}," in cmdline and "rayfleet.io/instance=" in cmdline:
-            return cmdline.split("rayfleet.io/instance=")[1].split()[0]
-        ancestor = ancestor.parent()
-    raise AssertionError(f"pid {process.pid} is not on a node of {fleet.name}")
-
-
-def state_of(fleet: Fleet, instance: str) -> str | None:
-    """The node's state as the controller has it (`rayfleet status`)."""
-    return next((n["state"] for n in fleet.status()["nodes"] if n["instance"] == instance), None)
-
-
-def raylet_of(fleet: Fleet, instance: str) -> psutil.Process:
-    for process in psutil.process_iter(["name"]):
-        if process.info["name"] == "raylet":
-            parent = process.parent()
-            if parent is not None and f"rayfleet.io/instance={instance}" in " ".join(parent.cmdline()):
-                return process
-    raise AssertionError(f"no raylet for {instance}")
 
 
 def test_a_sigstopped_worker_is_found_hung_its_stacks_saved_and_the_job_resumes(fleet: Fleet) -> None:
     fleet.wait_ready(timeout=240)
-    submit(fleet, "hung", steps=150, hang={"first_steps": 3, "margin_s": 10})
+    submit(fleet, paced_job("hung", steps=150, hang={"first_steps": 3, "margin_s": 10}))
     wait_until(lambda: steps_done(fleet, "hung") >= 12, 300, "hung past step 12")
     # once it trains, a warm standby process waits on each of the pool's three nodes (`rayfleet job`)
-    wait_until(lambda: job(fleet, "hung")["standbys"] >= 3, 120, "a warm standby on every node")
+    wait_until(lambda: job_detail(fleet, "hung")["standbys"] >= 3, 120, "a warm standby on every node")
     assert steps_done(fleet, "hung") < 120, "the job ran nearly to its end before its standbys were up"
-    stopped = workers(fleet)[0]
+    stopped = train_workers(fleet)[0]
     owned = Owned(stopped.pid, stopped.create_time())
     stopped.send_signal(signal.SIGSTOP)
     at = time.time()
@@ -119,7 +78,7 @@ def test_a_sigstopped_worker_is_found_hung_its_stacks_saved_and_the_job_resumes(
     assert events and "hung" in events[-1]["message"] and events[-1]["instance"].startswith(fleet.name)
     doc = ended(fleet, "hung")
     assert doc["state"] == "SUCCEEDED" and doc["final_step"] == 150
-    started = [e for e in history(fleet, "hung") if e["event"] == "started"]
+    started = started_events(fleet, "hung")
     assert len(started) >= 2 and started[-1]["from_step"] >= 10  # resumed from its checkpoint
     # the first attempt started cold; the restart found warm standby processes waiting (jobs/driver/warm.py)
     ran = [e for e in history(fleet, "hung") if e["event"] == "worker"]
@@ -133,22 +92,21 @@ def test_a_sigstopped_worker_is_found_hung_its_stacks_saved_and_the_job_resumes(
         figures, [e for e in history(fleet, "hung") if e["event"] != "step"])
     table = fleet.cli("job", "hung")
     assert table.returncode == 0 and "ETTR" in table.stdout and "rollback" in table.stdout
-    listed = json.loads(fleet.cli("jobs", "-o", "json").stdout)
-    assert next(r for r in listed if r["job"] == "hung")["ettr"] == pytest.approx(figures["ettr"], abs=0.05)
+    assert jobs(fleet)["hung"]["ettr"] == pytest.approx(figures["ettr"], abs=0.05)
 
 
 def test_a_preemption_notice_checkpoints_replaces_the_node_and_loses_no_step(fleet: Fleet) -> None:
     fleet.wait_ready(timeout=240)
-    submit(fleet, "noticed", steps=60)
+    submit(fleet, paced_job("noticed", steps=60))
     wait_until(lambda: steps_done(fleet, "noticed") >= 8, 300, "noticed past step 8")
-    victim = instance_of(fleet, workers(fleet)[0])
+    victim = instance_of(fleet, train_workers(fleet)[0])
     result = fleet.cli("chaos", "preempt", victim, "--in", "30")
     assert result.returncode == 0, result.stderr
     doc = ended(fleet, "noticed")
     assert doc["state"] == "SUCCEEDED" and doc["final_step"] == 60
     assert doc["goodput"]["steps_redone"] == 0 and doc["goodput"]["parts"]["rollback"] == 0
     notice = next(e for e in history(fleet, "noticed") if e["event"] == "notice")
-    started = [e for e in history(fleet, "noticed") if e["event"] == "started"]
+    started = started_events(fleet, "noticed")
     assert started[-1]["from_step"] == notice["step"]  # resumed exactly where it checkpointed for the notice
     # ... as soon as the node was ended, not when the 30 s notice ran out (Ray Train alone waits for it)
     assert started[-1]["time"] - notice["time"] < 20, (notice, started[-1])
@@ -161,9 +119,9 @@ def test_a_preemption_notice_checkpoints_replaces_the_node_and_loses_no_step(fle
 
 def test_explain_says_why_a_job_waits_and_why_the_pool_does_not_grow(fleet: Fleet) -> None:
     fleet.wait_ready(timeout=240)
-    submit(fleet, "holder", workers=3, steps=400)   # every worker slot of the pool
+    submit(fleet, paced_job("holder", workers=3, steps=400))   # every worker slot of the pool
     wait_until(lambda: steps_done(fleet, "holder") >= 1, 300, "holder running")
-    submit(fleet, "waiter", workers=2, steps=10)
+    submit(fleet, paced_job("waiter", workers=2, steps=10))
     answer = wait_until(lambda: (r := fleet.cli("explain", "waiter")).returncode == 0 and "pending:" in r.stdout
                         and r.stdout, 120, "waiter explained as pending")
     assert "could run on: h100" in answer and "autoscaling off" in answer, answer
@@ -192,8 +150,8 @@ def load() -> Iterator[None]:
 def test_under_full_load_pauses_cost_no_node_and_a_kill_is_caught_within_a_second(fleet: Fleet, load: None) -> None:
     fleet.wait_ready(timeout=240)
     before = {e["time"] for e in fleet.events() if e["kind"] in ("lost", "replace", "launch")}
-    nodes = sorted(n["instance"] for n in fleet.status()["nodes"] if n["state"] == "ready" and not n["spare"])
-    paused = raylet_of(fleet, nodes[0])
+    nodes = fleet.ready_nodes()
+    paused = node_raylet(fleet, nodes[0])
     controller = psutil.Process(fleet.status()["controller"]["pid"])
     paused.send_signal(signal.SIGSTOP)
     try:
@@ -206,12 +164,12 @@ def test_under_full_load_pauses_cost_no_node_and_a_kill_is_caught_within_a_secon
         paused.send_signal(signal.SIGCONT)
         controller.send_signal(signal.SIGCONT)
     # 10 s more under load: the paused node answers again and nothing was declared failed
-    wait_until(lambda: state_of(fleet, nodes[0]) == "ready", 30, f"{nodes[0]} ready again")
+    wait_until(lambda: fleet.node_state(nodes[0]) == "ready", 30, f"{nodes[0]} ready again")
     time.sleep(10)  # the fault's aftermath: anything declared now would still count against us
     after = [e for e in fleet.events() if e["kind"] in ("lost", "replace", "launch") and e["time"] not in before]
     assert after == [], after
     assert fleet.pools()["h100"]["ready"] == 3
-    victim = raylet_of(fleet, nodes[1])
+    victim = node_raylet(fleet, nodes[1])
     killed_at = time.time()
     victim.send_signal(signal.SIGKILL)
     lost = wait_until(lambda: next((e for e in fleet.events() if e["kind"] == "lost" and e["instance"] == nodes[1]),

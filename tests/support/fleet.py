@@ -7,16 +7,16 @@ processes they did not start.
 from __future__ import annotations
 
 import json
-import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-import psutil
 import yaml
 
-from rayfleet.cluster.head import supervisor as supervisor_module
 from rayfleet.cluster.head.processes import Owned, stop_tree
+from rayfleet.cluster.rayio import gcs
+from rayfleet.cluster.rayio.connection import use_token
+from rayfleet.jobs.supervision import history
 from tests.conftest import rayfleet, wait_until
 
 
@@ -37,6 +37,14 @@ class Fleet:
     def pools(self) -> dict[str, dict[str, Any]]:
         return {pool["name"]: pool for pool in self.status()["pools"]}
 
+    def node_state(self, instance: str) -> str | None:
+        """The node's state as the controller has it (`rayfleet status`); None once it is gone."""
+        return next((n["state"] for n in self.status()["nodes"] if n["instance"] == instance), None)
+
+    def ready_nodes(self) -> list[str]:
+        """The ready nodes that take work (spares left out), sorted by instance name."""
+        return sorted(n["instance"] for n in self.status()["nodes"] if n["state"] == "ready" and not n["spare"])
+
     def events(self) -> list[dict[str, Any]]:
         result = self.cli("events", "-o", "json", "--limit", "1000", timeout=60)
         assert result.returncode == 0, result.stderr
@@ -46,8 +54,13 @@ class Fleet:
     def dir(self) -> Path:
         return self.home / "fleets" / self.name
 
-    def node_record(self, instance: str) -> dict[str, Any]:
-        return json.loads((self.dir / "nodes" / instance / "node.json").read_text())
+    def head_record(self) -> dict[str, Any]:
+        """head.json: the head's pid, GCS address and dashboard URL."""
+        return json.loads((self.dir / "head.json").read_text())
+
+    def job_dir(self, job: str) -> Path:
+        """The job's folder in the fleet's storage: its history and a run folder per submission."""
+        return history.job_dir(self.dir / "storage", job)
 
     def wait_ready(self, timeout: float = 180) -> dict[str, Any]:
         def ready() -> dict[str, Any] | None:
@@ -86,9 +99,14 @@ def running_fleet(tmp: Path, name: str, pools: list[dict[str, Any]], **extra: An
         assert result.returncode == 0, result.stdout + result.stderr
         yield fleet
     finally:
-        fleet.cli("down", timeout=300)
-        for owned in fleet.owned_processes():  # only if down failed: our own records, nothing else
-            stop_tree(owned, grace_s=2.0)
+        tear_down(fleet)
+
+
+def tear_down(fleet: Fleet) -> None:
+    """`rayfleet down`, then stop whatever the fleet's records still name (only if down failed)."""
+    fleet.cli("down", timeout=300)
+    for owned in fleet.owned_processes():  # our own records, nothing else
+        stop_tree(owned, grace_s=2.0)
 
 
 def supervisor(fleet: Fleet) -> dict[str, Any]:
@@ -96,35 +114,16 @@ def supervisor(fleet: Fleet) -> dict[str, Any]:
     return json.loads((fleet.dir / "supervisor.json").read_text())
 
 
-def supervisors(fleet: Fleet) -> list[int]:
-    """Pids of every head supervisor running for this fleet's folder, whatever its records say (not
-    the short-lived launcher that starts one, whose command line ends the same way)."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        cmdline = process.info["cmdline"] or []
-        if cmdline[1:3] == ["-m", supervisor_module.MODULE] and cmdline[-1:] == [str(fleet.dir)]:
-            found.append(process.pid)
-    return found
+def gcs_client(fleet: Fleet) -> Any:
+    """A GCS client of the fleet's head, with the fleet's token in use for this process."""
+    use_token(fleet.dir / "auth_token")
+    return gcs.client(fleet.head_record()["gcs_address"])
 
 
-def kill_tree(pid: int, signum: int = signal.SIGKILL) -> None:
-    """Signal a process the test's fleet started and all its descendants (SIGKILL unless told)."""
-    root = psutil.Process(pid)
-    for process in [root, *root.children(recursive=True)]:
-        try:
-            process.send_signal(signum)
-        except psutil.Error:
-            pass
-
-
-def raylets(fleet: Fleet) -> dict[str, int]:
-    """instance -> raylet pid of this fleet's worker nodes."""
-    found = {}
-    for process in psutil.process_iter(["name"]):
-        if process.info["name"] != "raylet":
-            continue
-        parent = process.parent()
-        cmdline = " ".join(parent.cmdline()) if parent else ""
-        if f"rayfleet.io/fleet={fleet.name}," in cmdline and "rayfleet.io/instance=" in cmdline:
-            found[cmdline.split("rayfleet.io/instance=")[1].split()[0]] = process.pid
-    return found
+def lines_at_80_columns(fleet: Fleet, *args: str) -> list[str]:
+    """`rayfleet *args` in an 80-column terminal: its lines, each checked to fit."""
+    result = rayfleet(*args, home=fleet.home, timeout=60, env={"COLUMNS": "80"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines and all(len(line.rstrip()) <= 80 for line in lines), result.stdout
+    return lines

@@ -2,28 +2,25 @@
 node's metrics endpoint (`metrics_export_port` in the GCS node table), parsed by prometheus_client."""
 from __future__ import annotations
 
-import json
 import urllib.request
 from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from rayfleet.cluster.rayio import gcs
-from rayfleet.cluster.rayio.connection import use_token
-from tests.support.fleet import Fleet
+from rayfleet.names import INSTANCE_LABEL
+from tests.support.fleet import Fleet, gcs_client
 
 Samples = list[tuple[str, dict[str, str], float]]
 
 
 def export_ports(fleet: Fleet) -> dict[str, int]:
     """'head' or the node's instance id -> its metrics export port, read straight from the GCS."""
-    head = json.loads((fleet.dir / "head.json").read_text())
-    use_token(fleet.dir / "auth_token")
     ports = {}
-    for info in gcs.client(head["gcs_address"]).get_all_node_info(timeout=10).values():
+    for info in gcs_client(fleet).get_all_node_info(timeout=10).values():
         if info.state == gcs.ALIVE:
             labels = dict(info.labels)
-            ports[labels.get("rayfleet.io/instance", "head")] = int(info.metrics_export_port)
+            ports[labels.get(INSTANCE_LABEL, "head")] = int(info.metrics_export_port)
     return ports
 
 

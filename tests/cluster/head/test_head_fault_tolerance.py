@@ -2,7 +2,6 @@
 and no history; without fault tolerance the loss is reported clearly and `down` cleans up."""
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import time
@@ -11,15 +10,17 @@ from typing import Any, Iterator
 
 import psutil
 import pytest
-import yaml
 
-from tests.support.fleet import Fleet, kill_tree, raylets, running_fleet, supervisor, supervisors
+from tests.support.fleet import Fleet, gcs_client, running_fleet, supervisor
+from tests.support.fleet_jobs import ENDED, job_curve, job_file, started_events, submit, wait_for_job
+from tests.support.fleet_processes import kill_tree, node_running, raylets, supervisors
+from tests.support.specs import h100_pool, job_spec
 from tests.conftest import RAYFLEET, ROOT, rayfleet_env, wait_until
 
 pytestmark = pytest.mark.ray
 
-POOLS = [{"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "cpus_per_node": 1, "memory": "8Gi",
-          "min_nodes": 1, "max_nodes": 4, "nodes": 3}]
+POOLS = [h100_pool(cpus_per_node=1, memory="8Gi", min_nodes=1, max_nodes=4, nodes=3)]
+TRAINING = {"workers": 2, "data": {"seq_len": 128, "global_batch": 8}, "checkpoint": {"every": 10}}
 
 
 @pytest.fixture(scope="module")
@@ -28,44 +29,20 @@ def ft(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                              head={"cpus": 1, "fault_tolerance": {"enabled": True}})
 
 
-def submit(fleet: Fleet, name: str, steps: int) -> str:
-    path = fleet.home.parent / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "pool": "h100", "workers": 2, "steps": steps,
-                                    "model": {"preset": "tiny"}, "data": {"seq_len": 128, "global_batch": 8},
-                                    "checkpoint": {"every": 10}}))
-    result = fleet.cli("submit", "-f", str(path))
-    assert result.returncode == 0, result.stderr
-    return result.stdout.split(" as ")[1].split()[0]
-
-
-def job_row(fleet: Fleet, name: str) -> dict[str, Any] | None:
-    result = fleet.cli("jobs", "--all", "-o", "json", timeout=60)
-    if result.returncode != 0:
-        return None
-    return next((row for row in json.loads(result.stdout) if row["job"] == name), None)
-
-
 def finished(fleet: Fleet, name: str, timeout: float = 400) -> dict[str, Any]:
-    return wait_until(lambda: (row := job_row(fleet, name)) and row["status"] in ("SUCCEEDED", "FAILED", "STOPPED")
-                      and row, timeout, f"job {name} to end")
-
-
-def curve(fleet: Fleet, name: str) -> list[dict[str, Any]]:
-    points = []
-    for path in (fleet.dir / "storage" / "jobs" / name).glob("runs/*/metrics.jsonl"):
-        points += [json.loads(line) for line in path.read_text().splitlines()]
-    return sorted(points, key=lambda p: p["time"])
+    """The job's row once it ended, read while the head may be restarting (a failed read is retried)."""
+    return wait_for_job(fleet, name, ENDED, timeout, every=True)
 
 
 def test_killing_every_head_process_costs_no_node_no_job_and_no_controller_state(ft: Fleet) -> None:
     ft.wait_ready()
-    submit(ft, "through", steps=500)
-    wait_until(lambda: len(curve(ft, "through")) >= 30, 300, "30 steps of the job")
+    submit(ft, job_spec("through", steps=500, **TRAINING))
+    wait_until(lambda: len(job_curve(ft, "through")) >= 30, 300, "30 steps of the job")
     nodes_before = {n["instance"]: n["node_id"] for n in ft.status()["nodes"]}
     raylets_before = raylets(ft)
     controller_before = ft.status()["controller"]["pid"]
     launches_before = sum(e["kind"] == "launch" for e in ft.events())
-    head = json.loads((ft.dir / "head.json").read_text())
+    head = ft.head_record()
     killed = time.time()
     kill_tree(head["pid"])
     wait_until(lambda: supervisor(ft)["head"]["restarts"] >= 1 and ft.status()["controller"]["pid"] != controller_before,
@@ -78,7 +55,7 @@ def test_killing_every_head_process_costs_no_node_no_job_and_no_controller_state
     assert status["head"]["restarts"] >= 1 and "fault tolerance kept the cluster" in status["head"]["message"]
     row = finished(ft, "through")
     assert row["status"] == "SUCCEEDED" and row["step"] == 500 and row["restarts"] == 0
-    points = curve(ft, "through")
+    points = job_curve(ft, "through")
     assert {p["restarts"] for p in points} == {0}  # the same workers trained straight through
     gap = max(b["time"] - a["time"] for a, b in zip(points, points[1:]))
     assert gap < back + 10, (gap, back)
@@ -90,15 +67,13 @@ def test_a_job_submitted_while_the_head_restarts_waits_for_it_and_runs(ft: Fleet
     while the head is down, so the command surely meets a head that is not back yet."""
     ft.wait_ready(timeout=240)
     restarts = supervisor(ft)["head"]["restarts"]
-    path = ft.home.parent / "during-failover.yaml"
-    path.write_text(yaml.safe_dump({"name": "during-failover", "pool": "h100", "workers": 1, "steps": 20,
-                                    "model": {"preset": "tiny"}, "data": {"seq_len": 64, "global_batch": 4}}))
+    path = job_file(ft, job_spec("during-failover", workers=1, steps=20, data={"seq_len": 64, "global_batch": 4}))
     held = psutil.Process(supervisors(ft)[0])
     err = ft.home.parent / "during-failover.err"
     proc = None
     held.send_signal(signal.SIGSTOP)
     try:
-        kill_tree(json.loads((ft.dir / "head.json").read_text())["pid"])
+        kill_tree(ft.head_record()["pid"])
         with open(err, "w") as sink:
             proc = subprocess.Popen([RAYFLEET, "submit", "-f", str(path)], stdout=subprocess.PIPE, stderr=sink,
                                       text=True, env=rayfleet_env(ft.home), cwd=ROOT)
@@ -119,8 +94,8 @@ def test_a_job_submitted_while_the_head_restarts_waits_for_it_and_runs(ft: Fleet
 
 def test_a_killed_redis_is_reported_brought_back_and_the_job_still_finishes(ft: Fleet) -> None:
     ft.wait_ready(timeout=240)
-    submit(ft, "through-redis", steps=300)
-    wait_until(lambda: len(curve(ft, "through-redis")) >= 20, 300, "20 steps of the job")
+    submit(ft, job_spec("through-redis", steps=300, **TRAINING))
+    wait_until(lambda: len(job_curve(ft, "through-redis")) >= 20, 300, "20 steps of the job")
     redis_pid = supervisor(ft)["redis"]["owned"]["pid"]
     psutil.Process(redis_pid).send_signal(signal.SIGKILL)
     wait_until(lambda: supervisor(ft)["redis"]["restarts"] >= 1 and supervisor(ft)["redis"]["alive"], 60,
@@ -136,26 +111,22 @@ def test_a_killed_redis_is_reported_brought_back_and_the_job_still_finishes(ft: 
 
 def test_a_job_whose_driver_node_is_lost_is_resubmitted_and_finishes(ft: Fleet) -> None:
     ft.wait_ready(timeout=240)
-    first = submit(ft, "orphaned", steps=300)
+    first = submit(ft, job_spec("orphaned", steps=300, **TRAINING))
     wait_until(lambda: any(Path(p).name.startswith("rayfleet-step-") for p in
-                           (ft.dir / "storage" / "jobs" / "orphaned").glob("runs/*/rayfleet-step-*")), 300,
+                           ft.job_dir("orphaned").glob("runs/*/rayfleet-step-*")), 300,
                "a first checkpoint")
-    driver = next(p for p in psutil.process_iter(["name"]) if "JobSupervisor" in (p.info["name"] or "")
-                  and f"rayfleet.io/fleet={ft.name}," in " ".join(p.parent().parent().cmdline()))
-    node = " ".join(driver.parent().parent().cmdline()).split("rayfleet.io/instance=")[1].split()[0]
+    node = node_running(ft, "JobSupervisor")  # the node of the job's driver
     assert ft.cli("chaos", "kill-node", node).returncode == 0
     wait_until(lambda: any(e["kind"] == "resubmit" for e in ft.events()), 120, "the controller to resubmit")
     row = finished(ft, "orphaned", timeout=500)
     assert row["status"] == "SUCCEEDED" and row["step"] == 300
     assert row["submission_id"] != first and row["restarts"] >= 1
-    starts = [json.loads(line) for line in (ft.dir / "storage" / "jobs" / "orphaned" / "history.jsonl")
-              .read_text().splitlines() if '"started"' in line]
+    starts = started_events(ft, "orphaned")
     assert starts[-1]["from_step"] >= 10  # continued from its checkpoint
 
 
 def test_the_redis_password_is_in_no_log_and_not_in_the_gcs(ft: Fleet) -> None:
     from rayfleet.cluster.rayio import gcs
-    from rayfleet.cluster.rayio.connection import use_token
     from rayfleet.cluster.head.fleetdir import FleetDir
 
     password_file = ft.dir / "redis_password"
@@ -165,7 +136,6 @@ def test_the_redis_password_is_in_no_log_and_not_in_the_gcs(ft: Fleet) -> None:
     files = [*(ft.dir / "logs").rglob("*"), *ray_logs.rglob("*"), *ft.dir.glob("*.json")]
     texts = [p.read_text(errors="replace") for p in files if p.is_file()]
     assert len(texts) > 10 and not any(password in text for text in texts)
-    use_token(ft.dir / "auth_token")
-    client = gcs.client(json.loads((ft.dir / "head.json").read_text())["gcs_address"])
+    client = gcs_client(ft)
     for key in ("spec", "runtime", "status", "health", "events", "state", "targets"):
         assert password.encode() not in (gcs.kv_get(client, key) or b""), key

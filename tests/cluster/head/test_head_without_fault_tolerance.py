@@ -3,20 +3,20 @@
 `up` killed while its head starts leaves a supervisor that the next `up` waits for, not a second."""
 from __future__ import annotations
 
-import json
 import signal
 from typing import Iterator
 
 import psutil
 import pytest
 
-from tests.support.fleet import Fleet, kill_tree, raylets, running_fleet, supervisor, supervisors
+from tests.support.fleet import Fleet, running_fleet, supervisor
+from tests.support.fleet_processes import kill_tree, raylets, supervisors
+from tests.support.specs import h100_pool
 from tests.conftest import start_rayfleet, wait_until
 
 pytestmark = pytest.mark.ray
 
-POOLS = [{"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "cpus_per_node": 1, "memory": "8Gi",
-          "min_nodes": 1, "max_nodes": 4, "nodes": 1}]
+POOLS = [h100_pool(cpus_per_node=1, memory="8Gi", min_nodes=1, max_nodes=4, nodes=1)]
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +27,7 @@ def fragile(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 def test_without_fault_tolerance_a_lost_head_is_reported_and_down_leaves_nothing(fragile: Fleet) -> None:
     fragile.wait_ready()
     ours = fragile.owned_processes()
-    kill_tree(json.loads((fragile.dir / "head.json").read_text())["pid"])
+    kill_tree(fragile.head_record()["pid"])
     wait_until(lambda: supervisor(fragile)["head"]["lost_at"] is not None, 60, "the supervisor to notice")
     status = fragile.cli("status")
     assert status.returncode != 0 and "fault tolerance is off" in status.stderr
@@ -48,7 +48,7 @@ def test_a_head_that_exits_while_starting_is_started_again_and_up_succeeds(fragi
     up = start_rayfleet("up", "-f", str(fragile.spec_path), home=fragile.home)
     try:
         head_file = fragile.dir / "head.json"
-        first = wait_until(lambda: head_file.exists() and json.loads(head_file.read_text()), 60, "a first head")
+        first = wait_until(lambda: head_file.exists() and fragile.head_record(), 60, "a first head")
         kill_tree(first["pid"], signal.SIGSTOP)  # frozen before its node can register ...
         state = wait_until(lambda: (fragile.dir / "supervisor.json").exists() and supervisor(fragile), 30,
                            "the supervisor's state")
@@ -61,7 +61,7 @@ def test_a_head_that_exits_while_starting_is_started_again_and_up_succeeds(fragi
     assert up.returncode == 0, out + err
     kinds = [event["kind"] for event in supervisor(fragile)["events"]]
     assert kinds[:3] == ["head-started", "head-start-failed", "head-started"], kinds
-    head = json.loads(head_file.read_text())
+    head = fragile.head_record()
     assert head["pid"] != first["pid"] and psutil.pid_exists(head["pid"])
     assert fragile.wait_ready()["head"]["restarts"] == 0  # a failed start is not a recovery
 

@@ -15,6 +15,7 @@ from rayfleet.cluster.head.processes import Owned, stop_tree
 from rayfleet.cluster.head.supervisor import ALREADY_RUNNING, CONFIG, HEAD_START_ATTEMPTS, RETRY_BACKOFF_S, Supervisor, \
     supervisor_process
 from tests.conftest import ROOT, wait_until
+from tests.support.specs import fleet_spec
 
 
 def write_config(fleet_dir: Path, head_command: list[str]) -> None:
@@ -47,12 +48,11 @@ def test_a_head_that_never_registers_is_tried_three_times_then_given_up_with_its
 def test_up_reports_a_head_the_supervisor_gave_up_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from rayfleet.cluster.head import head as head_module
     from rayfleet.cluster.head.fleetdir import FleetDir
-    from rayfleet.cluster.spec.fleet import FleetSpec
 
     monkeypatch.setenv("RAYFLEET_HOME", str(tmp_path / "home"))
     failing = [sys.executable, "-c", "print('raylet: no room at the inn'); exit(1)"]
     monkeypatch.setattr(head_module, "head_command", lambda *args: failing)
-    spec = FleetSpec.model_validate({"name": "t-gave-up", "pools": [{"name": "p", "nodes": 1}]})
+    spec = fleet_spec({"name": "p", "nodes": 1}, name="t-gave-up")
     fleet = FleetDir(spec.name)
     with pytest.raises(Failed, match="failed to start 3 times; the last said: raylet: no room at the inn"):
         head_module.start_head(spec, fleet)

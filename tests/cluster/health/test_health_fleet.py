@@ -7,17 +7,18 @@ import json
 import time
 from typing import Any, Iterator
 
-import psutil
 import pytest
-import yaml
 
 from tests.support.fleet import Fleet, running_fleet
+from tests.support.fleet_jobs import started_events, submit, wait_for_job
+from tests.support.fleet_processes import node_running
+from tests.support.specs import h100_pool, job_spec
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.ray
 
-POOLS = [{"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "cpus_per_node": 1, "memory": "8Gi",
-          "min_nodes": 1, "max_nodes": 6, "nodes": 3, "hot_spares": 1, "max_unavailable": 2}]
+POOLS = [h100_pool(cpus_per_node=1, memory="8Gi", min_nodes=1, max_nodes=6, nodes=3, hot_spares=1,
+                   max_unavailable=2)]
 
 
 @pytest.fixture(scope="module")
@@ -36,32 +37,6 @@ def health(fleet: Fleet) -> dict[str, dict[str, Any]]:
     return {node["instance"]: node for node in json.loads(result.stdout)["nodes"]}
 
 
-def state_of(fleet: Fleet, instance: str) -> str | None:
-    """The node's state as the controller has it (`rayfleet status`)."""
-    return next((n["state"] for n in fleet.status()["nodes"] if n["instance"] == instance), None)
-
-
-def pool_nodes(fleet: Fleet) -> list[str]:
-    return sorted(n["instance"] for n in fleet.status()["nodes"] if not n["spare"] and n["state"] == "ready")
-
-
-def node_running(fleet: Fleet, marker: str) -> str:
-    """The instance of this fleet whose node runs a process named like `marker` (found through
-    the `ray start` process above it, whose labels name fleet and instance)."""
-    for process in psutil.process_iter(["name"]):
-        if marker not in (process.info["name"] or ""):
-            continue
-        ancestor = process.parent()
-        while ancestor is not None:
-            cmdline = " ".join(ancestor.cmdline())
-            if "rayfleet.io/instance=" in cmdline:
-                if f"rayfleet.io/fleet={fleet.name}," in cmdline:
-                    return cmdline.split("rayfleet.io/instance=")[1].split()[0]
-                break
-            ancestor = ancestor.parent()
-    raise AssertionError(f"no process named like {marker} on fleet {fleet.name}")
-
-
 def test_every_node_is_checked_and_spares_wait_unadmitted(fleet: Fleet) -> None:
     fleet.wait_ready()
     nodes = health(fleet)
@@ -72,28 +47,23 @@ def test_every_node_is_checked_and_spares_wait_unadmitted(fleet: Fleet) -> None:
 
 
 def test_xid_under_a_training_job_quarantines_the_node_a_spare_takes_over_and_the_job_finishes(fleet: Fleet) -> None:
-    job = fleet.home.parent / "xid-job.yaml"
-    job.write_text(yaml.safe_dump({"name": "xid-job", "pool": "h100", "workers": 2, "steps": 150,
-                                   "model": {"preset": "tiny"}, "data": {"seq_len": 128, "global_batch": 8},
-                                   "checkpoint": {"every": 10}}))
-    assert fleet.cli("submit", "-f", str(job)).returncode == 0
-    progress = fleet.dir / "storage" / "jobs" / "xid-job"
+    submit(fleet, job_spec("xid-job", workers=2, steps=150, data={"seq_len": 128, "global_batch": 8},
+                           checkpoint={"every": 10}))
+    progress = fleet.job_dir("xid-job")
     wait_until(lambda: any(progress.glob("runs/*/rayfleet-step-00000020/COMMITTED")), 300, "a checkpoint at step 20")
     victim = node_running(fleet, "RayTrainWorker")
     spare = next(n["instance"] for n in fleet.status()["nodes"] if n["spare"])
     injected = fleet.cli("chaos", "inject", victim, "--fault", "xid")
     assert injected.returncode == 0 and "XID 79" in injected.stdout
-    final = wait_until(lambda: (rows := json.loads(fleet.cli("jobs", "-o", "json").stdout))
-                       and rows[0]["status"] in ("SUCCEEDED", "FAILED") and rows[0], 400, "the job to end")
+    final = wait_for_job(fleet, "xid-job", ("SUCCEEDED", "FAILED"), timeout=400)
     assert final["status"] == "SUCCEEDED" and final["step"] == 150
     events = [e for e in fleet.events() if e["instance"] in (victim, spare)]
     kinds = [e["kind"] for e in events]
     assert kinds.index("unhealthy") < kinds.index("quarantine") and "promote" in kinds, kinds
-    started = [json.loads(line) for line in (progress / "history.jsonl").read_text().splitlines()
-               if '"started"' in line]
+    started = started_events(fleet, "xid-job")
     assert len(started) >= 2 and started[-1]["from_step"] >= 20  # resumed from its checkpoint
     fleet.wait_ready(timeout=240)  # 3 pool nodes and a fresh spare, the quarantined node kept aside
-    assert state_of(fleet, victim) == "quarantined"
+    assert fleet.node_state(victim) == "quarantined"
     listed = fleet.cli("quarantine", "list", "-o", "json")
     assert listed.returncode == 0 and victim in listed.stdout
     shown = fleet.cli("quarantine", "show", victim)
@@ -102,17 +72,17 @@ def test_xid_under_a_training_job_quarantines_the_node_a_spare_takes_over_and_th
     assert fleet.cli("quarantine", "release", victim).returncode == 0
     wait_until(lambda: any(e["kind"] == "release-refused" and e["instance"] == victim for e in fleet.events()), 60,
                f"{victim}'s release refused while its XID persists")
-    assert state_of(fleet, victim) == "quarantined"
+    assert fleet.node_state(victim) == "quarantined"
     assert fleet.cli("chaos", "inject", victim, "--fault", "clear").returncode == 0  # the request stands
     wait_until(lambda: any(e["kind"] == "release" and e["instance"] == victim for e in fleet.events()), 60,
                f"{victim} released once its checks passed")
-    wait_until(lambda: state_of(fleet, victim) in ("ready", "draining", "terminating", None), 60,
+    wait_until(lambda: fleet.node_state(victim) in ("ready", "draining", "terminating", None), 60,
                f"{victim} out of quarantine")
 
 
 def test_a_hard_killed_node_is_noticed_within_3_seconds_and_replaced(fleet: Fleet) -> None:
     fleet.wait_ready(timeout=240)
-    victim = pool_nodes(fleet)[0]
+    victim = fleet.ready_nodes()[0]
     before = time.time()
     assert fleet.cli("chaos", "kill-node", victim).returncode == 0
     lost = wait_until(lambda: next((e for e in fleet.events() if e["kind"] == "lost" and e["instance"] == victim),
@@ -123,7 +93,7 @@ def test_a_hard_killed_node_is_noticed_within_3_seconds_and_replaced(fleet: Flee
 
 def test_a_slow_node_is_named_a_straggler_and_a_burn_then_fails_it(fleet: Fleet) -> None:
     fleet.wait_ready(timeout=240)
-    victim = pool_nodes(fleet)[-1]
+    victim = fleet.ready_nodes()[-1]
     assert fleet.cli("chaos", "inject", victim, "--fault", "slow").returncode == 0
     result = fleet.cli("health", "--link", "h100", "-o", "json", timeout=300)
     assert result.returncode == 0, result.stderr
@@ -139,11 +109,11 @@ def test_a_slow_node_is_named_a_straggler_and_a_burn_then_fails_it(fleet: Fleet)
 def test_a_flapping_check_is_not_a_replacement_storm(fleet: Fleet) -> None:
     fleet.wait_ready(timeout=240)
     launches = sum(e["kind"] == "launch" for e in fleet.events())
-    target = pool_nodes(fleet)[0]
+    target = fleet.ready_nodes()[0]
     for flip in range(6):  # thermal throttling comes and goes: degraded, never replaced
         assert fleet.cli("chaos", "inject", target, "--fault", "thermal" if flip % 2 == 0 else "clear").returncode == 0
     wait_until(lambda: health(fleet)[target]["state"] == "ready", 30, f"{target} ready again")
-    nodes = pool_nodes(fleet)
+    nodes = fleet.ready_nodes()
     for node in nodes:  # XIDs everywhere: the rate limit (2 per hour, both used above) holds them all
         assert fleet.cli("chaos", "inject", node, "--fault", "xid").returncode == 0
     wait_until(lambda: sum(e["kind"] == "held" for e in fleet.events()) >= len(nodes), 30, "every node held")

@@ -4,19 +4,18 @@ recommendation documents (404 while there is no notice)."""
 from __future__ import annotations
 
 import datetime
-import http.server
 import json
-import threading
 from typing import Iterator
 
 import pytest
 
 from rayfleet.cluster.health.notices import SPOT_WARNING_S, NoticeSource
+from tests.support.loopback_http import LoopbackServer, QuietHandler
 
 TOKEN = "AQAEAtoken=="
 
 
-class Imds(http.server.BaseHTTPRequestHandler):
+class Imds(QuietHandler):
     documents: dict[str, str] = {}
     tokenless: list[str] = []
 
@@ -40,21 +39,15 @@ class Imds(http.server.BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body.encode())
 
-    def log_message(self, *args: object) -> None:
-        pass
-
 
 @pytest.fixture
 def imds() -> Iterator[str]:
     Imds.documents, Imds.tokenless = {}, []
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Imds)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    server = LoopbackServer(Imds, "imds")
     try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
+        yield server.url
     finally:
-        server.shutdown()
-        server.server_close()
+        server.close()
 
 
 def iso(when: datetime.datetime) -> str:

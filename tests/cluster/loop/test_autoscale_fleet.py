@@ -4,25 +4,22 @@ and removed after the idle timeout, down to the floor (a manual target, then min
 Tests run in order on one fleet."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Any, Iterator
 
 import pytest
-import yaml
 
 from tests.support.fleet import Fleet, running_fleet
+from tests.support.fleet_jobs import history, job_curve, submit, wait_for_job
+from tests.support.specs import h100_pool, job_spec
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.ray
 
 IDLE_S = 8.0
 LOOP_S = 0.5
-POOLS = [{"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "cpus_per_node": 1, "memory": "4Gi",
-          "min_nodes": 1, "max_nodes": 3, "autoscale": True, "idle_timeout_s": IDLE_S}]
-JOB = {"name": "gang", "pool": "h100", "workers": 3, "resources": {"cpus": 1},
-       "model": {"preset": "tiny"}, "data": {"seq_len": 32, "global_batch": 3},
-       "optimizer": {"warmup_steps": 2}, "steps": 30, "checkpoint": {"every": 30}}
+POOLS = [h100_pool(cpus_per_node=1, memory="4Gi", min_nodes=1, max_nodes=3, autoscale=True, idle_timeout_s=IDLE_S)]
+JOB = job_spec("gang", workers=3, resources={"cpus": 1}, data={"seq_len": 32, "global_batch": 3},
+               optimizer={"warmup_steps": 2}, steps=30, checkpoint={"every": 30})
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +38,11 @@ def h100(fleet: Fleet) -> dict[str, Any]:
     return fleet.pools()["h100"]
 
 
-def job(fleet: Fleet, name: str) -> dict[str, Any] | None:
-    result = fleet.cli("jobs", "-o", "json", timeout=60)
-    assert result.returncode == 0, result.stderr
-    return next((row for row in json.loads(result.stdout) if row["job"] == name), None)
-
-
 def training_window(fleet: Fleet, name: str) -> tuple[float, float]:
     """(time of the last training step, time the job recorded its end): its workers were busy
     until the first and gone by the second (Ray's own end_time comes later, after the driver)."""
-    folder = fleet.dir / "storage" / "jobs" / name
-    history = [json.loads(line) for line in (folder / "history.jsonl").read_text().splitlines()]
-    finished = next(e["time"] for e in history if e["event"] == "finished")
-    metrics = [json.loads(line) for path in (folder / "runs").glob("*/metrics.jsonl")
-               for line in path.read_text().splitlines()]
-    return max(m["time"] for m in metrics), finished
+    finished = next(e["time"] for e in history(fleet, name) if e["event"] == "finished")
+    return max(m["time"] for m in job_curve(fleet, name)), finished
 
 
 def scale_events(fleet: Fleet) -> list[dict[str, Any]]:
@@ -77,10 +64,7 @@ def test_a_job_needing_more_nodes_than_the_pool_has_grows_it_and_runs(fleet: Fle
     status = fleet.wait_ready()
     pool = {p["name"]: p for p in status["pools"]}["h100"]
     assert (pool["ready"], pool["floor"], pool["autoscale"], pool["pending_bundles"]) == (1, 1, True, 0)
-    path = fleet.home.parent / "gang.yaml"
-    path.write_text(yaml.safe_dump(JOB))
-    result = fleet.cli("submit", "-f", str(path))
-    assert result.returncode == 0, result.stderr
+    submit(fleet, JOB)
     # Ray Train asks for a gang of 3 one-node bundles; the autoscaler sees it pending and grows.
     seen = wait_until(lambda: (p := h100(fleet))["autoscale_target"] == 3 and p["desired"] == 3 and p, 120,
                       "the autoscaler to ask for 3 nodes")
@@ -93,8 +77,7 @@ def test_a_job_needing_more_nodes_than_the_pool_has_grows_it_and_runs(fleet: Fle
     assert "gang" in grown[0]["reason"] and "need 2 more node(s)" in grown[0]["reason"]
     # A manual target while the job runs: a floor under the autoscaler, changing nothing now.
     assert fleet.cli("scale", "h100", "--nodes", "2").returncode == 0
-    done = wait_until(lambda: (row := job(fleet, "gang")) and row["status"] in ("SUCCEEDED", "FAILED") and row,
-                      300, "the job to finish")
+    done = wait_for_job(fleet, "gang", ("SUCCEEDED", "FAILED"), timeout=300)
     assert done["status"] == "SUCCEEDED" and done["step"] == JOB["steps"], done
     run["last_step"], finished = training_window(fleet, "gang")
     assert not [e for e in scale_events(fleet) if e["time"] < finished], "a node was removed while it trained"

@@ -8,22 +8,20 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Iterator
 
 import pytest
 
 from rayfleet.cluster.rayio import gcs
-from rayfleet.cluster.rayio.connection import use_token
-from rayfleet.cluster.head.processes import Owned, process_of
-from tests.support.fleet import Fleet, running_fleet
-from tests.conftest import ROOT, ray_daemon_pids, wait_until
+from tests.support.fleet import Fleet, gcs_client, running_fleet
+from tests.support.fleet_processes import raylets
+from tests.support.specs import h100_pool
+from tests.conftest import ROOT, ray_daemon_pids, rayfleet_env, wait_until
 
 pytestmark = pytest.mark.ray
 
 POOLS = [
-    {"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "cpus_per_node": 1, "memory": "8Gi",
-     "min_nodes": 1, "max_nodes": 3, "nodes": 2, "labels": {"team": "research"}},
+    h100_pool(cpus_per_node=1, memory="8Gi", min_nodes=1, max_nodes=3, nodes=2, labels={"team": "research"}),
     {"name": "a100", "accelerator": "A100", "gpus_per_node": 4, "cpus_per_node": 1, "memory": "8Gi",
      "min_nodes": 0, "max_nodes": 2, "nodes": 1},
 ]
@@ -34,22 +32,8 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     yield from running_fleet(tmp_path_factory.mktemp("local"), "t-local", POOLS)
 
 
-def raylets_of(fleet: Fleet) -> dict[str, int]:
-    """instance -> pid of its live raylet, found under the node process the fleet recorded."""
-    found = {}
-    for path in (fleet.dir / "nodes").glob("*/node.json"):
-        record = json.loads(path.read_text())
-        process = process_of(Owned.from_json(record)) if "pid" in record else None
-        for child in process.children(recursive=True) if process else ():
-            if child.name() == "raylet":
-                found[record["name"]] = child.pid
-    return found
-
-
 def ray_nodes(fleet: Fleet) -> list:
-    head = json.loads((fleet.dir / "head.json").read_text())
-    use_token(fleet.dir / "auth_token")
-    return [node for node in gcs.read_nodes(gcs.client(head["gcs_address"])) if node.alive]
+    return [node for node in gcs.read_nodes(gcs_client(fleet)) if node.alive]
 
 
 def test_up_brings_both_pools_to_size_as_labelled_ray_nodes(fleet: Fleet) -> None:
@@ -65,15 +49,15 @@ def test_up_brings_both_pools_to_size_as_labelled_ray_nodes(fleet: Fleet) -> Non
         assert ray.node_id == node["node_id"] and node["state"] == "ready"
         assert ray.resources["GPU"] == {"h100": 8, "a100": 4}[node["pool"]]
     assert all(n.labels.get("team") == "research" for n in workers if n.pool == "h100")
-    assert len(raylets_of(fleet)) == 3
+    assert len(raylets(fleet)) == 3
 
 
 def test_up_again_is_harmless(fleet: Fleet) -> None:
-    before = raylets_of(fleet)
+    before = raylets(fleet)
     result = fleet.cli("up", "-f", str(fleet.spec_path))
     assert result.returncode == 0, result.stderr
     assert "already up" in result.stdout
-    assert raylets_of(fleet) == before
+    assert raylets(fleet) == before
 
 
 # A command's driver while Ray broadcasts an error to every driver (as it does when any node of the
@@ -100,10 +84,8 @@ print(json.dumps({"result": "only this"}))
 
 
 def test_ray_cluster_errors_go_to_stderr_and_leave_json_output_alone(fleet: Fleet) -> None:
-    env = {**os.environ, "RAYFLEET_HOME": str(fleet.home),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     result = subprocess.run([sys.executable, "-c", DRIVER_DURING_A_CLUSTER_ERROR], capture_output=True, text=True,
-                            timeout=120, env=env, cwd=ROOT)
+                            timeout=120, env=rayfleet_env(fleet.home), cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == {"result": "only this"}
     assert "has been marked dead" in result.stderr
@@ -113,9 +95,9 @@ def test_scale_up_and_down_is_reflected_in_status(fleet: Fleet) -> None:
     assert fleet.cli("scale", "h100", "--nodes", "3", "--wait").returncode == 0
     status = fleet.wait_ready()
     assert {p["name"]: p["ready"] for p in status["pools"]}["h100"] == 3
-    assert len(raylets_of(fleet)) == 4
+    assert len(raylets(fleet)) == 4
     assert fleet.cli("scale", "h100", "--nodes", "1").returncode == 0
-    wait_until(lambda: fleet.pools()["h100"]["ready"] == 1 and len(raylets_of(fleet)) == 2, 120,
+    wait_until(lambda: fleet.pools()["h100"]["ready"] == 1 and len(raylets(fleet)) == 2, 120,
                "h100 scaled down to 1 node and its raylets gone")
     scale_events = [e for e in fleet.events() if e["kind"] == "scale"]
     assert len(scale_events) == 2 and all(e["reason"] == "scale down to 1" for e in scale_events)
@@ -132,9 +114,9 @@ def test_scale_rejects_unknown_pools_and_out_of_range_targets(fleet: Fleet) -> N
 
 def test_sigkilled_raylet_is_replaced_and_the_pool_returns_to_size(fleet: Fleet) -> None:
     fleet.wait_ready()
-    raylets = raylets_of(fleet)
-    victim = sorted(name for name in raylets if "-h100-" in name)[0]
-    os.kill(raylets[victim], signal.SIGKILL)
+    pids = raylets(fleet)
+    victim = sorted(name for name in pids if "-h100-" in name)[0]
+    os.kill(pids[victim], signal.SIGKILL)
     killed_at = time.time()
     status = wait_until(lambda: (s := fleet.status()) and victim not in {n["instance"] for n in s["nodes"]}
                         and {p["name"]: p["ready"] for p in s["pools"]}["h100"] == 2 and s, 180,
@@ -142,21 +124,21 @@ def test_sigkilled_raylet_is_replaced_and_the_pool_returns_to_size(fleet: Fleet)
     lost = [e for e in fleet.events() if e["kind"] == "lost" and e["instance"] == victim]
     assert lost and "raylet" in lost[0]["message"]
     assert lost[0]["time"] - killed_at < 5.0  # noticed through the provider, not Ray's ~15 s timeout
-    assert len(raylets_of(fleet)) == 3
+    assert len(raylets(fleet)) == 3
     assert all(n["state"] == "ready" for n in status["nodes"])
 
 
 def test_killed_controller_restarts_with_its_state_and_launches_nothing(fleet: Fleet) -> None:
     fleet.wait_ready()
     before = fleet.status()
-    raylets = raylets_of(fleet)
+    raylets_before = raylets(fleet)
     launches = sum(e["kind"] == "launch" for e in fleet.events())
     old_pid = before["controller"]["pid"]
     os.kill(old_pid, signal.SIGKILL)
     after = wait_until(lambda: (s := fleet.status())["controller"]["pid"] != old_pid
                        and s["controller"]["loops"] >= 3 and s, 120, "the controller to restart")
     assert {n["instance"] for n in after["nodes"]} == {n["instance"] for n in before["nodes"]}
-    assert raylets_of(fleet) == raylets
+    assert raylets(fleet) == raylets_before
     events = fleet.events()
     assert sum(e["kind"] == "launch" for e in events) == launches
     assert not any(e["kind"] == "adopt" for e in events)  # resumed from its stored state

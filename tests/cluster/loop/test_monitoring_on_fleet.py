@@ -9,19 +9,18 @@ import urllib.parse
 import urllib.request
 from typing import Iterator
 
-import psutil
 import pytest
 
-from rayfleet.cluster.head.processes import Owned, process_of
-from tests.support.fleet import Fleet, running_fleet
+from tests.support.fleet import Fleet, lines_at_80_columns, running_fleet
+from tests.support.fleet_processes import node_raylet
 from tests.support.prometheus import export_ports, scrape, value
-from tests.conftest import rayfleet, wait_until
+from tests.support.specs import h100_pool
+from tests.conftest import wait_until
 
 pytestmark = pytest.mark.ray
 
 FLEET = "t-mon"
-POOLS = [{"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "cpus_per_node": 1, "memory": "4Gi",
-          "min_nodes": 1, "max_nodes": 3, "nodes": 2}]
+POOLS = [h100_pool(cpus_per_node=1, memory="4Gi", min_nodes=1, max_nodes=3, nodes=2)]
 EXPORT_WAIT_S = 90
 """Ray's workers push metrics to their node's agent every 10 s (`ray._raylet.Config.
 metrics_report_interval_ms()` is 10000 in Ray 2.60) and the agent serves them on the next scrape;
@@ -46,7 +45,7 @@ def head_metrics(fleet: Fleet, **expected: float) -> list:
 
 def dashboard_get(fleet: Fleet, path: str) -> bytes:
     """GET from the fleet's dashboard with its token, as an API client does."""
-    url = json.loads((fleet.dir / "head.json").read_text())["dashboard_url"]
+    url = fleet.head_record()["dashboard_url"]
     token = (fleet.dir / "auth_token").read_text().strip()
     request = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {token}"})
     with urllib.request.urlopen(request, timeout=30) as answer:
@@ -61,14 +60,6 @@ def controller_log(fleet: Fleet) -> str:
     assert len(alive) == 1, actors
     path = f"/api/v0/logs/file?actor_id={alive[0]['actor_id']}&suffix=err&lines=-1"
     return dashboard_get(fleet, path).decode(errors="replace")  # Ray's own lines may hold raw bytes
-
-
-def cli_at_80_columns(fleet: Fleet, *args: str) -> list[str]:
-    result = rayfleet(*args, home=fleet.home, timeout=60, env={"COLUMNS": "80"})
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines and all(len(line.rstrip()) <= 80 for line in lines), result.stdout
-    return lines
 
 
 def test_pool_gauges_and_counters_reach_the_head_prometheus_endpoint(fleet: Fleet) -> None:
@@ -89,7 +80,7 @@ def test_dashboard_command_names_the_views_the_token_file_and_the_metrics_ports(
     result = fleet.cli("dashboard", "-o", "json", timeout=60)
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
-    head = json.loads((fleet.dir / "head.json").read_text())
+    head = fleet.head_record()
     assert doc["url"] == head["dashboard_url"]
     assert doc["views"]["jobs"]["url"] == f"{head['dashboard_url']}/#/jobs"
     assert set(doc["views"]) >= {"jobs", "actors", "cluster", "metrics", "logs"}
@@ -113,18 +104,9 @@ def test_scaling_down_moves_the_gauges(fleet: Fleet) -> None:
     assert value(samples, "ray_rayfleet_controller_events_total", fleet=FLEET, pool="h100", kind="scale") == 1
 
 
-def raylet_of(fleet: Fleet, instance: str) -> psutil.Process:
-    record = fleet.node_record(instance)
-    process = process_of(Owned.from_json(record))
-    assert process is not None, record
-    raylets = [child for child in process.children(recursive=True) if child.name() == "raylet"]
-    assert len(raylets) == 1, raylets
-    return raylets[0]
-
-
 def test_a_killed_node_is_counted_as_a_replacement_for_liveness_and_logged(fleet: Fleet) -> None:
     victim = next(node["instance"] for node in fleet.status()["nodes"] if node["state"] == "ready")
-    raylet_of(fleet, victim).send_signal(signal.SIGKILL)  # a raylet of the node this test's fleet started
+    node_raylet(fleet, victim).send_signal(signal.SIGKILL)  # a raylet of the node this test's fleet started
     wait_until(lambda: any(e["kind"] == "replace" and e["instance"] == victim for e in fleet.events()), 60,
                f"{victim} replaced")
     port = export_ports(fleet)["head"]
@@ -139,7 +121,7 @@ def test_a_killed_node_is_counted_as_a_replacement_for_liveness_and_logged(fleet
                      and text, 60, "the replacement in the controller's log")
     assert f"lost: {victim} lost" in log and "INFO rayfleet.controller" in log
     fleet.wait_ready(timeout=180)
-    lines = cli_at_80_columns(fleet, "events", "--kind", "replace")
+    lines = lines_at_80_columns(fleet, "events", "--kind", "replace")
     assert lines[0].split() == ["TIME", "KIND", "NODE", "MESSAGE", "REASON"]
     assert victim.removeprefix(f"{FLEET}-") in lines[1] and FLEET not in "\n".join(lines)
-    cli_at_80_columns(fleet, "status")
+    lines_at_80_columns(fleet, "status")

@@ -23,6 +23,7 @@ from rayfleet.cluster.decide.state import FleetState
 from rayfleet.cluster.decide.view import ClusterView, InstanceStatus
 from tests.support.moto_ec2 import CREDENTIALS, Ec2Proxy, proxy_for, start_moto, stop_process
 from tests.support.provider_harness import EmulatedRay, ProviderHarness
+from tests.support.specs import fleet_spec
 
 AMI = "ami-0123456789abcdef0"
 HEAD = "10.0.0.10:6379"
@@ -64,14 +65,11 @@ def aws_spec(endpoint: str, a100: dict[str, Any] | None = None, **aws: Any) -> F
                 "min_nodes": 0, "max_nodes": 4, "nodes": 2, "labels": {"team": "research"},
                 "provider": {"aws": {"instance_type": "p4d.24xlarge", "ami": AMI, "spot": True}}}
     gpu_pool.update(a100 or {})
-    return FleetSpec.model_validate({
-        "name": "aw", "provider": "aws",
-        "aws": {"endpoint_url": endpoint, "api_max_attempts": 3, **aws},
-        "scaling": {"loop_period_s": 0.1, "boot_timeout_s": 120},
-        "pools": [gpu_pool,
-                  {"name": "cpu", "cpus_per_node": 4, "memory": "16Gi", "min_nodes": 0, "max_nodes": 2, "nodes": 1,
-                   "provider": {"aws": {"instance_type": "m6i.xlarge", "ami": AMI}}}],
-    })
+    cpu_pool = {"name": "cpu", "cpus_per_node": 4, "memory": "16Gi", "min_nodes": 0, "max_nodes": 2, "nodes": 1,
+                "provider": {"aws": {"instance_type": "m6i.xlarge", "ami": AMI}}}
+    return fleet_spec(gpu_pool, cpu_pool, name="aw", provider="aws",
+                      aws={"endpoint_url": endpoint, "api_max_attempts": 3, **aws},
+                      scaling={"loop_period_s": 0.1, "boot_timeout_s": 120})
 
 
 def live(ec2: Any, pool: str | None = None) -> dict[str, dict[str, Any]]:

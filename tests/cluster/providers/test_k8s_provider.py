@@ -16,6 +16,7 @@ from rayfleet.cluster.decide.view import InstanceStatus
 from tests.support.fake_kube import FakeKube
 from tests.support.fake_kube.kuberay import ray_labels
 from tests.support.provider_harness import EmulatedRay, ProviderHarness
+from tests.support.specs import fleet_spec, h100_pool
 from tests.conftest import wait_until
 
 GPU_TAINT = {"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}
@@ -38,18 +39,15 @@ def fake() -> Iterator[FakeKube]:
 
 
 def k8s_spec(kubeconfig: Path, h100_nodes: int = 2) -> FleetSpec:
-    return FleetSpec.model_validate({
-        "name": "kf", "provider": "kubernetes",
-        "kubernetes": {"namespace": "rayfleet", "kubeconfig": str(kubeconfig)},
-        "scaling": {"loop_period_s": 0.1, "boot_timeout_s": 60},
-        "pools": [
-            {"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "cpus_per_node": 96, "memory": "1000Gi",
-             "min_nodes": 1, "max_nodes": 4, "nodes": h100_nodes, "labels": {"team": "research"}},
-            {"name": "l40s", "accelerator": "L40S", "gpus_per_node": 4, "cpus_per_node": 32, "memory": "256Gi",
-             "min_nodes": 0, "max_nodes": 2, "nodes": 1,
-             "provider": {"kubernetes": {"tolerations": [{"key": "dedicated", "operator": "Equal",
-                                                          "value": "inference", "effect": "NoSchedule"}]}}},
-        ]})
+    h100 = h100_pool(cpus_per_node=96, memory="1000Gi", min_nodes=1, max_nodes=4, nodes=h100_nodes,
+                     labels={"team": "research"})
+    l40s = {"name": "l40s", "accelerator": "L40S", "gpus_per_node": 4, "cpus_per_node": 32, "memory": "256Gi",
+            "min_nodes": 0, "max_nodes": 2, "nodes": 1,
+            "provider": {"kubernetes": {"tolerations": [{"key": "dedicated", "operator": "Equal",
+                                                         "value": "inference", "effect": "NoSchedule"}]}}}
+    return fleet_spec(h100, l40s, name="kf", provider="kubernetes",
+                      kubernetes={"namespace": "rayfleet", "kubeconfig": str(kubeconfig)},
+                      scaling={"loop_period_s": 0.1, "boot_timeout_s": 60})
 
 
 @pytest.fixture

@@ -26,6 +26,7 @@ from rayfleet.jobs.client.kuberay import ray_job
 from rayfleet.jobs.client.spec import JobSpec, load_job_spec
 from rayfleet.cluster.spec.fleet import FleetSpec, load_fleet_spec
 from tests.support.fake_kube.schemas import validate_core, validate_custom
+from tests.support.specs import fleet_spec
 from tests.conftest import ROOT, rayfleet
 
 EXAMPLES = ROOT / "manifests" / "examples"
@@ -37,16 +38,13 @@ TOKEN = "rf-test-token-5f2a9c0d4e7b1a3c"
 def k8s_variants() -> list[FleetSpec]:
     """The example and the corners: a CPU pool, hot spares, fractional CPUs, custom selectors."""
     example = load_fleet_spec(EXAMPLES / "k8s-fleet.yaml")
-    corner = FleetSpec.model_validate({
-        "name": "corner", "provider": "kubernetes",
-        "kubernetes": {"namespace": "ml", "token_secret": "shared-token", "image": "ghcr.io/x/ray:1"},
-        "head": {"cpus": 0.5},
-        "pools": [{"name": "cpu", "cpus_per_node": 1.5, "memory": "3Gi", "max_nodes": 3, "nodes": 2},
-                  {"name": "t4", "accelerator": "T4", "gpus_per_node": 1, "hot_spares": 1, "max_nodes": 2,
-                   "max_unavailable": 0,
-                   "provider": {"kubernetes": {"node_selector": {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"},
-                                               "priority_class": "batch-low", "image": "ghcr.io/x/ray-gpu:1",
-                                               "tolerations": [{"operator": "Exists"}]}}}]})
+    cpu = {"name": "cpu", "cpus_per_node": 1.5, "memory": "3Gi", "max_nodes": 3, "nodes": 2}
+    t4 = {"name": "t4", "accelerator": "T4", "gpus_per_node": 1, "hot_spares": 1, "max_nodes": 2, "max_unavailable": 0,
+          "provider": {"kubernetes": {"node_selector": {"cloud.google.com/gke-accelerator": "nvidia-tesla-t4"},
+                                      "priority_class": "batch-low", "image": "ghcr.io/x/ray-gpu:1",
+                                      "tolerations": [{"operator": "Exists"}]}}}
+    corner = fleet_spec(cpu, t4, name="corner", provider="kubernetes", head={"cpus": 0.5},
+                        kubernetes={"namespace": "ml", "token_secret": "shared-token", "image": "ghcr.io/x/ray:1"})
     return [example, corner]
 
 

@@ -12,14 +12,14 @@ from rayfleet.cluster.sim.simulator import (LLAMA3_NODE_HOURS, FailureRates, Job
                               SimulatedJob, llama3_rates, spot_rate)
 from rayfleet.cluster.spec.fleet import FleetSpec
 from rayfleet.cluster.decide.state import NodeState
+from tests.support.specs import fleet_spec, h100_pool
 
 S = NodeState
 
 
-def fleet(nodes: int = 8, spares: int = 0, period: float = 5, **pool: object) -> FleetSpec:
-    return FleetSpec.model_validate({"name": "s", "pools": [
-        {"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "max_nodes": nodes * 2, "nodes": nodes,
-         "hot_spares": spares, **pool}], "scaling": {"loop_period_s": period, "boot_timeout_s": 900}})
+def spec(nodes: int = 8, spares: int = 0, period: float = 5, **pool: object) -> FleetSpec:
+    return fleet_spec(h100_pool(max_nodes=nodes * 2, nodes=nodes, hot_spares=spares, **pool), name="s",
+                      scaling={"loop_period_s": period, "boot_timeout_s": 900})
 
 
 def controller(spec: FleetSpec, failures: FailureRates = FailureRates(), seed: int = 3,
@@ -35,7 +35,7 @@ def outcome(c: SimulatedController) -> tuple:
 def busy_week(fast: bool, seed: int = 3) -> SimulatedController:
     rates = dataclasses.replace(llama3_rates(boot_failure=0.05), gpu_fault=0.03, node_death=0.02, software=0.01,
                                 spot_preemption=0.02)  # accelerated: dozens of failures in a day
-    c = controller(fleet(16, spares=1, period=10, autoscale=True, idle_timeout_s=600), rates, seed)
+    c = controller(spec(16, spares=1, period=10, autoscale=True, idle_timeout_s=600), rates, seed)
     c.run(300, fast=fast)
     c.cloud.submit(SimulatedJob("big", "h100", nodes=16, checkpoint_every_s=900, restart_s=60))
     c.run(10 * 3600, fast=fast)
@@ -60,7 +60,7 @@ def test_the_seed_decides_the_failures() -> None:
     rates = dataclasses.replace(llama3_rates(), gpu_fault=1e-2)
     runs = []
     for seed in (1, 1, 2):
-        c = controller(fleet(8), rates, seed)
+        c = controller(spec(8), rates, seed)
         c.run(20 * 3600, fast=True)
         runs.append(c.cloud.failure_log)
     assert runs[0] == runs[1] and runs[0] != runs[2]
@@ -70,7 +70,7 @@ def test_failures_happen_at_the_published_rates() -> None:
     """200 hosts for 90 days at Llama 3's rates: each kind within 4 standard deviations of
     rate x node-hours (a Poisson count)."""
     rates = llama3_rates(boot_failure=0.0)
-    c = controller(fleet(200, period=10), rates, seed=11, boot_s=60)
+    c = controller(spec(200, period=10), rates, seed=11, boot_s=60)
     c.run(600, fast=True)
     c.cloud.submit(SimulatedJob("all", "h100", nodes=190, restart_s=60))
     start = c.cloud.now
@@ -88,7 +88,7 @@ def test_failures_happen_at_the_published_rates() -> None:
 
 
 def test_a_node_death_costs_the_job_what_it_trained_since_its_last_checkpoint() -> None:
-    c = controller(fleet(4), boot_s=100)
+    c = controller(spec(4), boot_s=100)
     c.run(200)
     job = c.cloud.submit(SimulatedJob("j", "h100", nodes=4, work_s=3000, checkpoint_every_s=600, restart_s=50))
     started = c.cloud.now
@@ -109,7 +109,7 @@ def test_a_node_death_costs_the_job_what_it_trained_since_its_last_checkpoint() 
 def test_a_hot_spare_lets_the_job_restart_without_waiting_for_a_new_node() -> None:
     waits = {}
     for spares in (0, 1):
-        c = controller(fleet(4, spares=spares), boot_s=300)
+        c = controller(spec(4, spares=spares), boot_s=300)
         c.run(400)
         job = c.cloud.submit(SimulatedJob("j", "h100", nodes=4, restart_s=10))
         c.run(100)
@@ -123,7 +123,7 @@ def test_a_hot_spare_lets_the_job_restart_without_waiting_for_a_new_node() -> No
 
 def test_a_gpu_fault_stops_the_job_at_once_and_the_node_is_replaced_after_detection() -> None:
     rates = FailureRates(gpu_fault_detect_s=15.0)
-    c = controller(fleet(2), rates)
+    c = controller(spec(2), rates)
     c.run(200)
     job = c.cloud.submit(SimulatedJob("j", "h100", nodes=2, restart_s=10))
     c.run(100)
@@ -139,7 +139,7 @@ def test_a_gpu_fault_stops_the_job_at_once_and_the_node_is_replaced_after_detect
 
 def test_spot_reclaims_come_with_a_notice_and_are_replaced() -> None:
     rates = FailureRates(spot_preemption=spot_rate(0.20) * 200)  # accelerated: a few per day on 4 hosts
-    c = controller(fleet(4), rates, seed=5)
+    c = controller(spec(4), rates, seed=5)
     c.run(2 * 86400, fast=True)
     reclaimed = [name for _, kind, name in c.cloud.failure_log if kind == "spot"]
     assert reclaimed
@@ -153,6 +153,6 @@ def test_spot_reclaims_come_with_a_notice_and_are_replaced() -> None:
 
 
 def test_provisioned_gpu_hours_count_every_machine_that_exists() -> None:
-    c = controller(fleet(3, spares=1), boot_s=60)
+    c = controller(spec(3, spares=1), boot_s=60)
     c.run(3600)
     assert c.cloud.gpu_seconds == pytest.approx(4 * 8 * 3600)  # launched at t=0, billed from launch

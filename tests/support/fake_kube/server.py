@@ -8,7 +8,6 @@ import random
 import threading
 import time
 import uuid
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
@@ -18,6 +17,7 @@ import yaml
 from tests.support.fake_kube import kuberay
 from tests.support.fake_kube.patches import PatchFailed, json_patch, merge_patch
 from tests.support.fake_kube.schemas import Invalid, validate_core, validate_custom
+from tests.support.loopback_http import LoopbackServer, QuietHandler
 
 Key = tuple[str, str, str]   # (plural, namespace or "", name)
 CUSTOM = {("ray.io", "rayclusters"), ("ray.io", "rayjobs")}
@@ -56,7 +56,7 @@ class FakeKube:
         self._scheduled_at: dict[str, float] = {}
         fake = self
 
-        class Handler(BaseHTTPRequestHandler):
+        class Handler(QuietHandler):
             def _serve(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
                 code, payload = fake.handle(self.command, self.path, self.headers.get("Content-Type", ""), body)
@@ -69,20 +69,12 @@ class FakeKube:
 
             do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve  # noqa: N815
 
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
-                                        daemon=True, name="fake-kube")
-        self._thread.start()
+        self._http = LoopbackServer(Handler, "fake-kube")
+        self.url = self._http.url
 
     # --- test controls ----------------------------------------------------------------------------
     def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=10)
+        self._http.close()
 
     def kubeconfig(self, path: Path, namespace: str = "rayfleet") -> Path:
         path.write_text(yaml.safe_dump({

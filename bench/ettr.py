@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from rayfleet.jobs import history  # noqa: E402
+from rayfleet.jobs.supervision import history  # noqa: E402
 from rayfleet.jobs.supervision import goodput
 from recovery import PlainRay, hard_kill, wait, worker_node_tree  # noqa: E402
 

@@ -28,7 +28,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rayfleet.cluster import gcs  # noqa: E402
+from rayfleet.cluster.rayio import gcs  # noqa: E402
 from rayfleet.cluster.rayio.connection import use_token  # noqa: E402
 from rayfleet.cluster.head.processes import Owned, free_port, process_of, spawn_detached, stop_tree  # noqa: E402
 from rayfleet.cluster.providers.local import node_environment, ray_executable  # noqa: E402

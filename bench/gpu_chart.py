@@ -3,8 +3,8 @@ twin, one panel per model, MFU on each bar. Reads the JSON files bench/gpu_throu
 (rows of the same name from a later file replace earlier ones) and writes a PNG.
 
     pip install '.[bench]'   # matplotlib
-    python bench/gpu_chart.py bench/results/gpu_throughput_r3_bf16.json \
-        bench/results/gpu_throughput_r3_rest.json --out bench/results/gpu_throughput.png
+    python bench/gpu_chart.py bench/results/gpu_throughput_h100_bf16_vs_hf_pytorch_rope.json \
+        bench/results/gpu_throughput_h100_mixed_and_eager_vs_hf.json --out bench/results/gpu_throughput.png
 """
 from __future__ import annotations
 

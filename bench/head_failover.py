@@ -29,7 +29,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from rayfleet.cluster import gcs  # noqa: E402
+from rayfleet.cluster.rayio import gcs  # noqa: E402
 
 RAYFLEET = str(Path(sys.executable).with_name("rayfleet"))
 STEPS, KILL_AFTER = 400, 40

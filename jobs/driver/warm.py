@@ -46,7 +46,10 @@ from rayfleet.jobs.worker.standby import env_key
 
 log = logging.getLogger("rayfleet.job")
 STALE_S = 8.0     # a standby whose key is older than this is gone (it refreshes it every standby.BEAT_S)
-PENDING_S = 30.0  # a prestart asked for is counted as coming for this long (its imports take seconds)
+# A prestart asked for counts as coming for this long. Its imports take seconds on an idle node but
+# over 40 s with three standbys importing torch at once beside training on 2 cores: asking again
+# before they are through would start duplicates, whose imports slow every other one further.
+PENDING_S = 120.0
 KEEP_ALIVE_S = 3600  # Ray does not reap an idle prestarted worker before this
 
 

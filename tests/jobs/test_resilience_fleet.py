@@ -51,11 +51,12 @@ def ended(fleet: Fleet, name: str, timeout: float = 400) -> dict[str, Any]:
 
 def test_a_sigstopped_worker_is_found_hung_its_stacks_saved_and_the_job_resumes(fleet: Fleet) -> None:
     fleet.wait_ready(timeout=240)
-    submit(fleet, paced_job("hung", steps=150, hang={"first_steps": 3, "margin_s": 10}))
+    submit(fleet, paced_job("hung", steps=200, hang={"first_steps": 3, "margin_s": 10}))
     wait_until(lambda: steps_done(fleet, "hung") >= 12, 300, "hung past step 12")
     # once it trains, a warm standby process waits on each of the pool's three nodes (`rayfleet job`)
     wait_until(lambda: job_detail(fleet, "hung")["standbys"] >= 3, 120, "a warm standby on every node")
-    assert steps_done(fleet, "hung") < 120, "the job ran nearly to its end before its standbys were up"
+    # standbys import torch beside training (about 40 s on 2 busy cores): the hang must still find the job running
+    assert steps_done(fleet, "hung") < 170, "the job ran nearly to its end before its standbys were up"
     stopped = train_workers(fleet)[0]
     owned = Owned(stopped.pid, stopped.create_time())
     stopped.send_signal(signal.SIGSTOP)
@@ -77,7 +78,7 @@ def test_a_sigstopped_worker_is_found_hung_its_stacks_saved_and_the_job_resumes(
     events = [e for e in fleet.events() if e["kind"] == "hang"]
     assert events and "hung" in events[-1]["message"] and events[-1]["instance"].startswith(fleet.name)
     doc = ended(fleet, "hung")
-    assert doc["state"] == "SUCCEEDED" and doc["final_step"] == 150
+    assert doc["state"] == "SUCCEEDED" and doc["final_step"] == 200
     started = started_events(fleet, "hung")
     assert len(started) >= 2 and started[-1]["from_step"] >= 10  # resumed from its checkpoint
     # the first attempt started cold; the restart found warm standby processes waiting (jobs/driver/warm.py)
@@ -100,7 +101,7 @@ def test_a_preemption_notice_checkpoints_replaces_the_node_and_loses_no_step(fle
     submit(fleet, paced_job("noticed", steps=60))
     wait_until(lambda: steps_done(fleet, "noticed") >= 8, 300, "noticed past step 8")
     victim = instance_of(fleet, train_workers(fleet)[0])
-    result = fleet.cli("chaos", "preempt", victim, "--in", "30")
+    result = fleet.cli("chaos", "preempt", victim, "--in", "60")
     assert result.returncode == 0, result.stderr
     doc = ended(fleet, "noticed")
     assert doc["state"] == "SUCCEEDED" and doc["final_step"] == 60
@@ -108,8 +109,9 @@ def test_a_preemption_notice_checkpoints_replaces_the_node_and_loses_no_step(fle
     notice = next(e for e in history(fleet, "noticed") if e["event"] == "notice")
     started = started_events(fleet, "noticed")
     assert started[-1]["from_step"] == notice["step"]  # resumed exactly where it checkpointed for the notice
-    # ... as soon as the node was ended, not when the 30 s notice ran out (Ray Train alone waits for it)
-    assert started[-1]["time"] - notice["time"] < 20, (notice, started[-1])
+    # ... as soon as the node was ended, not when the 60 s notice ran out (Ray Train alone waits for it);
+    # checkpoint, drain, end and restart take about 20 s on 2 busy cores
+    assert started[-1]["time"] - notice["time"] < 45, (notice, started[-1])
     kinds = [e["kind"] for e in fleet.events() if e["instance"] == victim]
     assert "notice" in kinds and "replace" in kinds
     fleet.wait_ready(timeout=240)

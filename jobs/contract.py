@@ -15,6 +15,8 @@ import sys
 import time
 from dataclasses import dataclass
 
+from rayfleet.cluster.spec.capabilities import Capabilities
+
 SPEC_ENV = "RAYFLEET_JOB_SPEC"
 """The job's validated spec, as `JobSpec.model_dump_json()`."""
 RUN_ENV = "RAYFLEET_JOB_RUN"
@@ -38,10 +40,10 @@ def driver_command(python: str) -> str:
     return f"{python} -m {DRIVER_MODULE}"
 
 
-def python_for(provider: str) -> str:
-    """The driver's interpreter: a local fleet's nodes run on this machine, in this interpreter's
+def python_for(capabilities: Capabilities) -> str:
+    """The driver's interpreter: where nodes run on this machine, in this interpreter's
     environment; other fleets' images have rayfleet on the `python` of their PATH."""
-    return sys.executable if provider == "local" else "python"
+    return sys.executable if capabilities.nodes_on_this_machine else "python"
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,23 @@ NOTICES_KEY = "notices"
 """node id -> deadline of the preemption or maintenance notice it is under (the controller writes)."""
 
 
-# Per job: what its ranks and driver publish, the controller and the CLI read.
+# Per job, under JOB_KEYS_PREFIX + name: what its ranks and driver publish, the controller and the CLI read.
+JOB_KEYS_PREFIX = "job/"
+
+
+def job_of_key(key: str) -> str:
+    """The job a per-job key belongs to."""
+    return key.split("/")[1]
+
+
+def is_beat_key(key: str) -> bool:
+    return key.startswith(JOB_KEYS_PREFIX) and "/beat/" in key
+
+
+def is_notice_ack_key(key: str) -> bool:
+    return key.startswith(JOB_KEYS_PREFIX) and key.endswith("/notice-ack")
+
+
 def progress_key(job: str) -> str:
     return f"job/{job}/progress"
 
@@ -60,5 +76,10 @@ def warm_env_key(job: str) -> str:
     return f"job/{job}/warm-env"
 
 
+def warm_prefix(job: str) -> str:
+    """Every standby key of the job starts so (the node id is the key's second-to-last part)."""
+    return f"job/{job}/warm/"
+
+
 def standby_key(job: str, node_id: str, pid: int) -> str:
-    return f"job/{job}/warm/{node_id}/{pid}"
+    return f"{warm_prefix(job)}{node_id}/{pid}"

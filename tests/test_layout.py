@@ -25,7 +25,7 @@ CLUSTER_PUBLIC = (
     # rendering a RayJob shares with its RayCluster.
     "rayfleet.cluster.spec.", "rayfleet.cluster.rayio.gcs", "rayfleet.cluster.rayio.connection",
     "rayfleet.cluster.decide.events", "rayfleet.cluster.decide.view", "rayfleet.cluster.loop.steps",
-    "rayfleet.cluster.head.supervisor", "rayfleet.cluster.render.k8s",
+    "rayfleet.cluster.head.supervisor", "rayfleet.cluster.render.k8s", "rayfleet.cluster.health.stepmarks",
 )
 
 
@@ -195,3 +195,40 @@ def test_pyproject_lists_every_package_folder() -> None:
     listed = set(re.findall(r'"([\w.]+)"', block.group(1)))
     folders = {name for name, path in modules().items() if path.name == "__init__.py"}
     assert listed == folders
+
+
+PROVIDER_NAMES = {"local", "aws", "kubernetes"}
+MAY_NAME_PROVIDERS = ("rayfleet.cluster.providers", "rayfleet.cluster.spec")
+
+
+def provider_branches(name: str, source: str) -> list[str]:
+    """`x.provider == "local"` and the like: a caller deciding by a provider's name."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Compare):
+            continue
+        sides = [node.left, *node.comparators]
+        names = [s.value for s in sides if isinstance(s, ast.Constant) and s.value in PROVIDER_NAMES]
+        asks = any(isinstance(s, ast.Attribute) and s.attr == "provider" for s in sides)
+        if names and asks:
+            found.append(f"{name}:{node.lineno} compares provider with {names[0]!r}")
+    return found
+
+
+def test_only_providers_and_the_spec_name_providers() -> None:
+    """Everything else asks `spec.capabilities` (cluster/spec/capabilities.py): a new provider is
+    one entry there and one module in providers/, not an edit in every caller."""
+    found = [hit for name, path in modules().items() if not name.startswith(MAY_NAME_PROVIDERS)
+             for hit in provider_branches(name, path.read_text())]
+    assert found == []
+    assert provider_branches("rayfleet.cli.commands.chaos", 'if spec.provider != "local":\n    pass\n') == [
+        "rayfleet.cli.commands.chaos:1 compares provider with 'local'"]
+
+
+def test_every_provider_kind_declares_its_capabilities() -> None:
+    from typing import get_args
+
+    from rayfleet.cluster.spec.capabilities import CAPABILITIES, ProviderKind
+
+    assert set(CAPABILITIES) == set(get_args(ProviderKind)) == PROVIDER_NAMES
+

@@ -10,7 +10,8 @@ from rayfleet.cluster.decide.actions import Terminate
 from rayfleet.cluster.decide.draft import Draft
 from rayfleet.cluster.decide.naming import named_by_fleet, number_of
 from rayfleet.cluster.decide.state import NodeRecord, NodeState
-from rayfleet.cluster.decide.view import SPARE_LABEL, Instance, InstanceStatus
+from rayfleet.cluster.decide.view import Instance, InstanceStatus
+from rayfleet.names import SPARE_LABEL
 
 S = NodeState
 

@@ -13,11 +13,6 @@ from typing import Mapping
 from rayfleet.cluster.decide.demand import Demand
 from rayfleet.cluster.health.report import HealthReport
 
-POOL_LABEL = "rayfleet.io/pool"
-INSTANCE_LABEL = "rayfleet.io/instance"
-FLEET_LABEL = "rayfleet.io/fleet"
-SPARE_LABEL = "rayfleet.io/spare"
-
 
 class Probe(str, Enum):
     """The raylet's answer to a gRPC health check (what Ray's GCS itself asks it)."""

@@ -61,9 +61,20 @@ class FleetDir:
     def exists(self) -> bool:
         return self.path.is_dir()
 
+    def ensure(self) -> Path:
+        """The fleet's folder, private to its owner (0700, like RAYFLEET_HOME and its `fleets`):
+        it holds the auth token, Redis's password and the logs. A folder an older version made
+        0755 is tightened here."""
+        self.home.parent.mkdir(parents=True, exist_ok=True)
+        for folder in (self.home, self.home / "fleets", self.path):
+            folder.mkdir(mode=0o700, exist_ok=True)
+            if folder.stat().st_mode & 0o077:
+                folder.chmod(0o700)
+        return self.path
+
     def ensure_token(self) -> Path:
         """The fleet's Ray auth token (token authentication stays on); created once, mode 0600."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.ensure()
         if not self.token_file.exists():
             fd = os.open(self.token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as handle:
@@ -79,7 +90,7 @@ class FleetDir:
     @contextlib.contextmanager
     def lock(self) -> Iterator[None]:
         """Serialise up/down of one fleet across processes."""
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.ensure()
         with open(self.path / ".lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:

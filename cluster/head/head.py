@@ -27,9 +27,9 @@ from rayfleet.cluster.head.supervisor import MODULE as SUPERVISOR_MODULE
 from rayfleet.cluster.head.supervisor import STATE as SUPERVISOR_STATE
 from rayfleet.cluster.head.supervisor import read_state as read_supervisor_state
 from rayfleet.cluster.head.supervisor import supervisor_process
-from rayfleet.cluster.providers.local import node_environment, ray_executable
+from rayfleet.cluster.providers.local import ray_executable, rayfleet_environment
 from rayfleet.cluster.spec.fleet import FleetSpec
-from rayfleet.cluster.decide.view import FLEET_LABEL
+from rayfleet.names import FLEET_LABEL
 
 SUPERVISOR_GONE = ("the head's supervisor is not running (an interrupted `rayfleet down`?), so nothing restarts "
                    "the head or its Redis if they exit: `rayfleet down`, then `rayfleet up`")
@@ -68,7 +68,7 @@ def head_command(spec: FleetSpec, fleet: FleetDir, port: int, dashboard_port: in
     head = spec.head
     # A local fleet stays on this machine; a cloud head must be reachable by its workers, so Ray
     # picks the machine's own address there.
-    where = ["--node-ip-address=127.0.0.1"] if spec.provider == "local" else []
+    where = ["--node-ip-address=127.0.0.1"] if spec.capabilities.nodes_on_this_machine else []
     return [
         ray_executable(), "start", "--head", "--block",
         f"--port={port}",
@@ -97,12 +97,12 @@ def start_head(spec: FleetSpec, fleet: FleetDir) -> HeadInfo:
     dashboard_port = spec.head.dashboard_port or free_port()
     host = "127.0.0.1" if spec.head.dashboard_host in ("0.0.0.0", "::") else spec.head.dashboard_host
     gcs_address, dashboard_url = f"127.0.0.1:{port}", f"http://{host}:{dashboard_port}"
-    env = node_environment(token)
+    env = rayfleet_environment(token)  # the supervisor adds its own inherited environment
     ft = spec.head.fault_tolerance
     config: dict[str, Any] = {
         "fleet": spec.name, "fault_tolerant": ft.enabled, "gcs_address": gcs_address,
         "dashboard_url": dashboard_url, "head_temp_dir": str(fleet.temp_root / "head"),
-        "head_command": head_command(spec, fleet, port, dashboard_port), "head_env": env,
+        "head_command": head_command(spec, fleet, port, dashboard_port), "head_env_set": env,
     }
     if ft.enabled:
         config.update(fault_tolerance_config(spec, fleet))

@@ -145,10 +145,12 @@ def find_by_marker(marker: str) -> list[Owned]:
 
 
 def write_json_atomic(path: Path, data: object) -> None:
-    """Write-then-rename so a crash never leaves half a file behind."""
+    """Write-then-rename so a crash never leaves half a file behind; readable by its owner only."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
 
 

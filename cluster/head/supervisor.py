@@ -39,6 +39,8 @@ from typing import Any
 import psutil
 
 from rayfleet.cluster.head.processes import Owned, process_of, write_json_atomic
+from rayfleet.cluster.providers.local import inherited_environment
+from rayfleet.names import FLEET_LABEL
 
 log = logging.getLogger("rayfleet.supervisor")
 POLL_S = 0.5
@@ -88,7 +90,9 @@ class Supervisor:
         self.fault_tolerant: bool = config["fault_tolerant"]
         self.password = _password(config)
         logs = fleet_dir / "logs"
-        self.head = Child("head", config["head_command"], config["head_env"], logs / "head.log")
+        # a 0.1.0 fleet folder kept the whole environment ("head_env"); since, only what rayfleet sets
+        head_env = config["head_env"] if "head_env" in config else {**inherited_environment(), **config["head_env_set"]}
+        self.head = Child("head", config["head_command"], head_env, logs / "head.log")
         self.redis = Child("redis", ["redis-server", config["redis_conf"]], dict(os.environ),
                            logs / "redis-server.log") if config.get("redis_conf") else None
         self.events: list[dict[str, Any]] = []
@@ -211,7 +215,7 @@ class Supervisor:
         try:
             client = gcs.client(self.config["gcs_address"], timeout_s=5)
             heads = [n for n in gcs.read_nodes(client) if n.is_head and n.alive
-                     and n.labels.get("rayfleet.io/fleet") == self.config["fleet"]]
+                     and n.labels.get(FLEET_LABEL) == self.config["fleet"]]
         except Exception:
             return
         current = [n for n in heads if n.node_id not in self.previous_heads]

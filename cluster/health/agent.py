@@ -20,11 +20,12 @@ from rayfleet.cluster.health.checks import burn_check, gpu_checks, host_checks
 from rayfleet.cluster.health.report import Check, HealthReport, Status
 from rayfleet.cluster.health.notices import NoticeSource
 from rayfleet.cluster.health.telemetry import SimulatedGpus, open_telemetry
+from rayfleet.cluster.health import stepmarks
 from rayfleet.cluster.spec.fleet import HealthPolicy
+from rayfleet.names import AGENT_PREFIX
 
 log = logging.getLogger("rayfleet.health")
 
-AGENT_PREFIX = "rayfleet-health-"
 
 
 def agent_name(instance: str) -> str:
@@ -62,6 +63,10 @@ class HealthAgent:
             if time.monotonic() - last_refresh >= self.policy.check_interval_s:
                 self.refresh()
                 last_refresh = time.monotonic()
+                try:
+                    stepmarks.sweep()  # the step counters of ranks that were killed
+                except OSError as error:
+                    log.debug("step counters not swept: %s", error)
             self.send()
 
     def refresh(self) -> None:
@@ -162,6 +167,19 @@ class HealthAgent:
             return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
         except psutil.Error:
             return False
+
+    def inspect(self, pid: int) -> dict[str, Any]:
+        """What a hang's attribution reads of a rank besides its stack: its process's state
+        (psutil's name, or "gone") and its step counters (cluster/health/stepmarks.py)."""
+        import psutil
+
+        try:
+            state = psutil.Process(pid).status()
+        except psutil.NoSuchProcess:
+            state = "gone"
+        except psutil.Error as error:
+            state = f"unreadable: {error}"
+        return {"state": state, "marks": stepmarks.read(pid)}
 
     def dump_stacks(self, pid: int, timeout_s: float = 20.0) -> str:
         """Every Python thread's stack of process `pid`, through py-spy (which reads the process's

@@ -19,9 +19,9 @@ from rayfleet.cluster.health.policy import link_check
 from rayfleet.cluster.health.report import HealthReport
 from rayfleet.cluster.spec.fleet import FleetSpec
 from rayfleet.cluster.decide.state import NodeRecord, NodeState
+from rayfleet.names import NAMESPACE
 
 log = logging.getLogger("rayfleet.health")
-NAMESPACE = "rayfleet"
 WATCHED = (NodeState.READY, NodeState.SUSPECT, NodeState.DEGRADED, NodeState.UNHEALTHY, NodeState.DRAINING)
 
 

@@ -10,6 +10,7 @@ from rayfleet.cluster.rayio import gcs
 from rayfleet.cluster.decide.actions import Action, Admit, Drain, Evict, Launch, RunChecks, Terminate, Unadmit, Vacate
 from rayfleet.cluster.providers import Provider
 from rayfleet.cluster.spec.fleet import FleetSpec
+from rayfleet.names import NAMESPACE
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +89,7 @@ def _vacate(client: Any, action: Vacate) -> None:
 
     try:
         actors = gcs.actors(client)
-        agent = ray.get_actor(agent_name(action.instance), namespace="rayfleet")
+        agent = ray.get_actor(agent_name(action.instance), namespace=NAMESPACE)
     except Exception as error:
         log.warning("could not vacate %s: %s", action.instance, error)
         return
@@ -112,7 +113,7 @@ def _run_checks(action: RunChecks) -> None:
     from rayfleet.cluster.health.agent import agent_name
 
     try:
-        agent = ray.get_actor(agent_name(action.instance), namespace="rayfleet")
+        agent = ray.get_actor(agent_name(action.instance), namespace=NAMESPACE)
         agent.run_checks.remote()
     except Exception as error:
         log.warning("could not ask %s to run its checks: %s", action.instance, error)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Protocol, Sequence
 
 from rayfleet.cluster.spec.fleet import FleetSpec, PoolSpec
+from rayfleet.errors import BadInput
 from rayfleet.cluster.decide.view import Instance
 
 
@@ -24,8 +25,20 @@ class Provider(Protocol):
         """Every machine of this fleet the provider knows, including recently terminated ones."""
 
 
+def require_sdk(spec: FleetSpec, where: str) -> None:
+    """BadInput (exit 2, before anything starts) when the fleet's provider needs a client library
+    that is not installed: `pip install 'rayfleet[aws]'` and the like."""
+    import importlib.util
+
+    sdk = spec.capabilities.sdk
+    if sdk is not None and importlib.util.find_spec(sdk[0]) is None:
+        raise BadInput(f"{where}: provider: {spec.provider} needs the {sdk[0]} package, which is not installed; "
+                       f"pip install 'rayfleet[{sdk[1]}]'")
+
+
 def make_provider(spec: FleetSpec, runtime: Mapping[str, Any]) -> Provider:
     """The provider for a fleet; `runtime` says where the fleet lives (written by `rayfleet up`)."""
+    require_sdk(spec, spec.name)
     if spec.provider == "local":
         from rayfleet.cluster.providers.local import LocalProvider
 

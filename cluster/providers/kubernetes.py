@@ -32,6 +32,7 @@ from rayfleet.errors import ProviderError
 from rayfleet.cluster.render.k8s import RAY_API, settings
 from rayfleet.cluster.spec.fleet import FleetSpec, KubernetesFleet, PoolSpec
 from rayfleet.cluster.decide.view import Instance, InstanceStatus
+from rayfleet.names import REQUESTS_ANNOTATION
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +40,8 @@ GROUP, VERSION = RAY_API.split("/")
 CONFLICT_RETRIES = 8
 """Recompute-and-retry rounds on 409 Conflict before giving up (the next loop tries again)."""
 
-REQUESTS_ANNOTATION = "rayfleet.io/requests"
-"""Launch requests not yet expired, JSON {name: [pool, unix time]}: what makes `launch` idempotent."""
+# REQUESTS_ANNOTATION (rayfleet.names) holds the launch requests not yet expired, JSON
+# {name: [pool, unix time]}: what makes `launch` idempotent.
 
 TERMINATE_WAIT_S = 600.0
 """`terminate(wait=True)`: how long to wait for KubeRay to delete the pods."""

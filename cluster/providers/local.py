@@ -29,7 +29,8 @@ from rayfleet.cluster.head.processes import (
     Owned, descendants, find_by_marker, process_of, signal_owned, spawn_detached, stop_tree, write_json_atomic,
 )
 from rayfleet.cluster.spec.fleet import FleetSpec, PoolSpec
-from rayfleet.cluster.decide.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL, Instance, InstanceStatus
+from rayfleet.cluster.decide.view import Instance, InstanceStatus
+from rayfleet.names import ACCELERATOR_LABEL, FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -47,15 +48,22 @@ def ray_executable() -> str:
     return str(candidate) if candidate.exists() else "ray"
 
 
+def inherited_environment() -> dict[str, str]:
+    """Ours, minus what a Ray worker inherits from its raylet (a node started from inside an actor
+    must not think it is that actor's worker)."""
+    return {key: value for key, value in os.environ.items()
+            if not key.startswith("RAY_") and key not in ("CUDA_VISIBLE_DEVICES",)}
+
+
+def rayfleet_environment(token_path: Path) -> dict[str, str]:
+    """What rayfleet sets for every Ray process of a fleet: token authentication, no usage stats.
+    Only this is ever written to disk (supervisor-config.json), never the inherited environment."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
 def node_environment(token_path: Path, extra: Mapping[str, str] = {}) -> dict[str, str]:
-    """Environment for a node's processes: ours, minus what a Ray worker inherits from its raylet
-    (a node started from inside an actor must not think it is that actor's worker)."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith("RAY_") and key not in ("CUDA_VISIBLE_DEVICES",)}
-    env.update({"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
-                "RAY_USAGE_STATS_ENABLED": "0"})
-    env.update(extra)
-    return env
+    """Environment for a node's processes."""
+    return {**inherited_environment(), **rayfleet_environment(token_path), **extra}
 
 
 class LocalProvider:
@@ -122,7 +130,7 @@ class LocalProvider:
     def node_command(self, pool: PoolSpec, name: str) -> list[str]:
         labels = {FLEET_LABEL: self.fleet, POOL_LABEL: pool.name, **pool.labels}
         if pool.accelerator:
-            labels["rayfleet.io/accelerator"] = pool.accelerator
+            labels[ACCELERATOR_LABEL] = pool.accelerator
         labels[INSTANCE_LABEL] = name  # last: `_marker` finds the process by it
         resources: dict[str, float] = {}
         if pool.accelerator:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Iterator
 
 from rayfleet.cluster.rayio import gcs
 from rayfleet.errors import FleetNotRunning
+from rayfleet.names import NAMESPACE
 from rayfleet.cluster.head.fleetdir import FleetDir, resolve_fleet
 from rayfleet.cluster.loop.store import FleetStore
 from rayfleet.cluster.head.supervisor import head_in_progress
@@ -93,7 +94,7 @@ def ray_driver(gcs_address: str) -> Iterator[None]:
     import ray
 
     with contextlib.redirect_stdout(sys.stderr):
-        ray.init(address=gcs_address, namespace="rayfleet", logging_level=logging.ERROR,
+        ray.init(address=gcs_address, namespace=NAMESPACE, logging_level=logging.ERROR,
                  log_to_driver=False, configure_logging=False)
         try:
             yield

@@ -19,7 +19,7 @@ from urllib.parse import urlparse
 
 from rayfleet.cluster.rayio import gcs
 from rayfleet.cluster.rayio.connection import Connection
-from rayfleet.cluster.loop.controller import CONTROLLER_NAME, NAMESPACE
+from rayfleet.names import CONTROLLER_NAME, NAMESPACE
 from rayfleet.errors import FleetNotRunning
 
 TOKEN_COOKIE = "ray-authentication-token"

@@ -13,9 +13,10 @@ from typing import Any
 
 from rayfleet.cluster.decide.demand import Demand, demand_from_resource_state
 from rayfleet.errors import FleetNotRunning
-from rayfleet.cluster.decide.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL, RayNode
+from rayfleet.cluster.decide.view import RayNode
+from rayfleet.names import FLEET_LABEL, INSTANCE_LABEL, NAMESPACE as NAMESPACE_NAME, POOL_LABEL
 
-NAMESPACE = b"rayfleet"
+NAMESPACE = NAMESPACE_NAME.encode()
 ALIVE = 0  # GcsNodeInfo.GcsNodeState.ALIVE
 DRAINING_STATE = 2  # NodeSnapshot.State.DRAINING
 

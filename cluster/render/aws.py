@@ -20,10 +20,8 @@ import yaml
 from rayfleet.cluster.decide.plan import instance_name
 from rayfleet.cluster.render.ray_node import labels_argument, node_labels, number, resources_argument
 from rayfleet.cluster.spec.fleet import AwsFleet, AwsPoolProvider, FleetSpec, PoolSpec
-from rayfleet.cluster.decide.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL
-
-ROLE_TAG = "rayfleet.io/role"
-"""`head` or `worker`: the provider lists and terminates workers only, never the head it runs on."""
+from rayfleet.names import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL, ROLE_LABEL as ROLE_TAG
+# ROLE_TAG is `head` or `worker`: the provider lists and terminates workers only, never the head it runs on.
 
 FINGERPRINT_PREFIX = "rayfleet:"
 """A launch template version's description holds the hash of its data: a changed spec makes a

@@ -20,15 +20,13 @@ import yaml
 
 from rayfleet.cluster.render.ray_node import labels_argument, number, pool_labels, pool_resources
 from rayfleet.cluster.spec.fleet import FleetSpec, KubernetesFleet, KubernetesPoolProvider, PoolSpec
-from rayfleet.cluster.decide.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL
+from rayfleet.names import CONTROLLER_NAME as CONTROLLER, FLEET_LABEL, INSTANCE_LABEL, NAMESPACE, POOL_LABEL, ROLE_LABEL
 
 RAY_API = "ray.io/v1"
-CONTROLLER = "rayfleet-controller"
 CORDON_ROLE = "rayfleet-node-cordon"
 HEAD_PRIORITY = "rayfleet-head"
 WORKER_PRIORITY = "rayfleet-worker"
-ROLE_LABEL = "rayfleet.io/role"
-MANAGED = {"app.kubernetes.io/managed-by": "rayfleet"}
+MANAGED = {"app.kubernetes.io/managed-by": NAMESPACE}
 INSTANCE_ENV = "RAYFLEET_INSTANCE"
 """Each worker's pod name, from the downward API. Kubernetes expands `$(RAYFLEET_INSTANCE)` in the
 container's args (where KubeRay puts `ray start`), so every Ray node is labelled with its own pod

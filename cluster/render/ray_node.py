@@ -8,9 +8,7 @@ from __future__ import annotations
 import json
 
 from rayfleet.cluster.spec.fleet import PoolSpec
-from rayfleet.cluster.decide.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL
-
-ACCELERATOR_LABEL = "rayfleet.io/accelerator"
+from rayfleet.names import ACCELERATOR_LABEL, FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL
 
 
 def pool_labels(fleet: str, pool: PoolSpec) -> dict[str, str]:

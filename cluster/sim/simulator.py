@@ -30,7 +30,8 @@ from rayfleet.cluster.spec.fleet import FleetSpec, PoolSpec
 from rayfleet.cluster.decide.state import FleetState, NodeState
 from rayfleet.cluster.decide.usage import gpu_hours
 from rayfleet.cluster.loop.reconcile import UsageMeter, reconcile
-from rayfleet.cluster.decide.view import INSTANCE_LABEL, POOL_LABEL, ClusterView, Instance, InstanceStatus, Probe, RayNode
+from rayfleet.cluster.decide.view import ClusterView, Instance, InstanceStatus, Probe, RayNode
+from rayfleet.names import INSTANCE_LABEL, POOL_LABEL
 
 HOUR = 3600.0
 TICK = 1e-3

@@ -21,6 +21,8 @@ from pydantic import (
 )
 
 from rayfleet.errors import BadInput
+from rayfleet.names import RESERVED_LABEL_PREFIXES
+from rayfleet.cluster.spec.capabilities import Capabilities, ProviderKind, capabilities
 from rayfleet.cluster.spec.reading import describe_validation_error, load_yaml_mapping
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
@@ -248,7 +250,7 @@ class PoolSpec(Strict):
     @classmethod
     def _label_keys(cls, labels: dict[str, str]) -> dict[str, str]:
         for key, value in labels.items():
-            if key.startswith("rayfleet.io/") or key.startswith("ray.io/"):
+            if key.startswith(RESERVED_LABEL_PREFIXES):
                 raise ValueError(f"label {key!r} is reserved (rayfleet.io/ and ray.io/ are set by rayfleet)")
             if not re.match(r"^[A-Za-z0-9]([A-Za-z0-9_./-]{0,61}[A-Za-z0-9])?$", key):
                 raise ValueError(f"label key {key!r} is not a valid label key")
@@ -375,7 +377,7 @@ class KubernetesFleet(Strict):
 
 class FleetSpec(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="lower-case letters, digits and '-'")
-    provider: Literal["local", "aws", "kubernetes"] = "local"
+    provider: ProviderKind = "local"
     head: HeadSpec = HeadSpec()
     storage: str | None = Field(
         default=None, description="checkpoint storage every node can reach; default: a folder of the fleet")
@@ -390,7 +392,7 @@ class FleetSpec(Strict):
         names = [pool.name for pool in self.pools]
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
-            raise ValueError(f"pool names must be unique; {', '.join(duplicates)} appears more than once")
+            raise ValueError(f"pools: pool names must be unique; {', '.join(duplicates)} appears more than once")
         for index, pool in enumerate(self.pools):
             for other in ("local", "aws", "kubernetes"):
                 if other != self.provider and getattr(pool.provider, other) is not None:
@@ -414,10 +416,15 @@ class FleetSpec(Strict):
     @model_validator(mode="after")
     def _fault_tolerance_where(self) -> FleetSpec:
         ft = self.head.fault_tolerance
-        if ft.enabled and self.provider != "local" and not ft.redis_address:
+        if ft.enabled and not self.capabilities.starts_redis and not ft.redis_address:
             raise ValueError(f"head.fault_tolerance.redis_address is required on {self.provider}: rayfleet starts "
                              "a Redis only for local fleets; give the address of an HA Redis (e.g. ElastiCache)")
         return self
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """What the fleet's provider supports (cluster/spec/capabilities.py)."""
+        return capabilities(self.provider)
 
     def pool(self, name: str) -> PoolSpec:
         for pool in self.pools:

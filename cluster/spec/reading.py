@@ -6,6 +6,7 @@ Shared by the fleet spec and the job spec so that every bad input reads the same
 from __future__ import annotations
 
 import difflib
+import re
 from pathlib import Path
 from typing import Any
 
@@ -122,8 +123,31 @@ def describe_validation_error(path: str | Path, error: ValidationError, data: An
     lines = []
     for item in error.errors():
         loc = tuple(item["loc"])
+        hint = _hint(item, root)
         value = _value_at(data, loc)
+        if isinstance(value, (dict, list)) and item["type"] != "extra_forbidden":
+            # a check across fields of a section: the message names its field; the section's
+            # whole value is no help (and may be the whole spec)
+            loc, hint = _named_field(loc, hint, data)
+            value = _value_at(data, loc)
+            value = _MISSING if isinstance(value, (dict, list)) else value
         got = "" if value is _MISSING or item["type"] == "extra_forbidden" else f"got {value!r}: "
-        lines.append(f"{path}: {field_path(loc)}: {got}{_hint(item, root)}")
+        lines.append(f"{path}: {field_path(loc)}: {got}{hint}")
     return "\n".join(lines)
+
+
+_LEADING_FIELD = re.compile(r"^([A-Za-z_]\w*(?:\[\d+\])?(?:\.[A-Za-z_]\w*(?:\[\d+\])?)*)(?: \([^)]*\))?:? ")
+
+
+def _named_field(loc: tuple[Any, ...], message: str, data: Any) -> tuple[tuple[Any, ...], str]:
+    """A cross-field message that starts with a field of the section at `loc` ("workers must be at
+    least 1", "data.global_batch (6) must divide ...") -> that field's location and the rest."""
+    match = _LEADING_FIELD.match(message)
+    if match:
+        parts: list[Any] = []
+        for name, index in re.findall(r"([A-Za-z_]\w*)(?:\[(\d+)\])?", match.group(1)):
+            parts += [name] + ([int(index)] if index else [])
+        if _value_at(data, (*loc, *parts)) is not _MISSING:
+            return (*loc, *parts), message[match.end():]
+    return loc, message
 

@@ -13,14 +13,14 @@ import yaml
 from rayfleet.errors import BadInput
 from rayfleet.cluster.render.k8s import MANAGED, RAY_API, settings, token_env
 from rayfleet.cluster.spec.fleet import FleetSpec
-from rayfleet.cluster.decide.view import FLEET_LABEL
+from rayfleet.names import FLEET_LABEL
 from rayfleet.jobs.client.spec import JobSpec
 from rayfleet.jobs.client.submit import job_environment, job_metadata, run_info
 from rayfleet.jobs.contract import driver_command, python_for
 
 
 def ray_job(spec: JobSpec, fleet: FleetSpec, fleet_path: str) -> dict[str, Any]:
-    if fleet.provider != "kubernetes":
+    if not fleet.capabilities.ray_job_resource:
         raise BadInput(f"{fleet_path}: provider: got {fleet.provider!r}: a RayJob runs on a kubernetes fleet")
     if not fleet.storage:
         raise BadInput(f"{fleet_path}: storage: a job on Kubernetes needs checkpoint storage every pod reaches; "
@@ -32,7 +32,7 @@ def ray_job(spec: JobSpec, fleet: FleetSpec, fleet_path: str) -> dict[str, Any]:
         "metadata": {"name": spec.name, "namespace": k8s.namespace, "labels": {**MANAGED, FLEET_LABEL: fleet.name}},
         "spec": {
             "clusterSelector": {"ray.io/cluster": fleet.name},
-            "entrypoint": driver_command(python_for(fleet.provider)),
+            "entrypoint": driver_command(python_for(fleet.capabilities)),
             "entrypointNumCpus": 0,
             "metadata": job_metadata(spec),
             "runtimeEnvYAML": yaml.safe_dump({"env_vars": env}, sort_keys=False),

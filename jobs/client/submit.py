@@ -16,14 +16,13 @@ from rayfleet.cluster.rayio.connection import Connection, await_head
 from rayfleet.errors import BadInput, FleetNotRunning, NotFound
 from rayfleet.cluster.spec.fleet import ACCELERATOR_PEAK_TFLOPS, FleetSpec
 from rayfleet.cluster.head.supervisor import head_in_progress
-from rayfleet.cluster.decide.view import POOL_LABEL
+from rayfleet.names import JOB_LABEL, POOL_LABEL, progress_key
 from rayfleet.jobs.contract import (COLLECTIVE_TIMEOUT_ENV, HEALTH_CHECK_ENV, PREEMPTION_POLL_ENV, RUN_ENV, SPEC_ENV,
                                     RunInfo, driver_command, new_submission_id, python_for)
 from rayfleet.jobs.supervision import history
-from rayfleet.jobs.worker.progress import progress_key
 from rayfleet.jobs.client.spec import JobSpec, check_against_fleet, gpus_per_worker, validate_model, workers_per_node
 
-JOB_KEY = "rayfleet.io/job"
+JOB_KEY = JOB_LABEL  # the Ray job metadata key naming the rayfleet job
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -63,7 +62,7 @@ def resolve_device(spec: JobSpec, fleet: FleetSpec) -> str:
         return spec.device
     if fleet.pool(spec.pool).gpus_per_node == 0:
         return "cpu"
-    if fleet.provider == "local" and not local_gpus_are_real():
+    if fleet.capabilities.declared_gpus and not local_gpus_are_real():
         return "cpu"
     return "cuda"
 
@@ -142,7 +141,7 @@ def submit(conn: Connection, spec: JobSpec, path: str | Path) -> str:
     submission_id = new_submission_id(spec.name)
     run = run_info(spec, fleet, storage, submission_id)
     placement = driver_placement(spec, fleet)
-    submit_driver(client, spec, run, python_for(fleet.provider), job_metadata(spec), placement)
+    submit_driver(client, spec, run, python_for(fleet.capabilities), job_metadata(spec), placement)
     history.record(storage, spec.name, "submitted", submission_id=submission_id, pool=spec.pool,
                    strategy=spec.parallelism.strategy, steps=spec.steps, spec=spec.model_dump(mode="json"),
                    run=run.to_json(), placement=placement, user=os.environ.get("USER", ""))
@@ -162,6 +161,15 @@ def rayfleet_jobs(client: Any) -> list[dict[str, Any]]:
                     "start_time": (info.start_time or 0) / 1000, "end_time": (info.end_time or 0) / 1000 or None,
                     "message": info.message})
     return sorted(out, key=lambda job: job["start_time"], reverse=True)
+
+
+def settled_status(job: dict[str, Any], summary: dict[str, Any]) -> str:
+    """A submission's state: the end its history records (the driver writes it as its last act),
+    else Ray's status. Ray's job API reports the end only once the driver's process has exited,
+    seconds later."""
+    if summary.get("submission_id") == job["submission_id"] and summary.get("state") in TERMINAL:
+        return str(summary["state"])
+    return str(job["status"])
 
 
 def progress(conn: Connection, name: str) -> dict[str, Any] | None:

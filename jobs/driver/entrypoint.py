@@ -14,6 +14,7 @@ import traceback
 from typing import Any
 
 from rayfleet.jobs.contract import RUN_ENV, SPEC_ENV, RunInfo, new_submission_id
+from rayfleet.names import POOL_LABEL
 
 
 def build_trainer(spec: Any, run: RunInfo) -> Any:
@@ -32,7 +33,7 @@ def build_trainer(spec: Any, run: RunInfo) -> Any:
         num_workers=low if low == high else (low, high),
         use_gpu=bool(gpus),
         resources_per_worker=resources,
-        label_selector={"rayfleet.io/pool": spec.pool},
+        label_selector={POOL_LABEL: spec.pool},
     )
     # One Ray Train run per submission: Ray Train resumes a reused run name from its snapshot
     # and refuses one whose checkpoints were pruned. Resuming across submissions is ours.

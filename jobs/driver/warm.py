@@ -38,11 +38,9 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 from rayfleet.cluster.rayio import gcs
-from rayfleet.cluster.decide.view import POOL_LABEL
+from rayfleet.names import POOL_LABEL, beat_key, warm_env_key as env_key, warm_prefix
 from rayfleet.jobs.contract import WORKER_SETUP_HOOK_ENV
 from rayfleet.jobs.worker.preload import HOOK
-from rayfleet.jobs.worker.progress import beat_key
-from rayfleet.jobs.worker.standby import env_key
 
 log = logging.getLogger("rayfleet.job")
 STALE_S = 8.0     # a standby whose key is older than this is gone (it refreshes it every standby.BEAT_S)
@@ -124,7 +122,7 @@ def standing(entries: Mapping[str, bytes], submission_id: str, now: float) -> di
 
 def live_standbys(client: Any, job: str, submission_id: str, now: float) -> dict[str, set[str]]:
     """Node id -> keys of the submission's standbys waiting now, read from the GCS KV."""
-    entries = gcs.kv_multi_get(client, gcs.kv_keys(client, f"job/{job}/warm/"))
+    entries = gcs.kv_multi_get(client, gcs.kv_keys(client, warm_prefix(job)))
     return standing(entries, submission_id, now)
 
 

@@ -76,14 +76,8 @@ def latest_run(events: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     return events[start:]
 
 
-def account(events: Iterable[Mapping[str, Any]], now: float) -> Goodput | None:
-    """Split the latest run of a job (its history events) into PARTS; None before it was submitted."""
-    run = latest_run(events)
-    if not run or run[0]["event"] != "submitted":
-        return None
-    submitted = float(run[0]["time"])
-    finished = next((float(e["time"]) for e in run if e["event"] == "finished"), None)
-    end = finished if finished is not None else now
+def attempts_of(run: list[Mapping[str, Any]]) -> tuple[list[Attempt], list[tuple[float, str]]]:
+    """A run's attempts (with their steps and checkpoints) and its detections (time, reason)."""
     attempts: list[Attempt] = []
     detections: list[tuple[float, str]] = []
     pending_worker: float | None = None
@@ -101,37 +95,36 @@ def account(events: Iterable[Mapping[str, Any]], now: float) -> Goodput | None:
             attempts[-1].checkpoints.append((at, int(event["step"]), float(event.get("duration_s") or 0.0)))
         elif kind in DETECTIONS:
             detections.append((at, str(event.get("reason") or kind)))
+    return attempts, detections
 
-    parts = dict.fromkeys(PARTS, 0.0)
-    faults: list[dict[str, Any]] = []
-    redone = 0
-    if not attempts:
-        parts["waiting"] = max(0.0, end - submitted)
-        return Goodput(end - submitted, parts, 0, 0, ())
-    parts["waiting"] = max(0.0, min(attempts[0].started, end) - submitted)
-    cursor = attempts[0].started
-    for index, attempt in enumerate(attempts):
-        following = attempts[index + 1] if index + 1 < len(attempts) else None
-        keep_upto = following.from_step if following is not None else None
+
+@dataclass
+class Ledger:
+    """The walk along a run's wall time: `cursor` is how far it has been given to parts."""
+    cursor: float
+    parts: dict[str, float] = field(default_factory=lambda: dict.fromkeys(PARTS, 0.0))
+    redone: int = 0
+
+    def give(self, part: str, until: float) -> None:
+        self.parts[part] += max(0.0, until - self.cursor)
+        self.cursor = max(self.cursor, until)
+
+    def attempt(self, attempt: Attempt, first_attempt: bool, keep_upto: int | None) -> None:
+        """Its start-up (startup for the first attempt, recovery for the others), its steps
+        (training if kept, rollback if the next attempt redid them) and the checkpoints between."""
         saves = sorted(attempt.checkpoints)
-        first = True
-        for step_end, step, duration in attempt.steps:
-            begins = max(cursor, step_end - duration)
-            if first:  # the attempt's own start-up: startup for the first, recovery for the others
-                parts["startup" if index == 0 else "recovery"] += max(0.0, begins - cursor)
-                cursor, first = begins, False
+        for index, (step_end, step, duration) in enumerate(attempt.steps):
+            if index == 0:
+                self.give("startup" if first_attempt else "recovery", max(self.cursor, step_end - duration))
             kept = keep_upto is None or step <= keep_upto
-            parts["training" if kept else "rollback"] += max(0.0, step_end - cursor)
-            redone += 0 if kept else 1
-            cursor = max(cursor, step_end)
+            self.redone += 0 if kept else 1
+            self.give("training" if kept else "rollback", step_end)
             while saves and saves[0][1] <= step:
-                save_end, _, save_s = saves.pop(0)
-                if save_end > cursor:
-                    parts["checkpoint"] += save_end - cursor
-                    cursor = save_end
-        if following is None:
-            break
-        # The attempt failed: its last progress -> detection -> the next attempt's first step.
+                self.give("checkpoint", saves.pop(0)[0])
+
+    def failure(self, attempt: Attempt, following: Attempt, detections: list[tuple[float, str]],
+                end: float) -> dict[str, Any]:
+        """The failed attempt's last progress -> detection -> the next attempt's first step."""
         next_begins = following.started
         if following.steps:
             next_begins = max(following.started, following.steps[0][0] - following.steps[0][2])
@@ -139,27 +132,45 @@ def account(events: Iterable[Mapping[str, Any]], now: float) -> Goodput | None:
         # step; a stuck step that still finished while the hang was being handled ends after it.
         seen = [(at, why) for at, why in detections if attempt.started <= at <= following.started]
         detected_at, reason = seen[0] if seen else (following.started, "the job's workers restarted")
-        detected_at = min(max(detected_at, cursor), next_begins)
-        parts["detection"] += detected_at - cursor
-        lost = sum(1 for _, step, _ in attempt.steps if step > following.from_step)
-        faults.append({"after_step": attempt.steps[-1][1] if attempt.steps else attempt.from_step,
-                       "resumed_from": following.from_step, "steps_redone": lost, "reason": reason,
-                       "detection_s": round(detected_at - cursor, 3),
-                       "first_step_after_s": round(
-                           (following.steps[0][0] if following.steps else next_begins) - cursor, 3)})
-        cursor = detected_at
+        last_progress = self.cursor
+        detected_at = min(max(detected_at, last_progress), next_begins)
+        self.give("detection", detected_at)
         if not following.steps:
-            parts["recovery"] += max(0.0, min(end, next_begins) - cursor)
-            cursor = min(end, next_begins)
-        # else: the recovery up to its first step is counted as that attempt's start-up above
-    tail = max(0.0, end - cursor)
-    if finished is None and attempts[-1].steps:
-        parts["training"] += tail  # the step in flight
-    elif finished is None and len(attempts) > 1:
-        parts["recovery"] += tail
-    else:
-        parts["startup"] += tail
-    return Goodput(end - submitted, parts, len(attempts), redone, tuple(faults))
+            self.give("recovery", min(end, next_begins))
+        # else: the recovery up to its first step is counted as that attempt's start-up
+        return {"after_step": attempt.steps[-1][1] if attempt.steps else attempt.from_step,
+                "resumed_from": following.from_step,
+                "steps_redone": sum(1 for _, step, _ in attempt.steps if step > following.from_step),
+                "reason": reason, "detection_s": round(detected_at - last_progress, 3),
+                "first_step_after_s": round((following.steps[0][0] if following.steps else next_begins)
+                                            - last_progress, 3)}
+
+
+def account(events: Iterable[Mapping[str, Any]], now: float) -> Goodput | None:
+    """Split the latest run of a job (its history events) into PARTS; None before it was submitted."""
+    run = latest_run(events)
+    if not run or run[0]["event"] != "submitted":
+        return None
+    submitted = float(run[0]["time"])
+    finished = next((float(e["time"]) for e in run if e["event"] == "finished"), None)
+    end = finished if finished is not None else now
+    attempts, detections = attempts_of(run)
+    ledger = Ledger(cursor=submitted)
+    if not attempts:
+        ledger.give("waiting", end)
+        return Goodput(end - submitted, ledger.parts, 0, 0, ())
+    ledger.give("waiting", min(attempts[0].started, end))
+    ledger.cursor = attempts[0].started
+    faults = []
+    for index, attempt in enumerate(attempts):
+        following = attempts[index + 1] if index + 1 < len(attempts) else None
+        ledger.attempt(attempt, index == 0, following.from_step if following is not None else None)
+        if following is not None:
+            faults.append(ledger.failure(attempt, following, detections, end))
+    # the rest: the step in flight, a recovery under way, or the job's teardown
+    ledger.give("training" if finished is None and attempts[-1].steps else
+                "recovery" if finished is None and len(attempts) > 1 else "startup", end)
+    return Goodput(end - submitted, ledger.parts, len(attempts), ledger.redone, tuple(faults))
 
 
 def of_job(storage: str | Path, name: str, now: float) -> Goodput | None:

@@ -17,8 +17,8 @@ from typing import Any, Mapping
 from rayfleet.jobs.client.spec import JobSpec
 from rayfleet.jobs.client.submit import job_metadata, submit_driver
 from rayfleet.jobs.contract import RunInfo, new_submission_id, submission_of_driver_actor
-from rayfleet.jobs.contract import python_for  # noqa: F401  (the controller's chooser for `resubmit`'s python)
 from rayfleet.jobs.supervision import history
+from rayfleet.names import CONTROLLER_NAME
 
 log = logging.getLogger("rayfleet.jobs")
 RUNNING = ("PENDING", "RUNNING")
@@ -88,7 +88,7 @@ def resubmit(client: Any, storage: str, orphan: Orphan, python: str) -> str | No
     history.record(storage, spec.name, "submitted", submission_id=submission_id, pool=spec.pool,
                    strategy=spec.parallelism.strategy, steps=spec.steps, spec=spec.model_dump(mode="json"),
                    run=run.to_json(), placement=placement, after_lost_driver=True,
-                   previous=orphan.submission_id, user="rayfleet-controller")
+                   previous=orphan.submission_id, user=CONTROLLER_NAME)
     log.warning("job %s lost its driver (%s, Ray says %s); resubmitted as %s", spec.name, orphan.submission_id,
                 orphan.ray_status or "nothing: a new cluster", submission_id)
     return submission_id

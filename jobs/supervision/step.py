@@ -19,6 +19,7 @@ from typing import Any, Mapping
 from rayfleet.cluster.decide.events import Event
 from rayfleet.cluster.loop.steps import Pass
 from rayfleet.cluster.rayio import gcs
+from rayfleet.jobs.contract import python_for
 from rayfleet.jobs.supervision import goodput, history, resubmit, supervise
 
 log = logging.getLogger("rayfleet.jobs.supervision")
@@ -77,9 +78,13 @@ class JobSupervision:
                                    reason=failed[instance].message)
         held = supervise.holding(beats, supervise.read_acks(done.client), done.now) if done.notices else frozenset()
         for job, hang, folder in self._hangs.check(beats, storage, done.agent, done.now, held):
-            where = instance_of.get(hang.node_id, hang.node_id[:12])
-            done.record([Event(done.now, "hang", f"job {job}: {hang.reason} on {where}; stacks in {folder}; "
-                               "restarting it from its checkpoint", instance=where, reason="no progress")])
+            # only a culprit's node is named (and so counted against); a rank killed only to unblock
+            # the job, when the evidence did not decide, names no node
+            culprits = [instance_of.get(node_id, node_id[:12]) for node_id in hang.culprit_nodes]
+            where = f" on {', '.join(culprits)}" if culprits else ""
+            done.record([Event(done.now, "hang", f"job {job}: {hang.reason}{where}; stacks in {folder}; "
+                               "restarting it from its checkpoint", instance=culprits[0] if len(culprits) == 1 else None,
+                               reason="no progress")])
 
     def _watch(self, done: Pass) -> None:
         """Resubmit jobs whose driver died (jobs/supervision/resubmit.py); any error skips this
@@ -94,7 +99,7 @@ class JobSupervision:
             ray_jobs = {info.submission_id: str(info.status.value) for info in client.list_jobs()
                         if info.submission_id}
             for orphan in resubmit.orphans(storage, ray_jobs, resubmit.dead_drivers(gcs.actors(done.client))):
-                submitted = resubmit.resubmit(client, storage, orphan, resubmit.python_for(done.spec.provider))
+                submitted = resubmit.resubmit(client, storage, orphan, python_for(done.spec.capabilities))
                 kind, message = ("resubmit", f"job {orphan.job} lost its driver; resubmitted as {submitted}") \
                     if submitted else ("failed", f"job {orphan.job} lost its driver too often; given up")
                 done.record([Event(time.time(), kind, message, reason="driver lost")])

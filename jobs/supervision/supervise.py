@@ -1,9 +1,11 @@
 """The controller's watch over running jobs: hangs, and notices of nodes going away.
 
 It reads what the workers publish in the GCS KV (beats, notice acknowledgements; see
-jobs/worker/progress.py and jobs/worker/notices.py), decides with the pure functions of jobs/supervision/hang.py, and acts
-through the health agents of the nodes involved: py-spy stacks of every rank, then SIGKILL of the
-stuck rank, which makes Ray Train restart the job from its newest checkpoint.
+jobs/worker/progress.py and jobs/worker/notices.py), decides with the pure functions of
+jobs/supervision/hang.py (is it stalled?) and attribution.py (which rank is the cause?), and acts
+through the health agents of the nodes involved: each rank's process state, step counters and
+py-spy stack, then SIGKILL of the culprit, which makes Ray Train restart the job from its newest
+checkpoint.
 """
 from __future__ import annotations
 
@@ -15,20 +17,21 @@ from typing import Any, Callable, Collection, Mapping
 
 from rayfleet.cluster.rayio import gcs
 from rayfleet.jobs.supervision import history
-from rayfleet.jobs.supervision.hang import Beat, Hang, hung
-from rayfleet.jobs.worker.notices import NOTICES_KEY
+from rayfleet.jobs.supervision.attribution import RankEvidence, attribute
+from rayfleet.jobs.supervision.hang import Beat, Hang, Stall, stalled
 from rayfleet.jobs.client.spec import JobSpec
+from rayfleet.names import JOB_KEYS_PREFIX, NOTICES_KEY, is_beat_key, is_notice_ack_key, job_of_key
 
 log = logging.getLogger("rayfleet.jobs")
 
 
 def read_beats(client: Any) -> dict[str, dict[int, Beat]]:
     """job -> rank -> newest beat, for the newest submission seen of each job."""
-    keys = [key for key in gcs.kv_keys(client, "job/") if "/beat/" in key]
+    keys = [key for key in gcs.kv_keys(client, JOB_KEYS_PREFIX) if is_beat_key(key)]
     by_job: dict[str, dict[int, Beat]] = {}
     for key, raw in gcs.kv_multi_get(client, keys).items():
         beat = Beat.from_json(json.loads(raw))
-        by_job.setdefault(key.split("/")[1], {})[beat.rank] = beat
+        by_job.setdefault(job_of_key(key), {})[beat.rank] = beat
     for job, beats in by_job.items():
         newest = max(beats.values(), key=lambda b: b.time).submission_id
         by_job[job] = {rank: b for rank, b in beats.items() if b.submission_id == newest}
@@ -36,8 +39,8 @@ def read_beats(client: Any) -> dict[str, dict[int, Beat]]:
 
 
 def read_acks(client: Any) -> dict[str, dict[str, Any]]:
-    keys = [key for key in gcs.kv_keys(client, "job/") if key.endswith("/notice-ack")]
-    return {key.split("/")[1]: json.loads(raw) for key, raw in gcs.kv_multi_get(client, keys).items()}
+    keys = [key for key in gcs.kv_keys(client, JOB_KEYS_PREFIX) if is_notice_ack_key(key)]
+    return {job_of_key(key): json.loads(raw) for key, raw in gcs.kv_multi_get(client, keys).items()}
 
 
 def submission_of(ranks: Mapping[int, Beat]) -> str:
@@ -95,7 +98,7 @@ class HangWatch:
     """Finds hung jobs and responds, once per hang."""
 
     def __init__(self) -> None:
-        self.handled: dict[str, float] = {}  # job -> time of the stuck beat already acted on
+        self.handled: dict[str, float] = {}  # job -> time of the newest beat of the stall already acted on
         self.specs: dict[str, JobSpec | None] = {}  # submission id -> its spec (read once: it never changes)
         self.ended: set[str] = set()  # submissions whose history says they finished
 
@@ -114,41 +117,66 @@ class HangWatch:
             spec = self.specs[submission]
             if spec is None or submission in self.ended:
                 continue
-            found = hung(ranks, now, spec.hang, spec.worker_range[0])
-            if found is None or self.handled.get(job) == ranks[found.rank].time:
+            stall = stalled(ranks, now, spec.hang, spec.worker_range[0])
+            if stall is None or self.handled.get(job) == stall.since:
                 continue
             if _finished(storage, job, submission):  # its last beats are old because it ended
                 self.ended.add(submission)
                 continue
-            agent = agent_of(found.node_id)
-            if agent is None or not _ray_get(agent.process_alive.remote(found.pid)):
-                continue  # the worker is gone: Ray Train restarts it; a crash is no hang
-            self.handled[job] = ranks[found.rank].time
-            folder = respond(job, found, ranks, storage, agent_of, now)
+            inspected = {rank: _ray_get(agent.inspect.remote(beat.pid)) if (agent := agent_of(beat.node_id)) else None
+                         for rank, beat in ranks.items()}
+            if any((seen or {}).get("state") in ("gone", "zombie") for seen in inspected.values()):
+                continue  # a worker is gone: Ray Train restarts the group; a crash is no hang
+            self.handled[job] = stall.since
+            found, folder = respond(job, stall, ranks, inspected, storage, agent_of, now)
             done.append((job, found, folder))
         return done
 
 
-def respond(job: str, found: Hang, ranks: Mapping[int, Beat], storage: str, agent_of: Callable[[str], Any],
-            now: float) -> Path:
-    """Save every rank's stacks, record the hang, then SIGKILL the stuck rank."""
+def evidence_of(ranks: Mapping[int, Beat], inspected: Mapping[int, Mapping[str, Any] | None],
+                stacks: Mapping[int, str | None]) -> dict[int, RankEvidence]:
+    out = {}
+    for rank, beat in ranks.items():
+        seen = inspected.get(rank) or {}
+        marks = seen.get("marks") or {}
+        out[rank] = RankEvidence(rank=rank, pid=beat.pid, node_id=beat.node_id, state=seen.get("state"),
+                                 started=marks.get("started"), finished=marks.get("finished"), stack=stacks.get(rank))
+    return out
+
+
+def respond(job: str, stall: Stall, ranks: Mapping[int, Beat], inspected: Mapping[int, Mapping[str, Any] | None],
+            storage: str, agent_of: Callable[[str], Any], now: float) -> tuple[Hang, Path]:
+    """Save every rank's stacks, decide who caused the hang (attribution.py), record it, then
+    SIGKILL the culprits; when the evidence does not decide, every candidate is killed to unblock
+    the job, and the record says that none of them is known to be at fault."""
     folder = history.job_dir(storage, job) / "diagnostics" / f"hang-{time.strftime('%Y%m%d-%H%M%S', time.localtime(now))}"
     folder.mkdir(parents=True, exist_ok=True)
+    stacks: dict[int, str | None] = {}
     for rank, beat in sorted(ranks.items()):
         agent = agent_of(beat.node_id)
-        stacks = _ray_get(agent.dump_stacks.remote(beat.pid), timeout=60) if agent else "no agent on its node"
-        (folder / f"rank{rank}-pid{beat.pid}.txt").write_text(stacks or "")
-    (folder / "hang.json").write_text(json.dumps({"job": job, "rank": found.rank, "node_id": found.node_id,
-                                                  "pid": found.pid, "step": found.step, "reason": found.reason,
-                                                  "time": now}, indent=1))
-    history.record(storage, job, "hang", submission_id=ranks[found.rank].submission_id, rank=found.rank,
-                   node_id=found.node_id, step=found.step, reason=found.reason, diagnostics=str(folder))
-    agent = agent_of(found.node_id)
-    if agent is not None:
-        _ray_get(agent.kill.remote(found.pid))
-    log.warning("job %s hung: %s; stacks in %s; rank %d killed to restart from its checkpoint",
-                job, found.reason, folder, found.rank)
-    return folder
+        stacks[rank] = _ray_get(agent.dump_stacks.remote(beat.pid), timeout=60) if agent else None
+        (folder / f"rank{rank}-pid{beat.pid}.txt").write_text(stacks[rank] or "no agent on its node")
+    found = Hang(stall, attribute(evidence_of(ranks, inspected, stacks)), ranks)
+    killed = list(found.attribution.candidates)
+    collateral = [r for r in killed if r not in found.attribution.culprits]
+    record = {"job": job, "rank": found.rank, "culprits": list(found.attribution.culprits),
+              "candidates": list(found.attribution.candidates), "decided_by": found.attribution.decided_by,
+              "node_id": ranks[found.rank].node_id if found.rank is not None else None,
+              "pid": ranks[found.rank].pid if found.rank is not None else None,
+              "killed": killed, "collateral": collateral, "step": stall.step, "reason": found.reason, "time": now,
+              "evidence": found.attribution.to_json()["findings"]}
+    (folder / "hang.json").write_text(json.dumps(record, indent=1))
+    history.record(storage, job, "hang", submission_id=submission_of(ranks), rank=found.rank,
+                   culprits=record["culprits"], candidates=record["candidates"], collateral=collateral,
+                   decided_by=found.attribution.decided_by, node_id=record["node_id"], step=stall.step,
+                   reason=found.reason, diagnostics=str(folder))
+    for rank in killed:
+        agent = agent_of(ranks[rank].node_id)
+        if agent is not None:
+            _ray_get(agent.kill.remote(ranks[rank].pid))
+    log.warning("job %s hung: %s; stacks in %s; killed rank(s) %s to restart from its checkpoint",
+                job, found.reason, folder, killed)
+    return found, folder
 
 
 def _spec(storage: str, job: str) -> JobSpec | None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from rayfleet.cluster.health.stepmarks import StepMarks
 from rayfleet.jobs.contract import RunInfo
 from rayfleet.jobs.worker import checkpoint, standby
 from rayfleet.jobs.supervision import history
@@ -91,7 +92,11 @@ def train_worker(config: dict[str, Any]) -> None:
             standby.publish_env(spec.name, run.submission_id)
     trainer = Trainer(spec, run, rank, world, device, history.job_dir(run.storage, spec.name))
     trainer.watch(ray.get_runtime_context().get_node_id())
-    trainer.train(report=_ray_report())
+    try:
+        trainer.train(report=_ray_report())
+    finally:
+        if trainer.marks is not None:
+            trainer.marks.close()
 
 
 class Trainer:
@@ -117,11 +122,13 @@ class Trainer:
         self.checkpoint_step: int | None = None
         self.losses: list[tuple[int, float]] = []
         self.beats: StepBeats | None = None
+        self.marks: StepMarks | None = None
         self.notices: NoticeReader | None = None
 
     def watch(self, node_id: str) -> None:
         """Publish step beats (hang detection) and read notices for `node_id` (Ray Train only)."""
         self.beats = StepBeats(self.spec.name, self.run.submission_id, self.rank)
+        self.marks = StepMarks()  # exact step counters the node's agent reads when the job hangs
         self.notices = NoticeReader(node_id)
 
     def resume(self) -> None:
@@ -148,8 +155,12 @@ class Trainer:
         started = time.perf_counter()
         while self.step < self.spec.steps:
             step_started = time.perf_counter()
+            if self.marks is not None:
+                self.marks.started(self.step + 1)
             loss = self.train_step()
             self.step += 1
+            if self.marks is not None:
+                self.marks.finished(self.step)
             if self.spec.step_time_s:  # benchmarks pad steps to a known length
                 time.sleep(max(0.0, self.spec.step_time_s - (time.perf_counter() - step_started)))
             step_s = time.perf_counter() - step_started

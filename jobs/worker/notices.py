@@ -13,15 +13,9 @@ import json
 import logging
 import time
 
-from rayfleet.cluster.rayio import gcs
+from rayfleet.names import NAMESPACE, NOTICES_KEY, notice_ack_key as ack_key
 
 log = logging.getLogger("rayfleet.job")
-NAMESPACE = gcs.NAMESPACE.decode()
-NOTICES_KEY = "notices"
-
-
-def ack_key(job: str) -> str:
-    return f"job/{job}/notice-ack"
 
 
 class NodeEnded(RuntimeError):

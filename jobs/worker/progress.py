@@ -13,14 +13,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rayfleet.cluster.rayio import gcs
+from rayfleet.names import NAMESPACE, beat_key, progress_key
 
 log = logging.getLogger("rayfleet.job")
-NAMESPACE = gcs.NAMESPACE.decode()
-
-
-def progress_key(job: str) -> str:
-    return f"job/{job}/progress"
 
 
 class Progress:
@@ -67,10 +62,6 @@ class Progress:
                 _internal_kv_put(progress_key(self.job), json.dumps(doc), overwrite=True, namespace=NAMESPACE)
             except Exception as error:
                 log.debug("progress not published: %s", error)
-
-
-def beat_key(job: str, rank: int) -> str:
-    return f"job/{job}/beat/{rank}"
 
 
 class StepBeats:

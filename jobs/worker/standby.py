@@ -14,20 +14,11 @@ import os
 import threading
 import time
 
-from rayfleet.cluster.rayio import gcs
+from rayfleet.names import NAMESPACE, standby_key, warm_env_key as env_key
 
 log = logging.getLogger("rayfleet.job")
-NAMESPACE = gcs.NAMESPACE.decode()
 IDLE_S = 1.0  # a process idle this long after its imports is a standby, not a cold start
 BEAT_S = 2.0  # an idle standby refreshes its key this often
-
-
-def env_key(job: str) -> str:
-    return f"job/{job}/warm-env"
-
-
-def standby_key(job: str, node_id: str, pid: int) -> str:
-    return f"job/{job}/warm/{node_id}/{pid}"
 
 
 _standby = False  # this process idled as a standby before an actor took it

@@ -63,3 +63,12 @@ def test_an_unexpected_failure_is_one_line_too_with_the_way_to_the_traceback(tmp
     assert "NotADirectoryError" in line and "RAYFLEET_DEBUG=1" in line
     debug = rayfleet("status", home=home, timeout=60, env={"RAYFLEET_DEBUG": "1"})
     assert debug.returncode == 1 and "Traceback" in debug.stderr
+
+
+def test_version_names_rayfleet_ray_and_torch_as_installed(tmp_path: Path) -> None:
+    from importlib.metadata import version
+
+    result = rayfleet("--version", home=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (f"rayfleet {version('rayfleet')} (ray {version('ray')}, "
+                                     f"torch {version('torch')})")

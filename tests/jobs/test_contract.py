@@ -5,6 +5,7 @@ import dataclasses
 import re
 import sys
 
+from rayfleet.cluster.spec.capabilities import capabilities
 from rayfleet.jobs.contract import (DRIVER_ACTOR_PREFIX, RunInfo, driver_command, new_submission_id, python_for,
                                     submission_of_driver_actor)
 
@@ -39,5 +40,5 @@ def test_the_driver_actor_names_its_submission() -> None:
 
 
 def test_the_driver_runs_in_this_interpreter_on_a_local_fleet_else_in_the_images_python() -> None:
-    assert driver_command(python_for("local")) == f"{sys.executable} -m rayfleet.jobs.driver.entrypoint"
-    assert driver_command(python_for("kubernetes")) == "python -m rayfleet.jobs.driver.entrypoint"
+    assert driver_command(python_for(capabilities("local"))) == f"{sys.executable} -m rayfleet.jobs.driver.entrypoint"
+    assert driver_command(python_for(capabilities("kubernetes"))) == "python -m rayfleet.jobs.driver.entrypoint"

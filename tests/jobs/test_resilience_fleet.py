@@ -4,6 +4,7 @@ placed, a busy pool and a noticed node are explained; and under full CPU load a 
 paused controller cost no node while a killed raylet is still caught within a second."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -16,7 +17,9 @@ import psutil
 import pytest
 
 from rayfleet.cluster.head.processes import Owned, process_of
-from tests.support.fleet import Fleet, running_fleet
+from rayfleet.cluster.rayio import gcs
+from rayfleet.names import beat_key
+from tests.support.fleet import Fleet, gcs_client, running_fleet
 from tests.support.fleet_jobs import history, job_detail, jobs, started_events, submit, train_workers
 from tests.support.fleet_processes import instance_of, node_raylet
 from tests.support.specs import h100_pool, job_spec
@@ -49,6 +52,29 @@ def ended(fleet: Fleet, name: str, timeout: float = 400) -> dict[str, Any]:
                       timeout, f"{name} to end")
 
 
+def stop_right_after_its_beat(fleet: Fleet, job: str, rank: int, timeout: float = 120) -> psutil.Process:
+    """SIGSTOP `rank` just after it published a beat, at a moment when the other rank's newest beat
+    is older and will not be renewed before that rank blocks waiting (beats are at most 1 s apart)."""
+    client = gcs_client(fleet)
+
+    def beat(r: int) -> dict[str, Any]:
+        return json.loads(gcs.kv_get(client, beat_key(job, r)) or b"{}")
+
+    other = 1 - rank
+    last = beat(rank).get("time")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        mine = beat(rank)
+        if mine.get("time") != last:
+            last, theirs = mine.get("time"), beat(other)
+            if theirs.get("step", mine["step"]) < mine["step"] and 0.1 < mine["time"] - theirs["time"] < 0.8:
+                victim = psutil.Process(mine["pid"])
+                victim.send_signal(signal.SIGSTOP)
+                return victim
+        time.sleep(0.01)  # the poll's period: a step takes 0.3 s
+    raise AssertionError(f"no moment within {timeout:.0f}s when rank {rank}'s beat was the newer one")
+
+
 def test_a_sigstopped_worker_is_found_hung_its_stacks_saved_and_the_job_resumes(fleet: Fleet) -> None:
     fleet.wait_ready(timeout=240)
     submit(fleet, paced_job("hung", steps=200, hang={"first_steps": 3, "margin_s": 10}))
@@ -57,9 +83,10 @@ def test_a_sigstopped_worker_is_found_hung_its_stacks_saved_and_the_job_resumes(
     wait_until(lambda: job_detail(fleet, "hung")["standbys"] >= 3, 120, "a warm standby on every node")
     # standbys import torch beside training (about 40 s on 2 busy cores): the hang must still find the job running
     assert steps_done(fleet, "hung") < 170, "the job ran nearly to its end before its standbys were up"
-    stopped = train_workers(fleet)[0]
-    owned = Owned(stopped.pid, stopped.create_time())
-    stopped.send_signal(signal.SIGSTOP)
+    # rank 1 is stopped right after it published a beat while rank 0's beat is older: the case in
+    # which blaming the oldest beat names the wrong rank (rank 0 then waits for rank 1)
+    stopped = stop_right_after_its_beat(fleet, "hung", rank=1)
+    owned, victim_instance = Owned(stopped.pid, stopped.create_time()), instance_of(fleet, stopped)
     at = time.time()
     try:
         hang = wait_until(lambda: next((e for e in history(fleet, "hung") if e["event"] == "hang"), None), 120,
@@ -74,9 +101,14 @@ def test_a_sigstopped_worker_is_found_hung_its_stacks_saved_and_the_job_resumes(
     diagnostics = Path(hang["diagnostics"])
     stacks = sorted(diagnostics.glob("rank*-pid*.txt"))
     assert len(stacks) == 2 and any("train" in p.read_text() for p in stacks), [p.read_text()[:300] for p in stacks]
-    assert f"pid{stopped.pid}" in " ".join(p.name for p in stacks) and hang["rank"] in (0, 1)
+    assert f"pid{stopped.pid}" in " ".join(p.name for p in stacks)
+    # the evidence names rank 1, and only its node is blamed
+    assert hang["rank"] == 1 and hang["culprits"] == [1] and hang["collateral"] == [], hang
+    record = json.loads((diagnostics / "hang.json").read_text())
+    assert record["pid"] == stopped.pid and record["killed"] == [1]
+    assert {f["kind"]: f["culprits"] for f in record["evidence"]}["process"] == [1], record["evidence"]
     events = [e for e in fleet.events() if e["kind"] == "hang"]
-    assert events and "hung" in events[-1]["message"] and events[-1]["instance"].startswith(fleet.name)
+    assert events and "hung" in events[-1]["message"] and events[-1]["instance"] == victim_instance
     doc = ended(fleet, "hung")
     assert doc["state"] == "SUCCEEDED" and doc["final_step"] == 200
     started = started_events(fleet, "hung")
@@ -103,6 +135,9 @@ def test_a_preemption_notice_checkpoints_replaces_the_node_and_loses_no_step(fle
     victim = instance_of(fleet, train_workers(fleet)[0])
     result = fleet.cli("chaos", "preempt", victim, "--in", "60")
     assert result.returncode == 0, result.stderr
+    # the moment its driver records the end, `rayfleet jobs` says so (Ray's job API lags by seconds)
+    wait_until(lambda: any(e["event"] == "finished" for e in history(fleet, "noticed")), 400, "noticed to end")
+    assert jobs(fleet)["noticed"]["status"] == "SUCCEEDED"
     doc = ended(fleet, "noticed")
     assert doc["state"] == "SUCCEEDED" and doc["final_step"] == 60
     assert doc["goodput"]["steps_redone"] == 0 and doc["goodput"]["parts"]["rollback"] == 0

@@ -25,7 +25,8 @@ from rayfleet.cluster.loop.reconcile import UsageMeter, reconcile
 from rayfleet.cluster.providers import Provider
 from rayfleet.cluster.spec.fleet import FleetSpec
 from rayfleet.cluster.decide.state import FleetState, NodeState
-from rayfleet.cluster.decide.view import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL, ClusterView, Instance, InstanceStatus, RayNode
+from rayfleet.cluster.decide.view import ClusterView, Instance, InstanceStatus, RayNode
+from rayfleet.names import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL
 from tests.support.fleet_state import ready_count
 
 

@@ -8,7 +8,8 @@ import hashlib
 from typing import Any, Mapping
 
 from rayfleet.cluster.render.aws import ROLE_TAG
-from rayfleet.cluster.decide.view import INSTANCE_LABEL, POOL_LABEL, Instance, InstanceStatus
+from rayfleet.cluster.decide.view import Instance, InstanceStatus
+from rayfleet.names import INSTANCE_LABEL, POOL_LABEL
 
 CAPACITY_ERRORS = frozenset({
     # EC2 API error codes that mean "no capacity of this kind now" (the EC2 API reference, "Error

@@ -43,7 +43,8 @@ from rayfleet.cluster.render.aws import (
     worker_user_data,
 )
 from rayfleet.cluster.spec.fleet import FleetSpec, PoolSpec
-from rayfleet.cluster.decide.view import FLEET_LABEL, INSTANCE_LABEL, Instance
+from rayfleet.cluster.decide.view import Instance
+from rayfleet.names import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -195,7 +196,7 @@ class AwsProvider:
         instance_id = str(description.get("InstanceId"))
         if was_interrupted(description) and instance_id not in self._interruptions_seen:
             self._interruptions_seen.add(instance_id)
-            pool = tag_map(description).get("rayfleet.io/pool", "")
+            pool = tag_map(description).get(POOL_LABEL, "")
             log.warning("spot instance %s of pool %s was interrupted: launching on demand for %.0fs",
                         instance_id, pool, self.aws.spot_retry_after_s)
             self._pause_spot(pool)

@@ -32,7 +32,7 @@ def _agent(command: str, node: str) -> Any:
     """NODE's health agent (call inside `ray_driver`)."""
     import ray
 
-    from rayfleet.cluster.loop.controller import NAMESPACE
+    from rayfleet.names import NAMESPACE
     from rayfleet.cluster.health.agent import agent_name
 
     try:
@@ -51,7 +51,7 @@ def kill_node(node: str = typer.Argument(..., help="instance name (see `rayfleet
     conn = connect(fleet_name)
     _known_node(conn, node)
     spec = load_fleet_spec(conn.fleet.spec_file)
-    if spec.provider != "local":
+    if not spec.capabilities.nodes_on_this_machine:
         raise BadInput(f"chaos kill-node: fleet {spec.name} runs on {spec.provider}; kill-node kills local "
                        "nodes' processes (terminate the instance through your cloud to do the same there)")
     provider = make_provider(spec, json.loads((conn.fleet.path / "runtime.json").read_text()))

@@ -26,14 +26,18 @@ def events(
 ) -> None:
     """List launches, replacements, drains and scaling decisions with the reason for each."""
     conn = connect(fleet_name)
-    chosen = [event for event in conn.store.events()
-              if (pool is None or event.pool == pool) and (kind is None or event.kind == kind)][-limit:]
+    matching = [event for event in conn.store.events()
+                if (pool is None or event.pool == pool) and (kind is None or event.kind == kind)]
+    chosen = matching[-limit:] if limit > 0 else []
     if emit([event.to_json() for event in chosen], output):
         return
     if not chosen:
         console.print("no events yet" + (" matching the filters" if pool or kind else ""))
         return
     console.print(events_table(chosen, conn.fleet.name))
+    if len(matching) > len(chosen):  # said under the table; -o json stays a plain list
+        console.print(f"the newest {len(chosen)} of {len(matching)} events; `--limit {len(matching)}` shows them all",
+                      style="dim")
 
 
 def events_table(chosen: Iterable[Event], fleet: str) -> Table:

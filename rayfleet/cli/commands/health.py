@@ -49,7 +49,7 @@ def health(
 def _active(conn: Any, link: str | None, burn: str | None) -> dict[str, Any]:
     import ray
 
-    from rayfleet.cluster.loop.controller import CONTROLLER_NAME, NAMESPACE
+    from rayfleet.names import CONTROLLER_NAME, NAMESPACE
     from rayfleet.cluster.health.agent import agent_name
 
     spec = conn.store.spec()

@@ -79,8 +79,10 @@ def jobs_table(rows: list[dict[str, Any]], now: float) -> Table:
 
 
 def _row(job: dict[str, Any], live: dict[str, Any] | None, summary: dict[str, Any], figures: Any) -> dict[str, Any]:
+    from rayfleet.jobs.client.submit import settled_status
+
     live = live if live and live.get("submission_id") == job["submission_id"] else None
-    return {**job, "step": (live or {}).get("step", summary.get("final_step")),
+    return {**job, "status": settled_status(job, summary), "step": (live or {}).get("step", summary.get("final_step")),
             "ettr": figures.ettr if figures is not None else None,
             "goodput": figures.to_json() if figures is not None else None,
             "loss": (live or {}).get("loss", summary.get("loss")),

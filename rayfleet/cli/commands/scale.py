@@ -38,7 +38,7 @@ def scale(
                        "change the spec's limits and `rayfleet up` again to go beyond them")
     targets = conn.store.targets()
     before = desired_nodes(pool_spec, targets)
-    if spec.provider == "local" and nodes > before:
+    if spec.capabilities.nodes_on_this_machine and nodes > before:
         check_local_capacity(nodes - before, f"scale {pool} --nodes {nodes}")
     conn.store.put_targets({**targets, pool: nodes})
     console.print(f"pool {pool}: desired {before} -> {nodes}")

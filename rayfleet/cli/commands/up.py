@@ -41,7 +41,10 @@ def up(
     manual `rayfleet scale` target unless the spec's own `nodes` for it changed.
     """
     spec = load_fleet_spec(file)
-    if spec.provider == "kubernetes" and spec.head.address is None:
+    from rayfleet.cluster.providers import require_sdk
+
+    require_sdk(spec, str(file))  # before anything starts
+    if spec.capabilities.platform_head and spec.head.address is None:
         raise BadInput(f"{file}: head.address: a kubernetes fleet's head is KubeRay's; give its host:port "
                        f"(the manifests of `rayfleet render k8s -f {file}` run `up` inside the head pod)")
     fleet = FleetDir(spec.name)
@@ -57,7 +60,7 @@ def up(
             console.print(f"using the Ray head at {head.gcs_address}")
         elif head is None:
             refuse_orphans(fleet)
-            if spec.provider == "local":
+            if spec.capabilities.nodes_on_this_machine:
                 nodes = sum(pool.desired + pool.hot_spares for pool in spec.pools)
                 check_local_capacity(nodes, f"{file}: pools[*].nodes + hot_spares")
             with console.status("starting the Ray head"):

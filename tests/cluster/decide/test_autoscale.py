@@ -20,7 +20,8 @@ from rayfleet.cluster.decide.plan import desired_nodes, plan
 from rayfleet.cluster.sim.simulator import SimulatedCloud, SimulatedController, SimulatedJob
 from rayfleet.cluster.spec.fleet import FleetSpec
 from rayfleet.cluster.decide.state import FleetState, NodeRecord, NodeState
-from rayfleet.cluster.decide.view import POOL_LABEL, ClusterView
+from rayfleet.cluster.decide.view import ClusterView
+from rayfleet.names import POOL_LABEL
 
 S = NodeState
 H100 = {"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "cpus_per_node": 8, "memory": "64Gi",

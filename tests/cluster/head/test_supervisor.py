@@ -22,7 +22,7 @@ def write_config(fleet_dir: Path, head_command: list[str]) -> None:
     (fleet_dir / "logs").mkdir(parents=True, exist_ok=True)
     (fleet_dir / CONFIG).write_text(json.dumps({
         "fleet": "t", "fault_tolerant": False, "gcs_address": "127.0.0.1:9", "dashboard_url": "http://127.0.0.1:9",
-        "head_temp_dir": str(fleet_dir / "ray"), "head_command": head_command, "head_env": {}}))
+        "head_temp_dir": str(fleet_dir / "ray"), "head_command": head_command, "head_env_set": {}}))
 
 
 def supervisor_for(tmp_path: Path, head_command: list[str]) -> Supervisor:

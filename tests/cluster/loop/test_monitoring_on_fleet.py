@@ -4,6 +4,7 @@ Tests run in order on one fleet (scale down, then a node killed and replaced).""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import urllib.parse
 import urllib.request
@@ -124,4 +125,8 @@ def test_a_killed_node_is_counted_as_a_replacement_for_liveness_and_logged(fleet
     lines = lines_at_80_columns(fleet, "events", "--kind", "replace")
     assert lines[0].split() == ["TIME", "KIND", "NODE", "MESSAGE", "REASON"]
     assert victim.removeprefix(f"{FLEET}-") in lines[1] and FLEET not in "\n".join(lines)
+    # a list cut to the newest N says so, and how to see the rest
+    cut = lines_at_80_columns(fleet, "events", "--limit", "1")
+    said = re.fullmatch(r"the newest 1 of (\d+) events; `--limit (\d+)` shows them all", cut[-1].strip())
+    assert said and said.group(1) == said.group(2) and int(said.group(1)) >= 2, cut
     lines_at_80_columns(fleet, "status")

@@ -80,6 +80,18 @@ def test_bad_job_is_refused_naming_file_field_and_fix(tmp_path: Path, what: str,
     assert str(path) in message and field in message and fix in message, message
 
 
+def test_a_cross_field_error_names_its_field_and_value_never_the_whole_spec(tmp_path: Path) -> None:
+    """A check across fields (workers against the batch, workers against 1) reads like any other:
+    FILE: FIELD: got VALUE: FIX, on one line, without the spec's other fields."""
+    for changes, expected in (({"workers": 0}, "workers: got 0: must be at least 1"),
+                              ({"workers": 3, "data": {"seq_len": 64, "global_batch": 8}},
+                               "data.global_batch: got 8: must divide evenly among 3 workers; use a multiple of 3")):
+        path = write(tmp_path, **changes)
+        with pytest.raises(BadInput) as caught:
+            check_all(path)
+        assert str(caught.value) == f"{path}: {expected}"
+
+
 def test_workers_per_node_counts_the_scarcer_resource() -> None:
     spec = JobSpec.model_validate({**GOOD, "resources": {"cpus": 1, "gpus": 2}})
     assert workers_per_node(spec, FLEET) == 4  # 8 GPUs / 2 = 4 < 4 CPUs / 1 = 4

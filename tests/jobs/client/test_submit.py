@@ -5,6 +5,7 @@ import json
 import sys
 from typing import Any
 
+from rayfleet.cluster.spec.capabilities import capabilities
 from rayfleet.jobs.client.spec import JobSpec
 from rayfleet.jobs.client.submit import job_metadata, submit_driver
 from rayfleet.jobs.contract import RUN_ENV, SPEC_ENV, RunInfo, python_for
@@ -28,7 +29,7 @@ RUN = RunInfo(storage="/s", device="cpu", gpus_per_worker=0.0, submission_id="j-
 def test_a_submission_runs_the_driver_with_the_spec_run_info_and_ray_trains_periods() -> None:
     api = JobApi()
     placement = {"entrypoint_label_selector": {"rayfleet.io/pool": "p"}}
-    submit_driver(api, SPEC, RUN, python_for("local"), job_metadata(SPEC), placement)
+    submit_driver(api, SPEC, RUN, python_for(capabilities("local")), job_metadata(SPEC), placement)
     [call] = api.calls
     env = call["runtime_env"]["env_vars"]
     assert call["entrypoint"] == f"{sys.executable} -m rayfleet.jobs.driver.entrypoint"

@@ -2,7 +2,6 @@
 is not hung, and a finished job does not hold the notice's acknowledgement back."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from rayfleet.jobs.supervision import history
@@ -14,8 +13,11 @@ SPEC = JobSpec.model_validate({"name": "j", "pool": "h100", "workers": 2, "model
                                "data": {"seq_len": 64, "global_batch": 8}, "steps": 100})
 
 
+STOPPED_PID = 1001  # rank 1's process: stopped (the evidence names it)
+
+
 class Agent:
-    """A node's health agent as the watch calls it: the stuck worker is alive, kills are counted."""
+    """A node's health agent as the watch calls it: rank 1's process is stopped, kills are counted."""
 
     def __init__(self) -> None:
         self.killed: list[int] = []
@@ -25,12 +27,13 @@ class Agent:
             self.remote = fn
 
     def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
-        calls = {"process_alive": lambda pid: True, "dump_stacks": lambda pid: "stack", "kill": self.killed.append}
+        calls = {"inspect": lambda pid: {"state": "stopped" if pid == STOPPED_PID else "sleeping", "marks": None},
+                 "dump_stacks": lambda pid: "stack", "kill": self.killed.append}
         return Agent._Call(calls[name])
 
 
 def beats_stopped_at(t: float, submission: str = "s1") -> dict[str, dict[int, Beat]]:
-    return {"j": {r: Beat(rank=r, step=20, time=t, median_step_s=0.3, pid=os.getpid(), node_id="n1",
+    return {"j": {r: Beat(rank=r, step=20, time=t, median_step_s=0.3, pid=1000 + r, node_id="n1",
                           submission_id=submission) for r in range(2)}}
 
 
@@ -51,7 +54,8 @@ def test_a_job_holding_for_a_notice_is_not_hung_until_the_deadline(tmp_path: Pat
     later = 131.0
     assert holding(beats, acks, later) == frozenset()
     found = HangWatch().check(beats, str(tmp_path), lambda node: agent, later, holding(beats, acks, later))
-    assert [job for job, _, _ in found] == ["j"] and agent.killed == [os.getpid()]
+    assert [job for job, _, _ in found] == ["j"] and agent.killed == [STOPPED_PID]
+    assert found[0][1].rank == 1 and found[0][1].attribution.decided_by == "process"
 
 
 def test_a_finished_job_on_the_noticed_node_does_not_hold_its_acknowledgement(tmp_path: Path) -> None:

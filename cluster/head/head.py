@@ -29,7 +29,7 @@ from rayfleet.cluster.head.supervisor import read_state as read_supervisor_state
 from rayfleet.cluster.head.supervisor import supervisor_process
 from rayfleet.cluster.providers.local import ray_executable, rayfleet_environment
 from rayfleet.cluster.spec.fleet import FleetSpec
-from rayfleet.names import FLEET_LABEL
+from rayfleet.names import FLEET_LABEL, ROLE_LABEL
 
 SUPERVISOR_GONE = ("the head's supervisor is not running (an interrupted `rayfleet down`?), so nothing restarts "
                    "the head or its Redis if they exit: `rayfleet down`, then `rayfleet up`")
@@ -81,7 +81,7 @@ def head_command(spec: FleetSpec, fleet: FleetDir, port: int, dashboard_port: in
         f"--ray-client-server-port={free_port()}",
         f"--dashboard-agent-listen-port={free_port()}",
         f"--object-store-memory={200 * 2**20}",
-        f"--labels={FLEET_LABEL}={spec.name},rayfleet.io/role=head",
+        f"--labels={FLEET_LABEL}={spec.name},{ROLE_LABEL}=head",
         f"--temp-dir={fleet.temp_root / 'head'}",
         "--disable-usage-stats",
         "--log-style=record",

@@ -99,8 +99,11 @@ def save_checkpoint(folder: Path, step: int, par: Parallel, optimizer: torch.opt
 
 def load_checkpoint(path: Path, par: Parallel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     """Load a committed checkpoint into a model placed for any strategy; returns its meta."""
+    # weights_only everywhere: loading never unpickles an arbitrary object, so whoever can write the
+    # storage cannot run code on the ranks (the optimizer state and the RNG states are tensors,
+    # numbers and containers, which it allows; checkpoints of 0.1.0 load the same way)
     model_state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-    optim_state = torch.load(path / "optim.pt", map_location="cpu", weights_only=False)
+    optim_state = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
     _stack_separate_expert_weights(model_state, optim_state)
     if par.strategy == "moe" and par.world > 1:
         load_full_state_dict(par.model, model_state)
@@ -110,7 +113,7 @@ def load_checkpoint(path: Path, par: Parallel, optimizer: torch.optim.Optimizer)
         set_model_state_dict(par.model, model_state, options=options)
         set_optimizer_state_dict(par.model, optimizer, optim_state, options=options)
     meta = read_meta(path)
-    rng = torch.load(path / "rng.pt", weights_only=False)
+    rng = torch.load(path / "rng.pt", weights_only=True)
     if meta.get("world") == par.world:
         torch.set_rng_state(rng[par.rank])
     return meta

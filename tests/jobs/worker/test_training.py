@@ -113,6 +113,33 @@ def test_only_committed_checkpoints_are_resumed_and_old_ones_pruned(tmp_path: Pa
     assert [m["step"] for m in metrics] == [1, 2, 3, 4, 5, 6]
 
 
+class Planted:
+    """A pickle that runs code when unpickled: it would create `ran` (a file)."""
+
+    def __init__(self, ran: Path) -> None:
+        self.ran = ran
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (Path.touch, (self.ran,))
+
+
+def test_a_checkpoint_that_would_run_code_when_loaded_is_refused(tmp_path: Path) -> None:
+    """Whoever can write the storage cannot run code on the ranks: every file of a checkpoint loads
+    with weights_only (the optimizer and RNG state too), so a planted object is refused unrun."""
+    storage = tmp_path / "s"
+    on_ranks(1, train, job(steps=2, every=2), str(storage))
+    latest = checkpoint.latest_checkpoint(storage / "jobs" / "t")
+    ran = tmp_path / "code-ran"
+    for name in ("optim.pt", "rng.pt"):
+        saved = (latest / name).read_bytes()
+        torch.save({"state": Planted(ran)}, latest / name)
+        with pytest.raises(Exception, match="Weights only load failed"):
+            on_ranks(1, train, job(steps=4, every=2), str(storage), "s2")
+        assert not ran.exists()
+        (latest / name).write_bytes(saved)
+    on_ranks(1, train, job(steps=4, every=2), str(storage), "s3")  # the real files resume fine
+
+
 def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
     spec = job(steps=100, optimizer={"lr": 1.0, "warmup_steps": 10, "min_lr_ratio": 0.1})
     rates = [lr_at(spec, step) for step in range(100)]

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -62,7 +63,11 @@ def parse_bytes(value: Any) -> int:
     raise ValueError("expected a size such as 64Gi, 512Mi or a number of bytes")
 
 
-Bytes = Annotated[int, BeforeValidator(parse_bytes)]
+Bytes = Annotated[int, BeforeValidator(parse_bytes), WithJsonSchema({
+    "anyOf": [{"type": "integer", "minimum": 0},
+              {"type": "string", "pattern": _QUANTITY.pattern.replace("\\s*", "")}],
+    "description": "bytes, or a size with a Kubernetes suffix: 64Gi, 512Mi, 2G"})]
+"""A size: written as in Kubernetes (a string with a suffix) or as bytes; validated to bytes."""
 
 
 class Strict(BaseModel):

@@ -104,3 +104,29 @@ def test_cli_schema_prints_the_json_schema() -> None:
     assert result.returncode == 0
     schema = json.loads(result.stdout)
     assert "pools" in schema["properties"] and "PoolSpec" in schema["$defs"]
+
+
+def test_every_example_and_the_tests_specs_validate_against_the_exported_schema(tmp_path: Path) -> None:
+    """`rayfleet schema` is what editors and CI validate against: every shipped example, and specs
+    written the ways the tests write them (sizes as strings with suffixes and as bytes), pass it;
+    a spec the product refuses for a size's type fails it too."""
+    import json
+
+    import jsonschema
+    import yaml
+
+    result = rayfleet("schema", home=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    validator = jsonschema.Draft202012Validator(json.loads(result.stdout))
+    specs = {p.name: yaml.safe_load(p.read_text()) for p in (ROOT / "manifests" / "examples").glob("*fleet*.yaml")}
+    specs["bytes and suffixes"] = {"name": "t", "pools": [
+        {"name": "a", "memory": "8Gi", "gpus_per_node": 8, "accelerator": "H100"},
+        {"name": "b", "memory": 17179869184}, {"name": "c", "memory": "512Mi"}, {"name": "d", "memory": "2G"}]}
+    assert len(specs) == 4
+    for name, data in specs.items():
+        FleetSpec.model_validate(data)  # the product accepts it ...
+        assert [e.message for e in validator.iter_errors(data)] == [], name  # ... and so does the schema
+    bad = {"name": "t", "pools": [{"name": "a", "memory": "lots"}]}
+    assert list(validator.iter_errors(bad))
+    with pytest.raises(ValueError):
+        FleetSpec.model_validate(bad)

@@ -49,6 +49,7 @@ def act(actions: Sequence[Action], provider: Provider, spec: FleetSpec, client: 
             _resize(client, action.instance, action.node_id, 0.0)
         elif isinstance(action, Vacate):
             _vacate(client, action)
+            _cordon(provider, action)
         elif isinstance(action, RunChecks):
             _run_checks(action)
     return errors
@@ -77,6 +78,19 @@ def _resize(client: Any, instance: str, node_id: str, cpus: float) -> None:
         log.info("%s now has %s CPUs", instance, cpus)
     except Exception as error:  # the node is going away, or the GCS restarts: logged, re-planned on rejoin
         log.warning("could not resize %s to %s CPUs: %s", instance, cpus, error)
+
+
+def _cordon(provider: Provider, action: Vacate) -> None:
+    """A node quarantined for its hardware: where the provider places nodes on machines it shares
+    (Kubernetes), mark that machine unschedulable so no replacement lands on the same bad GPU
+    (`kubectl cordon`; a person uncordons it once it is repaired)."""
+    cordon = getattr(provider, "cordon", None)
+    if cordon is None:
+        return
+    try:
+        cordon(action.instance)
+    except Exception as error:  # the quarantine stands; the next replacement may land there
+        log.warning("could not cordon the machine under %s: %s", action.instance, error)
 
 
 def _vacate(client: Any, action: Vacate) -> None:

@@ -48,6 +48,9 @@ GPU_PRODUCT = {
     "A10G": "NVIDIA-A10G",
     "T4": "Tesla-T4",
 }
+PTRACE = {"capabilities": {"add": ["SYS_PTRACE"]}}
+"""The Ray containers' securityContext: py-spy reads a hung rank's stacks through ptrace, which a
+container's default capabilities do not allow."""
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
 """The taint managed GPU node groups carry (EKS, GKE and AKS GPU pools taint nvidia.com/gpu)."""
 
@@ -101,7 +104,8 @@ def base_objects(namespace: str) -> list[dict[str, Any]]:
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": _meta(CONTROLLER, namespace),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONTROLLER},
          "subjects": [{"kind": "ServiceAccount", "name": CONTROLLER, "namespace": namespace}]},
-        # Nodes are cluster-scoped: cordoning a bad GPU node needs a ClusterRole (patch nodes only).
+        # Nodes are cluster-scoped: cordoning the machine of a node quarantined for its hardware
+        # (cluster/loop/act.py) needs a ClusterRole (patch nodes only).
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": _meta(CORDON_ROLE),
          "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
@@ -151,9 +155,12 @@ def worker_group(spec: FleetSpec, pool: PoolSpec) -> dict[str, Any]:
     pod_spec: dict[str, Any] = {
         "priorityClassName": own.priority_class or WORKER_PRIORITY,
         "terminationGracePeriodSeconds": 30,
+        # Workers call no Kubernetes API: no ServiceAccount token in them for a job's code to use.
+        "automountServiceAccountToken": False,
         "containers": [{
             "name": "ray-worker",
             "image": own.image or k8s.image,
+            "securityContext": PTRACE,
             "env": [{"name": INSTANCE_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
                     *token_env(spec)],
             # Extended resources (GPUs) need requests == limits; KubeRay derives Ray's num-gpus and
@@ -207,7 +214,7 @@ def head_group(spec: FleetSpec) -> dict[str, Any]:
                 "serviceAccountName": CONTROLLER,
                 "priorityClassName": HEAD_PRIORITY,
                 "containers": [
-                    {"name": "ray-head", "image": k8s.image, "env": token_env(spec),
+                    {"name": "ray-head", "image": k8s.image, "env": token_env(spec), "securityContext": PTRACE,
                      "ports": [{"containerPort": GCS_PORT, "name": "gcs-server"},
                                {"containerPort": DASHBOARD_PORT, "name": "dashboard"},
                                {"containerPort": CLIENT_PORT, "name": "client"}],

@@ -224,6 +224,22 @@ def test_cordon_is_idempotent_and_a_failed_pod_is_reported_terminated(fake: Fake
     assert instance.status is InstanceStatus.TERMINATED and "Evicted" in instance.detail
 
 
+def test_a_node_quarantined_for_its_hardware_cordons_its_machine(fake: FakeKube, spec: FleetSpec) -> None:
+    """The controller's quarantine (a failed GPU check) marks the pod's Kubernetes node
+    unschedulable, so the pool's replacement does not land on the same bad GPU."""
+    from rayfleet.cluster.decide.actions import Vacate
+    from rayfleet.cluster.loop.act import act
+    from tests.support.provider_harness import DrainRecorder
+
+    apply_cluster(spec)
+    provider = KubernetesProvider(spec)
+    bad = pod_names(fake, "l40s")[0]
+    machine = fake.get("pods", bad, "rayfleet")["spec"]["nodeName"]
+    assert not fake.get("nodes", machine).get("spec", {}).get("unschedulable")
+    act([Vacate("l40s", bad, "0" * 56, "gpu.xid: XID 79")], provider, spec, DrainRecorder())
+    assert fake.get("nodes", machine)["spec"]["unschedulable"] is True
+
+
 def test_the_rbac_rules_allow_exactly_the_calls_the_provider_makes(fake: FakeKube, spec: FleetSpec) -> None:
     apply_cluster(spec)
     fake.requests.clear()

@@ -115,6 +115,20 @@ def test_gpu_pools_get_accelerator_selectors_and_tolerations_cpu_pools_none() ->
     assert groups["t4"]["priorityClassName"] == "batch-low"
 
 
+def test_workers_mount_no_api_token_and_ray_containers_may_ptrace_for_py_spy() -> None:
+    """A job's code on a worker gets no Kubernetes credentials; the head keeps the controller's
+    ServiceAccount. Every Ray container may ptrace (py-spy dumps a hung rank's stacks)."""
+    cluster = k8s.ray_cluster(k8s_variants()[1])["spec"]
+    head = cluster["headGroupSpec"]["template"]["spec"]
+    assert head["serviceAccountName"] == k8s.CONTROLLER and "automountServiceAccountToken" not in head
+    for group in cluster["workerGroupSpecs"]:
+        pod = group["template"]["spec"]
+        assert pod["automountServiceAccountToken"] is False and "serviceAccountName" not in pod
+        assert pod["containers"][0]["securityContext"] == {"capabilities": {"add": ["SYS_PTRACE"]}}
+    ray_head = next(c for c in head["containers"] if c["name"] == "ray-head")
+    assert ray_head["securityContext"] == {"capabilities": {"add": ["SYS_PTRACE"]}}
+
+
 def test_kubernetes_secrets_are_referenced_never_rendered() -> None:
     for spec in k8s_variants():
         objects = k8s.render_fleet(spec)

@@ -32,6 +32,11 @@ INSTANCE_ENV = "RAYFLEET_INSTANCE"
 container's args (where KubeRay puts `ray start`), so every Ray node is labelled with its own pod
 name as `rayfleet.io/instance`: the join key between Ray nodes and pods."""
 
+KUBERAY_VERSION = "v1.7.0"
+"""The KubeRay release whose CRD schemas the tests validate every manifest against."""
+OPERATOR = f"https://github.com/ray-project/kuberay/ray-operator/config/default?ref={KUBERAY_VERSION}"
+STORAGE_VOLUME = "storage"
+
 GCS_PORT = 6379          # KubeRay's default head ports
 DASHBOARD_PORT = 8265
 CLIENT_PORT = 10001
@@ -128,6 +133,36 @@ def token_env(spec: FleetSpec) -> list[dict[str, Any]]:
             {"name": "RAY_USAGE_STATS_ENABLED", "value": "0"}]
 
 
+def storage_claim(spec: FleetSpec) -> str | None:
+    """The PersistentVolumeClaim mounted at the fleet's `storage` path in every pod (checkpoints
+    and job histories every node reaches), or None without a storage path."""
+    if not spec.storage:
+        return None
+    return settings(spec).storage_claim or f"{spec.name}-storage"
+
+
+def storage_mounts(spec: FleetSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(volumes, volumeMounts) of the storage volume, empty without one."""
+    claim = storage_claim(spec)
+    if claim is None:
+        return [], []
+    return ([{"name": STORAGE_VOLUME, "persistentVolumeClaim": {"claimName": claim}}],
+            [{"name": STORAGE_VOLUME, "mountPath": spec.storage}])
+
+
+def storage_objects(spec: FleetSpec) -> list[dict[str, Any]]:
+    """The ReadWriteMany claim rendered for the fleet (none when the spec names its own claim)."""
+    k8s = settings(spec)
+    if not spec.storage or k8s.storage_claim:
+        return []
+    claim: dict[str, Any] = {"accessModes": ["ReadWriteMany"],
+                             "resources": {"requests": {"storage": memory_quantity(k8s.storage_size)}}}
+    if k8s.storage_class:
+        claim["storageClassName"] = k8s.storage_class
+    return [{"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+             "metadata": _meta(f"{spec.name}-storage", k8s.namespace, **{FLEET_LABEL: spec.name}), "spec": claim}]
+
+
 def _quoted_resources(pool: PoolSpec) -> str:
     # KubeRay pastes rayStartParams into a bash command line; a JSON value must carry its own
     # quotes (KubeRay's documented form: '"{\"Custom\": 1}"').
@@ -167,9 +202,9 @@ def worker_group(spec: FleetSpec, pool: PoolSpec) -> dict[str, Any]:
             # memory from these limits (num-cpus is set to 0 above, for admission).
             "resources": {"requests": dict(resources), "limits": dict(resources)},
             # NCCL and Ray's object store need a /dev/shm larger than the container default 64 MiB.
-            "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}],
+            "volumeMounts": [{"name": "dshm", "mountPath": "/dev/shm"}, *storage_mounts(spec)[1]],
         }],
-        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}],
+        "volumes": [{"name": "dshm", "emptyDir": {"medium": "Memory"}}, *storage_mounts(spec)[0]],
     }
     if selector:
         pod_spec["nodeSelector"] = selector
@@ -215,6 +250,7 @@ def head_group(spec: FleetSpec) -> dict[str, Any]:
                 "priorityClassName": HEAD_PRIORITY,
                 "containers": [
                     {"name": "ray-head", "image": k8s.image, "env": token_env(spec), "securityContext": PTRACE,
+                     "volumeMounts": storage_mounts(spec)[1],
                      "ports": [{"containerPort": GCS_PORT, "name": "gcs-server"},
                                {"containerPort": DASHBOARD_PORT, "name": "dashboard"},
                                {"containerPort": CLIENT_PORT, "name": "client"}],
@@ -223,10 +259,11 @@ def head_group(spec: FleetSpec) -> dict[str, Any]:
                      "env": [*token_env(spec), {"name": "RAYFLEET_HOME", "value": "/var/lib/rayfleet"}],
                      "resources": {"requests": {"cpu": "100m", "memory": "512Mi"}, "limits": {"memory": "1Gi"}},
                      "volumeMounts": [{"name": "fleet-spec", "mountPath": "/etc/rayfleet", "readOnly": True},
-                                      {"name": "rayfleet-home", "mountPath": "/var/lib/rayfleet"}]},
+                                      {"name": "rayfleet-home", "mountPath": "/var/lib/rayfleet"},
+                                      *storage_mounts(spec)[1]]},
                 ],
                 "volumes": [{"name": "fleet-spec", "configMap": {"name": spec_config_map_name(spec)}},
-                            {"name": "rayfleet-home", "emptyDir": {}}],
+                            {"name": "rayfleet-home", "emptyDir": {}}, *storage_mounts(spec)[0]],
             },
         },
     }
@@ -283,7 +320,7 @@ def fleet_objects(spec: FleetSpec) -> list[dict[str, Any]]:
     config = {"apiVersion": "v1", "kind": "ConfigMap",
               "metadata": _meta(spec_config_map_name(spec), namespace, **{FLEET_LABEL: spec.name}),
               "data": {"fleet.yaml": head_spec_yaml(spec)}}
-    return [*budgets, config, ray_cluster(spec)]
+    return [*budgets, config, *storage_objects(spec), ray_cluster(spec)]
 
 
 def render_fleet(spec: FleetSpec) -> list[dict[str, Any]]:
@@ -296,6 +333,7 @@ FILE_OF_KIND = {"Namespace": "namespace.yaml", "PriorityClass": "priorityclass.y
                 "ServiceAccount": "rbac.yaml", "Role": "rbac.yaml", "RoleBinding": "rbac.yaml",
                 "ClusterRole": "rbac.yaml", "ClusterRoleBinding": "rbac.yaml",
                 "PodDisruptionBudget": "pdb.yaml", "ConfigMap": "configmap.yaml",
+                "PersistentVolumeClaim": "storage.yaml",
                 "RayCluster": "raycluster.yaml", "RayJob": "rayjob.yaml"}
 
 
@@ -325,3 +363,32 @@ def as_files(objects: list[dict[str, Any]]) -> dict[str, str]:
         {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "resources": list(grouped)},
         sort_keys=False)
     return files
+
+
+def operator_files() -> dict[str, str]:
+    """KubeRay's operator and CRDs, the release the manifests are validated against: installed once
+    per Kubernetes cluster, before any fleet (`kubectl create -k DIR/operator`)."""
+    header = (f"# KubeRay {KUBERAY_VERSION}: the operator and its CRDs (RayCluster, RayJob), once per cluster.\n"
+              "# kubectl create namespace ray-system && kubectl create -k operator/\n")
+    body = {"apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": "ray-system",
+            "resources": [OPERATOR]}
+    return {"operator/kustomization.yaml": header + yaml.safe_dump(body, sort_keys=False)}
+
+
+def prerequisites(spec: FleetSpec) -> list[str]:
+    """What must exist before `kubectl apply -k DIR` (none of it is rendered: secrets never are)."""
+    k8s = settings(spec)
+    steps = [f"KubeRay {KUBERAY_VERSION} in the cluster: kubectl create namespace ray-system && "
+             "kubectl create -k DIR/operator (once per cluster; skip if `kubectl get crd rayclusters.ray.io` finds it)",
+             f"the Ray auth token Secret: kubectl create namespace {k8s.namespace}; kubectl -n {k8s.namespace} "
+             f"create secret generic {k8s.secret_name(spec.name)} --from-literal={k8s.token_secret_key}="
+             "$(openssl rand -hex 32)"]
+    if spec.head.fault_tolerance.enabled:
+        steps.append(f"the Redis password Secret: kubectl -n {k8s.namespace} create secret generic "
+                     f"{spec.name}-redis-password --from-literal=password=PASSWORD (the password of "
+                     f"{spec.head.fault_tolerance.redis_address})")
+    if spec.storage and not k8s.storage_claim:
+        steps.append(f"a StorageClass with ReadWriteMany ({k8s.storage_class or 'the cluster default'}) for the "
+                     f"claim {spec.name}-storage mounted at {spec.storage} (EFS, Filestore, Azure Files, NFS)")
+    steps.append(f"the image {k8s.image} in a registry the nodes pull from (the repository's Dockerfile builds it)")
+    return steps

@@ -362,11 +362,30 @@ class AwsFleet(Strict):
         return self.head_instance_profile or f"rayfleet-{fleet}-controller"
 
 
+def default_image() -> str:
+    """The image the Dockerfile builds for this version of rayfleet (Ray's GPU image + rayfleet)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"ghcr.io/rayfleet/rayfleet:{version('rayfleet')}"
+    except PackageNotFoundError:
+        return "ghcr.io/rayfleet/rayfleet:latest"
+
+
 class KubernetesFleet(Strict):
     """Fleet-wide KubeRay settings (see cluster/render/k8s.py)."""
 
     namespace: str = Field(default="rayfleet", pattern=NAME_PATTERN)
-    image: str = Field(default="rayproject/ray:2.60.0-py311", description="Ray image with rayfleet installed")
+    image: str = Field(default_factory=default_image,
+                       description="image of every pod: Ray with rayfleet installed (the repository's Dockerfile "
+                                   "builds it); default ghcr.io/rayfleet/rayfleet:<rayfleet's version>")
+    storage_class: str | None = Field(
+        default=None, description="StorageClass of the ReadWriteMany volume mounted at `storage` in every pod "
+                                  "(e.g. efs-sc, filestore); default: the cluster's default class")
+    storage_size: Bytes = Field(default=2**40, description="size asked for that volume")
+    storage_claim: str | None = Field(
+        default=None, pattern=NAME_PATTERN, description="an existing PersistentVolumeClaim to mount instead of "
+                                                        "rendering <fleet>-storage")
     ray_version: str = Field(default="2.60.0", pattern=r"^\d+\.\d+\.\d+$")
     context: str | None = Field(default=None, description="kubeconfig context; default: the current one")
     kubeconfig: str | None = Field(

@@ -40,10 +40,13 @@ def render(
         return
     spec = _fleet(file, target)
     if target is Target.k8s:
-        from rayfleet.cluster.render.k8s import as_files, render_fleet, to_yaml
+        from rayfleet.cluster.render.k8s import as_files, operator_files, prerequisites, render_fleet, to_yaml
 
         objects = render_fleet(spec)
-        _emit(as_files(objects), to_yaml(objects), output)
+        _emit({**as_files(objects), **operator_files()}, to_yaml(objects), output)
+        if output is not None:
+            console.print("before `kubectl apply -k " + str(output) + "`:\n" + "\n".join(
+                f"  {n}. {step.replace('DIR', str(output))}" for n, step in enumerate(prerequisites(spec), 1)))
     else:
         from rayfleet.cluster.render import aws
 

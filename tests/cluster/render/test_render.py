@@ -129,6 +129,44 @@ def test_workers_mount_no_api_token_and_ray_containers_may_ptrace_for_py_spy() -
     assert ray_head["securityContext"] == {"capabilities": {"add": ["SYS_PTRACE"]}}
 
 
+def test_every_pod_mounts_the_fleets_storage_claim_at_its_storage_path() -> None:
+    """Checkpoints and histories live at `storage` on every pod: the rendered ReadWriteMany claim
+    (or the spec's own claim) is mounted there in the head, the controller and every worker."""
+    example, corner = k8s_variants()
+    objects = k8s.render_fleet(example)
+    [claim] = [o for o in objects if o["kind"] == "PersistentVolumeClaim"]
+    assert claim["metadata"]["name"] == "k8s-demo-storage" and claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert claim["spec"]["storageClassName"] == "efs-sc"
+    cluster = next(o for o in objects if o["kind"] == "RayCluster")["spec"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"], *(g["template"]["spec"] for g in cluster["workerGroupSpecs"])]
+    for pod in pods:
+        assert {"name": "storage", "persistentVolumeClaim": {"claimName": "k8s-demo-storage"}} in pod["volumes"]
+    mounted = [c for pod in pods for c in pod["containers"]
+               if {"name": "storage", "mountPath": "/mnt/shared/rayfleet"} in c.get("volumeMounts", [])]
+    assert len(mounted) == 2 + len(cluster["workerGroupSpecs"])  # ray-head, the controller, each worker group
+    own = example.model_copy(update={"kubernetes": example.kubernetes.model_copy(update={"storage_claim": "team-fs"})})
+    assert not [o for o in k8s.render_fleet(own) if o["kind"] == "PersistentVolumeClaim"]
+    assert "PersistentVolumeClaim" not in [o["kind"] for o in k8s.render_fleet(corner)]  # no storage: no volume
+
+
+def test_the_image_is_the_dockerfiles_and_the_operator_the_validated_kuberay() -> None:
+    """The default image is what the repository's Dockerfile builds for this version, on Ray's GPU
+    image of the Ray release rayfleet is held to; DIR/operator installs the KubeRay release whose
+    CRD schemas the manifests are validated against."""
+    from importlib.metadata import version
+
+    example, _ = k8s_variants()
+    assert example.kubernetes.image == f"ghcr.io/rayfleet/rayfleet:{version('rayfleet')}"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert f"FROM rayproject/ray:{example.kubernetes.ray_version}-py311-gpu" in dockerfile
+    assert example.kubernetes.ray_version.startswith(version("ray").rsplit(".", 1)[0])
+    operator = yaml.safe_load(k8s.operator_files()["operator/kustomization.yaml"])
+    assert operator["resources"] == [k8s.OPERATOR] and k8s.KUBERAY_VERSION in k8s.OPERATOR
+    from tests.support.fake_kube.schemas import KUBERAY_SCHEMAS
+
+    assert k8s.KUBERAY_VERSION in (KUBERAY_SCHEMAS / "SOURCE.md").read_text()  # the schemas the tests validate with
+
+
 def test_kubernetes_secrets_are_referenced_never_rendered() -> None:
     for spec in k8s_variants():
         objects = k8s.render_fleet(spec)
@@ -237,7 +275,8 @@ def test_committed_manifests_are_up_to_date_with_the_renderer(tmp_path: Path) ->
             f"{committed} is stale: RAYFLEET_UPDATE_RENDERED=1 python -m pytest {__file__} -k up_to_date")
     kustomization = yaml.safe_load((RENDERED / "k8s-fleet" / "kustomization.yaml").read_text())
     assert sorted(kustomization["resources"]) == sorted(f for f in folder_files(RENDERED / "k8s-fleet")
-                                                        if f != "kustomization.yaml")
+                                                        if f != "kustomization.yaml" and not f.startswith("operator/"))
+    assert "storage.yaml" in kustomization["resources"]  # the fleet's claim; the operator is applied on its own
 
 
 def test_no_rendered_output_contains_a_token(tmp_path: Path) -> None:

@@ -75,9 +75,13 @@ class Remembering:
     def __getattr__(self, name): return getattr(self.stream, name)
 sys.stderr = Remembering(sys.stderr)
 with ray_driver(connect().gcs_address):
-    publish_error_to_driver("rayfleet_test", "node n-1 has been marked dead", ray._private.worker.global_worker.gcs_client)
-    deadline = time.monotonic() + 30
+    # the driver's error subscription may start after ray.init returns: publish until it is seen
+    deadline, published = time.monotonic() + 60, 0.0
     while not any("marked dead" in text for text in seen) and time.monotonic() < deadline:
+        if time.monotonic() - published > 2:
+            publish_error_to_driver("rayfleet_test", "node n-1 has been marked dead",
+                                    ray._private.worker.global_worker.gcs_client)
+            published = time.monotonic()
         time.sleep(0.05)
 print(json.dumps({"result": "only this"}))
 """

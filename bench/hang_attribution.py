@@ -30,16 +30,12 @@ import shutil
 import signal
 import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import psutil
-
-from rayfleet.cluster.health import stepmarks
+from rayfleet.cluster.health import rank_evidence, stepmarks
 from rayfleet.jobs.supervision.attribution import RankEvidence, attribute
 
 KINDS = ("stop", "sleep", "spin")
@@ -113,13 +109,6 @@ def where_stopped(marks: dict[str, Any] | None, stack: str) -> str:
     return "after"
 
 
-def dump(pid: int) -> str:
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-    out = subprocess.run([py_spy, "dump", "--nonblocking", "--pid", str(pid)], capture_output=True, text=True,
-                         timeout=30)
-    return out.stdout if out.returncode == 0 else ""
-
-
 def trial(world: int, kind: str, step_s: float, rng: random.Random) -> dict[str, Any]:
     context = mp.get_context("fork")
     ready = context.Queue()
@@ -159,14 +148,11 @@ def trial(world: int, kind: str, step_s: float, rng: random.Random) -> dict[str,
         detected = time.time()
         evidence = {}
         stacks = {}
-        for rank, pid in pids.items():
-            try:
-                state = psutil.Process(pid).status()
-            except psutil.Error:
-                state = "gone"
-            stacks[rank] = dump(pid)
-            marks = stepmarks.read(pid)
-            evidence[rank] = RankEvidence(rank=rank, pid=pid, node_id="local", state=state,
+        for rank, pid in pids.items():  # read as a node's agent reads it for the controller
+            seen = rank_evidence.inspect(pid)
+            stacks[rank] = rank_evidence.dump_stacks(pid)
+            marks = seen["marks"]
+            evidence[rank] = RankEvidence(rank=rank, pid=pid, node_id="local", state=seen["state"],
                                           started=marks and marks["started"], finished=marks and marks["finished"],
                                           stack=stacks[rank])
         found = attribute(evidence)
@@ -175,7 +161,8 @@ def trial(world: int, kind: str, step_s: float, rng: random.Random) -> dict[str,
         label = f"stop-{where_stopped(marks_of(pids)[victim], stacks[victim])}" if kind == "stop" else kind
         return {"world": world, "kind": label, "victim": victim, "verdict": verdict, "culprits": list(found.culprits),
                 "candidates": list(found.candidates), "decided_by": found.decided_by,
-                "detection_s": round(detected - injected, 3), "bound_s": FACTOR * durations + MARGIN_S}
+                "detection_s": round(detected - injected, 3), "bound_s": FACTOR * durations + MARGIN_S,
+                "findings": found.to_json()["findings"]}
     finally:
         for p in procs:
             if p.pid:

@@ -20,7 +20,7 @@ from rayfleet.cluster.health.checks import burn_check, gpu_checks, host_checks
 from rayfleet.cluster.health.report import Check, HealthReport, Status
 from rayfleet.cluster.health.notices import NoticeSource
 from rayfleet.cluster.health.telemetry import SimulatedGpus, open_telemetry
-from rayfleet.cluster.health import stepmarks
+from rayfleet.cluster.health import rank_evidence, stepmarks
 from rayfleet.cluster.spec.fleet import HealthPolicy
 from rayfleet.names import AGENT_PREFIX
 
@@ -160,41 +160,13 @@ class HealthAgent:
         return self.report().to_json()
 
     # --- what the controller asks of a node when a job on it hangs ------------------------------
-    def process_alive(self, pid: int) -> bool:
-        import psutil
-
-        try:
-            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-        except psutil.Error:
-            return False
-
     def inspect(self, pid: int) -> dict[str, Any]:
-        """What a hang's attribution reads of a rank besides its stack: its process's state
-        (psutil's name, or "gone") and its step counters (cluster/health/stepmarks.py)."""
-        import psutil
-
-        try:
-            state = psutil.Process(pid).status()
-        except psutil.NoSuchProcess:
-            state = "gone"
-        except psutil.Error as error:
-            state = f"unreadable: {error}"
-        return {"state": state, "marks": stepmarks.read(pid)}
+        """A rank's process state and step counters (cluster/health/rank_evidence.py)."""
+        return rank_evidence.inspect(pid)
 
     def dump_stacks(self, pid: int, timeout_s: float = 20.0) -> str:
-        """Every Python thread's stack of process `pid`, through py-spy (which reads the process's
-        memory without stopping it; a SIGSTOPped process is read the same way)."""
-        import shutil
-        import subprocess
-        import sys
-
-        py_spy = shutil.which("py-spy") or str(__import__("pathlib").Path(sys.executable).with_name("py-spy"))
-        try:
-            result = subprocess.run([py_spy, "dump", "--nonblocking", "--pid", str(pid)], capture_output=True,
-                                    text=True, timeout=timeout_s)
-            return result.stdout if result.returncode == 0 else f"py-spy failed ({result.returncode}): {result.stderr}"
-        except (OSError, subprocess.TimeoutExpired) as error:
-            return f"py-spy could not run: {error}"
+        """A rank's Python stacks, through py-spy (cluster/health/rank_evidence.py)."""
+        return rank_evidence.dump_stacks(pid, timeout_s)
 
     def kill(self, pid: int) -> bool:
         """SIGKILL a training worker of a hung job (a stopped process dies too); True if it was alive."""

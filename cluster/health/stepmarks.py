@@ -37,8 +37,8 @@ class StepMarks:
     """This process's counters. `version` grows on every write; a reader that sees it change
     across its read reads again (the writer is one thread)."""
 
-    def __init__(self, pid: int | None = None) -> None:
-        self.path = path_of(pid or os.getpid())
+    def __init__(self) -> None:
+        self.path = path_of(os.getpid())
         with open(self.path, "w+b") as handle:
             handle.write(b"\0" * FORMAT.size)
             handle.flush()

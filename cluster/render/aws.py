@@ -20,8 +20,8 @@ import yaml
 from rayfleet.cluster.decide.plan import instance_name
 from rayfleet.cluster.render.ray_node import labels_argument, node_labels, number, resources_argument
 from rayfleet.cluster.spec.fleet import AwsFleet, AwsPoolProvider, FleetSpec, PoolSpec
-from rayfleet.names import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL, ROLE_LABEL as ROLE_TAG
-# ROLE_TAG is `head` or `worker`: the provider lists and terminates workers only, never the head it runs on.
+from rayfleet.names import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL, ROLE_LABEL
+# ROLE_LABEL, a tag here, is `head` or `worker`: the provider lists and terminates workers only, never the head it runs on.
 
 FINGERPRINT_PREFIX = "rayfleet:"
 """A launch template version's description holds the hash of its data: a changed spec makes a
@@ -67,7 +67,7 @@ def tags(pairs: dict[str, str]) -> list[dict[str, str]]:
 
 
 def worker_tags(fleet: str, pool: str) -> dict[str, str]:
-    return {FLEET_LABEL: fleet, POOL_LABEL: pool, ROLE_TAG: "worker"}
+    return {FLEET_LABEL: fleet, POOL_LABEL: pool, ROLE_LABEL: "worker"}
 
 
 def instance_tag_specifications(fleet: str, pool: str, instance: str) -> list[dict[str, Any]]:
@@ -134,7 +134,7 @@ def head_template_data(spec: FleetSpec) -> dict[str, Any]:
         # process that dies. With head.fault_tolerance (an external Redis) no worker is lost.
         "MaintenanceOptions": {"AutoRecovery": "default"},
         "TagSpecifications": [{"ResourceType": kind,
-                               "Tags": tags({FLEET_LABEL: spec.name, ROLE_TAG: "head",
+                               "Tags": tags({FLEET_LABEL: spec.name, ROLE_LABEL: "head",
                                              "Name": f"{spec.name}-head"})}
                               for kind in ("instance", "volume")],
         "UserData": base64.b64encode(head_user_data(spec).encode()).decode(),

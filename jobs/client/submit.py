@@ -22,7 +22,6 @@ from rayfleet.jobs.contract import (COLLECTIVE_TIMEOUT_ENV, HEALTH_CHECK_ENV, PR
 from rayfleet.jobs.supervision import history
 from rayfleet.jobs.client.spec import JobSpec, check_against_fleet, gpus_per_worker, validate_model, workers_per_node
 
-JOB_KEY = JOB_LABEL  # the Ray job metadata key naming the rayfleet job
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
 
@@ -109,7 +108,7 @@ def job_metadata(spec: JobSpec) -> dict[str, str]:
     """Ray job metadata: what the dashboard's Jobs view shows beside the job. `job_name` is the
     key its Name column reads (the column's help in Ray 2.60's dashboard says so)."""
     workers = spec.workers if isinstance(spec.workers, int) else f"{spec.workers.min}-{spec.workers.max}"
-    return {JOB_KEY: spec.name, "job_name": spec.name, "pool": spec.pool, "strategy": spec.parallelism.strategy,
+    return {JOB_LABEL: spec.name, "job_name": spec.name, "pool": spec.pool, "strategy": spec.parallelism.strategy,
             "workers": str(workers), "model": spec.model.preset, "steps": str(spec.steps)}
 
 
@@ -153,9 +152,9 @@ def rayfleet_jobs(client: Any) -> list[dict[str, Any]]:
     out = []
     for info in client.list_jobs():
         metadata = info.metadata or {}
-        if JOB_KEY not in metadata:
+        if JOB_LABEL not in metadata:
             continue
-        out.append({"job": metadata[JOB_KEY], "submission_id": info.submission_id, "status": str(info.status.value),
+        out.append({"job": metadata[JOB_LABEL], "submission_id": info.submission_id, "status": str(info.status.value),
                     "pool": metadata.get("pool"), "strategy": metadata.get("strategy"),
                     "workers": metadata.get("workers"), "steps": int(metadata.get("steps", 0) or 0),
                     "start_time": (info.start_time or 0) / 1000, "end_time": (info.end_time or 0) / 1000 or None,

@@ -7,9 +7,8 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Mapping
 
-from rayfleet.cluster.render.aws import ROLE_TAG
 from rayfleet.cluster.decide.view import Instance, InstanceStatus
-from rayfleet.names import INSTANCE_LABEL, POOL_LABEL
+from rayfleet.names import INSTANCE_LABEL, POOL_LABEL, ROLE_LABEL
 
 CAPACITY_ERRORS = frozenset({
     # EC2 API error codes that mean "no capacity of this kind now" (the EC2 API reference, "Error
@@ -53,7 +52,7 @@ def tag_map(description: Mapping[str, Any]) -> dict[str, str]:
 
 
 def is_worker(description: Mapping[str, Any]) -> bool:
-    return tag_map(description).get(ROLE_TAG) == "worker" and INSTANCE_LABEL in tag_map(description)
+    return tag_map(description).get(ROLE_LABEL) == "worker" and INSTANCE_LABEL in tag_map(description)
 
 
 def was_interrupted(description: Mapping[str, Any]) -> bool:

@@ -32,7 +32,6 @@ from rayfleet.cluster.providers.aws.instances import (
     was_interrupted,
 )
 from rayfleet.cluster.render.aws import (
-    ROLE_TAG,
     aws_settings,
     instance_tag_specifications,
     placement_group,
@@ -44,7 +43,7 @@ from rayfleet.cluster.render.aws import (
 )
 from rayfleet.cluster.spec.fleet import FleetSpec, PoolSpec
 from rayfleet.cluster.decide.view import Instance
-from rayfleet.names import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL
+from rayfleet.names import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL, ROLE_LABEL
 
 log = logging.getLogger(__name__)
 
@@ -268,7 +267,7 @@ class AwsProvider:
     def _describe(self, names: Sequence[str] | None = None) -> list[dict[str, Any]]:
         """The fleet's worker instances (every state EC2 still reports), optionally only `names`."""
         base = [{"Name": f"tag:{FLEET_LABEL}", "Values": [self.fleet]},
-                {"Name": f"tag:{ROLE_TAG}", "Values": ["worker"]}]
+                {"Name": f"tag:{ROLE_LABEL}", "Values": ["worker"]}]
         if names is None:
             chunks: list[list[dict[str, Any]]] = [base]
         else:

@@ -6,9 +6,12 @@ path, the bad value and what would be accepted; the CLI turns that into exit cod
 """
 from __future__ import annotations
 
+import functools
+import importlib.util
 import re
+from decimal import ROUND_CEILING, Decimal
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -42,31 +45,49 @@ ACCELERATOR_PEAK_TFLOPS: dict[str, float] = {
     "T4": 65.0,
 }
 
-_QUANTITY = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGTP]i?|[kmgtp]i?)?[Bb]?\s*$")
-_FACTORS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12, "p": 10**15,
-            "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40, "pi": 2**50}
+def _kubernetes_parse_quantity() -> Callable[[Any], Decimal]:
+    """The Kubernetes client's own quantity parser (kubernetes/utils/quantity.py), loaded from its
+    file: importing it through `kubernetes.utils` imports the whole API client (0.6 s), and every
+    spec read would pay for that. The module needs only `decimal`."""
+    spec = importlib.util.find_spec("kubernetes")
+    if spec is None or not spec.submodule_search_locations:
+        raise BadInput("sizes are parsed by the Kubernetes client library, which is not installed; "
+                       "pip install 'kubernetes>=30' (a dependency of rayfleet)")
+    path = Path(spec.submodule_search_locations[0]) / "utils" / "quantity.py"
+    module_spec = importlib.util.spec_from_file_location("rayfleet_k8s_quantity", path)
+    assert module_spec is not None and module_spec.loader is not None
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.parse_quantity
+
+
+_parse_quantity = functools.cache(_kubernetes_parse_quantity)
+# What the schema accepts as a string: Kubernetes' quantity grammar (apimachinery's
+# resource.Quantity), less the sign (a size is never negative): a decimal, an optional exponent (1e9) or suffix (Ki..Ei, n u m k M G T P E).
+_QUANTITY_PATTERN = r"^\+?([0-9]+(\.[0-9]*)?|\.[0-9]+)(([eE][+-]?[0-9]+)|(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E))?$"
 
 
 def parse_bytes(value: Any) -> int:
-    """'64Gi' / '512M' / 1073741824 -> bytes (Kubernetes quantity suffixes)."""
-    if isinstance(value, bool):
-        raise ValueError("expected a size such as 64Gi, 512Mi or a number of bytes")
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError("a size cannot be negative")
-        return int(value)
-    if isinstance(value, str):
-        match = _QUANTITY.match(value)
-        if match:
-            number, unit = match.groups()
-            return int(float(number) * _FACTORS[(unit or "").lower()])
-    raise ValueError("expected a size such as 64Gi, 512Mi or a number of bytes")
+    """'64Gi' / '512M' / '1e9' / 1073741824 -> bytes, parsed as Kubernetes parses quantities and
+    rounded up to a whole byte as Kubernetes does (so '512m', 0.512, is 1 byte)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError("expected a size such as 64Gi, 512Mi, 1e9 or a number of bytes")
+    if isinstance(value, str) and not re.fullmatch(_QUANTITY_PATTERN, value.strip()):
+        raise ValueError(f"expected a size such as 64Gi, 512Mi, 1e9 or a number of bytes (a Kubernetes "
+                         f"quantity), got {value!r}")
+    try:
+        number = _parse_quantity()(value.strip() if isinstance(value, str) else value)
+    except (ValueError, ArithmeticError):
+        raise ValueError(f"expected a size such as 64Gi, 512Mi, 1e9 or a number of bytes, got {value!r}") from None
+    if number < 0:
+        raise ValueError("a size cannot be negative")
+    return int(number.to_integral_value(rounding=ROUND_CEILING))
 
 
 Bytes = Annotated[int, BeforeValidator(parse_bytes), WithJsonSchema({
     "anyOf": [{"type": "integer", "minimum": 0},
-              {"type": "string", "pattern": _QUANTITY.pattern.replace("\\s*", "")}],
-    "description": "bytes, or a size with a Kubernetes suffix: 64Gi, 512Mi, 2G"})]
+              {"type": "string", "pattern": _QUANTITY_PATTERN}],
+    "description": "bytes, or a Kubernetes quantity: 64Gi, 512Mi, 2G, 1e9"})]
 """A size: written as in Kubernetes (a string with a suffix) or as bytes; validated to bytes."""
 
 

@@ -78,9 +78,29 @@ def test_missing_file_is_bad_input(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("value,expected", [("64Gi", 64 * 2**30), ("512M", 512 * 10**6), (1024, 1024),
-                                            ("1.5Gi", int(1.5 * 2**30)), ("200Mi", 200 * 2**20)])
+                                            ("1.5Gi", int(1.5 * 2**30)), ("200Mi", 200 * 2**20),
+                                            ("1e9", 10**9), ("2E3", 2000), ("512m", 1), ("1500m", 2),
+                                            ("128k", 128_000), ("0.5Ki", 512)])
 def test_sizes_parse_like_kubernetes_quantities(value: object, expected: int) -> None:
+    # as apimachinery's resource.Quantity: "m" is milli (rounded up to a whole byte), "e" an exponent
     assert parse_bytes(value) == expected
+
+
+@pytest.mark.parametrize("value", ["64GiB", "64 Gi", "ten", "1Zi", "-1Gi", "", "64gi", True])
+def test_sizes_kubernetes_refuses_are_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="64Gi"):
+        parse_bytes(value)
+
+
+def test_the_schema_accepts_exactly_the_sizes_the_spec_accepts() -> None:
+    import jsonschema
+
+    schema = {"$defs": FleetSpec.model_json_schema()["$defs"], "$ref": "#/$defs/PoolSpec"}
+    for good in ("64Gi", "512M", "1e9", "512m", 2**30):
+        jsonschema.validate({"name": "p", "memory": good}, schema)
+    for bad in ("64GiB", "64 Gi", "1Zi"):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate({"name": "p", "memory": bad}, schema)
 
 
 def test_cli_refuses_bad_specs_with_exit_2_and_starts_nothing(tmp_path: Path) -> None:

@@ -1,4 +1,5 @@
-"""Nodes announced to go away (spot interruption, scheduled eviction), from their agents' reports.
+"""Nodes announced to go away, from their agents' reports (a spot interruption, a rebalance
+recommendation) or from their provider (a Kubernetes node drain, a pod eviction).
 
 A noticed node is drained with the notice's deadline and replaced in the same pass, before it
 goes; it is terminated as soon as its jobs have checkpointed for the notice, or at the deadline.
@@ -8,6 +9,12 @@ from __future__ import annotations
 from rayfleet.cluster.decide.actions import Drain
 from rayfleet.cluster.decide.draft import Draft
 from rayfleet.cluster.decide.state import NodeRecord, NodeState
+
+UNTIMED_NOTICE_S = 120.0
+"""A notice that names no deadline (a cordoned Kubernetes node: `kubectl drain` evicts next) is
+taken as AWS's spot warning, two minutes: the jobs checkpoint now, and the node is ended once they
+did. With the rendered PodDisruptionBudget (`maxUnavailable: 0` on workers) the drain's evictions
+wait until then."""
 
 
 def take_notice(draft: Draft, record: NodeRecord, deadline: float, why: str) -> None:

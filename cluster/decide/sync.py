@@ -13,10 +13,11 @@ import dataclasses
 from typing import Callable, Mapping
 
 from rayfleet.cluster.decide.draft import Draft
-from rayfleet.cluster.decide.notices import take_notice
+from rayfleet.cluster.decide.notices import UNTIMED_NOTICE_S, take_notice
 from rayfleet.cluster.decide.state import NodeRecord, NodeState
 from rayfleet.cluster.decide.view import Instance, InstanceStatus, Probe, RayNode
 from rayfleet.cluster.health.policy import judge, liveness
+from rayfleet.cluster.health.report import HealthReport
 
 S = NodeState
 
@@ -88,7 +89,7 @@ def _sync_joined(draft: Draft, record: NodeRecord, instance: Instance | None, no
             record = dataclasses.replace(record, node_id=node.node_id, address=node.address, admitted=False)
             draft.records[record.instance] = record
         if record.state in (S.READY, S.SUSPECT, S.DEGRADED, S.UNHEALTHY):
-            judge_health(draft, record)
+            judge_health(draft, record, instance)
         elif draft.view.probes.get(record.instance) is Probe.GONE:
             lost(draft, record, "its raylet refuses connections: the process is gone")
 
@@ -127,9 +128,10 @@ def lost(draft: Draft, record: NodeRecord, reason: str) -> None:
     draft.terminate(record, reason)
 
 
-def judge_health(draft: Draft, record: NodeRecord) -> None:
-    """Liveness first (alive / suspect / dead), then a notice, then the checks (healthy /
-    degraded / unhealthy), from the node's newest agent report and its raylet probe."""
+def judge_health(draft: Draft, record: NodeRecord, instance: Instance | None = None) -> None:
+    """Liveness first (alive / suspect / dead), then a notice (its agent's or its provider's, the
+    sooner), then the checks (healthy / degraded / unhealthy), from the node's newest agent report
+    and its raylet probe."""
     report = draft.view.health.get(record.instance)
     suspect_since = record.since if record.state is S.SUSPECT else None
     live = liveness(report, draft.view.probes.get(record.instance), draft.now, draft.spec.health,
@@ -142,8 +144,9 @@ def judge_health(draft: Draft, record: NodeRecord) -> None:
             draft.event("suspect", f"{record.instance} is suspect: {live.reason}", record, reason="liveness")
         draft.move(record, S.SUSPECT, live.reason)
         return
-    if report is not None and report.notice_deadline and report.notice_deadline > draft.now:
-        take_notice(draft, record, report.notice_deadline, report.notice_reason)
+    notices = [(deadline, why) for deadline, why in _notices(draft, report, instance) if deadline > draft.now]
+    if notices:
+        take_notice(draft, record, *min(notices))
         return
     verdict = judge(report)
     if verdict.level == "unhealthy":
@@ -160,3 +163,14 @@ def judge_health(draft: Draft, record: NodeRecord) -> None:
         draft.move(record, S.READY, f"healthy again (was {was})")
         draft.event("recovered", f"{record.instance} is healthy again (was {was})", record)
 
+
+
+def _notices(draft: Draft, report: HealthReport | None, instance: Instance | None) -> list[tuple[float, str]]:
+    """(deadline, why) of every notice the node has: from its agent (cloud metadata) and from its
+    provider (Kubernetes drains and evictions; without a deadline, UNTIMED_NOTICE_S from now)."""
+    found = []
+    if report is not None and report.notice_deadline:
+        found.append((report.notice_deadline, report.notice_reason))
+    if instance is not None and instance.notice:
+        found.append((instance.notice_deadline or draft.now + UNTIMED_NOTICE_S, instance.notice))
+    return found

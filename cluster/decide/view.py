@@ -39,6 +39,8 @@ class Instance:
     detail: str = ""                 # e.g. "raylet exited (signal 9)", "spot interruption"
     provider_id: str | None = None   # the provider's own id (EC2 instance id, pod name, PID)
     spot: bool = False
+    notice: str = ""                 # the provider announces it goes away (a Kubernetes drain or eviction): why
+    notice_deadline: float | None = None  # when it goes, if the provider says (None: UNTIMED_NOTICE_S)
 
 
 @dataclass(frozen=True)

@@ -14,6 +14,13 @@ name) and the planner pairs new pods with its pending requests (`consume_request
 - `cordon(instance)` marks the pod's Kubernetes node unschedulable (`kubectl cordon`), so the
   replacement of a node with a hardware failure does not land on the same machine; remediation
   calls it for hardware checks (XID, ECC), then terminates the pod.
+- Notices: a worker pod on a cordoned node (the first step of `kubectl drain`, of a node upgrade
+  or of a cluster autoscaler's scale-down) or one the eviction API has started to delete (its
+  `DisruptionTarget` condition) is listed with a notice, as an EC2 spot interruption is: its jobs
+  checkpoint, it is replaced and then ended by rayfleet. The rendered PodDisruptionBudget
+  (`maxUnavailable: 0` on workers) makes a drain's evictions wait for that; rayfleet deletes the
+  pod itself (through KubeRay), which a budget does not block. Cordoned nodes are read with one
+  list call filtered on `spec.unschedulable`, so the cost does not grow with the cluster.
 - Every RayCluster change is a JSON patch carrying the resourceVersion it was computed from: a
   concurrent writer (KubeRay updating status, another controller) makes it fail with 409 Conflict,
   and the change is recomputed from a fresh read.
@@ -26,7 +33,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Collection, Iterator, Mapping, Sequence
 
 from rayfleet.errors import ProviderError
 from rayfleet.cluster.render.k8s import RAY_API, settings
@@ -148,7 +155,9 @@ class KubernetesProvider:
     def instances(self) -> list[Instance]:
         with self._errors("list pods"):
             pods = self._pods()
-        return [_to_instance(pod) for pod in pods]
+        with self._errors("list cordoned nodes"):
+            cordoned = self._cordoned_nodes()
+        return [_to_instance(pod, cordoned) for pod in pods]
 
     def cordon(self, instance: str) -> str | None:
         """Mark the Kubernetes node under pod `instance` unschedulable; its name, or None if the
@@ -174,6 +183,10 @@ class KubernetesProvider:
             self.namespace, label_selector=f"ray.io/cluster={self.cluster},ray.io/node-type=worker",
             _preload_content=False)
         return list(_json(response).get("items", []))
+
+    def _cordoned_nodes(self) -> set[str]:
+        response = self._core().list_node(field_selector="spec.unschedulable=true", _preload_content=False)
+        return {str(node["metadata"]["name"]) for node in _json(response).get("items", [])}
 
     def _read_cluster(self) -> dict[str, Any]:
         try:
@@ -287,11 +300,31 @@ def _phase(pod: Mapping[str, Any]) -> str:
     return str((pod.get("status") or {}).get("phase", "Pending"))
 
 
-def _to_instance(pod: Mapping[str, Any]) -> Instance:
-    """A worker pod as an Instance: Pending -> pending, Running -> running, else terminated."""
+def _disruption(pod: Mapping[str, Any]) -> str:
+    """Why Kubernetes is taking the pod away (the `DisruptionTarget` condition the eviction API,
+    preemption and the taint manager set before deleting it), or ""."""
+    for condition in (pod.get("status") or {}).get("conditions") or []:
+        if condition.get("type") == "DisruptionTarget" and condition.get("status") == "True":
+            return str(condition.get("reason") or "DisruptionTarget")
+    return ""
+
+
+def _to_instance(pod: Mapping[str, Any], cordoned: Collection[str] = ()) -> Instance:
+    """A worker pod as an Instance: Pending -> pending, Running -> running, else terminated; a
+    running pod being evicted, or on a cordoned node, is running with a notice."""
     meta, status = pod["metadata"], pod.get("status") or {}
     phase = _phase(pod)
     detail = ""
+    disruption, node = _disruption(pod), (pod.get("spec") or {}).get("nodeName")
+    if phase == "Running" and disruption:
+        deadline = _timestamp(meta, "deletionTimestamp") or None
+        return Instance(id=meta["name"], pool=_pool_of(pod), status=InstanceStatus.RUNNING,
+                        launched_at=_timestamp(meta), provider_id=meta.get("uid"),
+                        notice=f"Kubernetes evicts the pod ({disruption})", notice_deadline=deadline)
+    if phase == "Running" and node in cordoned and not _deleting(pod):
+        return Instance(id=meta["name"], pool=_pool_of(pod), status=InstanceStatus.RUNNING,
+                        launched_at=_timestamp(meta), provider_id=meta.get("uid"),
+                        notice=f"its Kubernetes node {node} is cordoned (a drain evicts it next)")
     if _deleting(pod):
         state, detail = InstanceStatus.TERMINATED, "pod is being deleted"
     elif phase == "Running":
@@ -308,10 +341,10 @@ def _to_instance(pod: Mapping[str, Any]) -> Instance:
                     detail=detail, provider_id=meta.get("uid"))
 
 
-def _timestamp(meta: Mapping[str, Any]) -> float:
+def _timestamp(meta: Mapping[str, Any], field: str = "creationTimestamp") -> float:
     from datetime import datetime
 
-    created = meta.get("creationTimestamp")
+    created = meta.get(field)
     if not created:
         return 0.0
     return datetime.fromisoformat(str(created).replace("Z", "+00:00")).timestamp()

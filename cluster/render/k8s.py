@@ -110,9 +110,9 @@ def base_objects(namespace: str) -> list[dict[str, Any]]:
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CONTROLLER},
          "subjects": [{"kind": "ServiceAccount", "name": CONTROLLER, "namespace": namespace}]},
         # Nodes are cluster-scoped: cordoning the machine of a node quarantined for its hardware
-        # (cluster/loop/act.py) needs a ClusterRole (patch nodes only).
+        # (cluster/loop/act.py) and listing the cordoned ones (a drain is a notice) need a ClusterRole.
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": _meta(CORDON_ROLE),
-         "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["patch"]}]},
+         "rules": [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["list", "patch"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
          "metadata": _meta(f"{CORDON_ROLE}-{namespace}"),
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": CORDON_ROLE},
@@ -120,6 +120,10 @@ def base_objects(namespace: str) -> list[dict[str, Any]]:
         {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta("rayfleet-heads", namespace),
          # No voluntary eviction (node drains, upgrades) of a head: run `rayfleet down` first.
          "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {ROLE_LABEL: "head"}}}},
+        {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": _meta("rayfleet-workers", namespace),
+         # A drain's evictions of workers wait: rayfleet reads the cordon as a notice, the jobs
+         # checkpoint, and rayfleet deletes the pod itself (cluster/providers/kubernetes.py).
+         "spec": {"maxUnavailable": 0, "selector": {"matchLabels": {ROLE_LABEL: "worker"}}}},
     ]
 
 

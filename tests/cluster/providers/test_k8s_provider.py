@@ -3,6 +3,7 @@
 reconciliation, a scheduler). The controller loop is the production plan + act."""
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -238,6 +239,41 @@ def test_a_node_quarantined_for_its_hardware_cordons_its_machine(fake: FakeKube,
     assert not fake.get("nodes", machine).get("spec", {}).get("unschedulable")
     act([Vacate("l40s", bad, "0" * 56, "gpu.xid: XID 79")], provider, spec, DrainRecorder())
     assert fake.get("nodes", machine)["spec"]["unschedulable"] is True
+
+
+def test_a_drained_node_and_an_evicted_pod_are_notices_replaced_before_their_pods_go(
+        fake: FakeKube, spec: FleetSpec) -> None:
+    """`kubectl drain` cordons first and evicts next (its evictions wait on the rendered budget):
+    the cordon is read as a notice, as an EC2 spot interruption is. An eviction that went through
+    (a preemption, a drain without the budget) is a notice with the pod's grace period as deadline."""
+    from rayfleet.cluster.decide.notices import UNTIMED_NOTICE_S
+    from rayfleet.cluster.decide.state import NodeState
+
+    apply_cluster(spec)
+    provider = KubernetesProvider(spec)
+    controller = ProviderHarness(spec, provider, ray=EmulatedRay(join_delay_s=0.1))
+    controller.run_until(controller.settled, 30, "the rendered pools ready")
+    drained, evicted = pod_names(fake, "h100")
+    machine = fake.get("pods", drained, "rayfleet")["spec"]["nodeName"]
+
+    fake.evict(evicted, grace_s=60)
+    controller.run_until(lambda: controller.ready("h100") == 2 and evicted in controller.records("h100", NodeState.DRAINING),
+                         30, "the evicted pod noticed and replaced")
+    record = controller.state.nodes[evicted]
+    assert record.notice_deadline == pytest.approx(time.time() + 60, abs=5)  # its grace period, not 120 s
+    assert any(e.kind == "notice" and "evicts" in e.message for e in controller.events if e.instance == evicted)
+    assert len(pod_names(fake, "h100")) == 3  # its replacement came up before it goes
+
+    fake.cordon(machine)
+    controller.run_until(lambda: controller.ready("h100") == 2 and drained in controller.records("h100", NodeState.DRAINING),
+                         30, "the drained node noticed and replaced")
+    notice = next(e for e in controller.events if e.kind == "notice" and e.instance == drained)
+    assert "cordoned" in notice.message and machine in notice.message, notice.message
+    assert controller.ray.node_id(drained) in controller.drains.drained  # Ray Train sees a preemption
+    replacements = set(pod_names(fake, "h100")) - {drained, evicted}
+    assert all(fake.get("pods", pod, "rayfleet")["spec"]["nodeName"] != machine for pod in replacements)
+    controller.skip(UNTIMED_NOTICE_S + 1)  # no job acknowledged: it is ended at its notice's deadline
+    controller.run_until(lambda: drained not in pod_names(fake, "h100"), 30, "the drained node's pod ended")
 
 
 def test_the_rbac_rules_allow_exactly_the_calls_the_provider_makes(fake: FakeKube, spec: FleetSpec) -> None:

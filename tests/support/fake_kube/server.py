@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 from urllib.parse import parse_qs, urlparse
 
 import yaml
@@ -35,8 +35,25 @@ class ApiError(Exception):
                 "message": self.message, "reason": self.reason, "code": self.code}
 
 
+FIELD_SELECTORS = {"nodes": {"metadata.name", "spec.unschedulable"}, "pods": {"metadata.name", "spec.nodeName"}}
+"""The field selectors the real API server accepts for these kinds (a subset of them)."""
+
+
+def _field(obj: Mapping[str, Any], path: str) -> str:
+    value: Any = obj
+    for part in path.split("."):
+        value = value.get(part) if isinstance(value, Mapping) else None
+    if isinstance(value, bool) or (value is None and path == "spec.unschedulable"):
+        return "true" if value else "false"
+    return "" if value is None else str(value)
+
+
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return _iso(time.time())
+
+
+def _iso(unix: float) -> str:
+    return datetime.datetime.fromtimestamp(unix, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class FakeKube:
@@ -127,6 +144,24 @@ class FakeKube:
             pod["status"] = {"phase": "Failed", "reason": reason, "message": f"The node was low on resource: {reason}"}
             self._bump(pod)
 
+    def cordon(self, node: str) -> None:
+        """`kubectl cordon`, the first step of `kubectl drain`: the node takes no new pods."""
+        with self.lock:
+            self.objects[("nodes", "", node)]["spec"]["unschedulable"] = True
+            self._bump(self.objects[("nodes", "", node)])
+
+    def evict(self, name: str, namespace: str = "rayfleet", grace_s: float = 30.0) -> None:
+        """What a successful eviction (the API's pods/eviction, preemption, the taint manager) does:
+        the pod gets the DisruptionTarget condition and a graceful delete (deletionTimestamp = now +
+        its grace period); it is removed when the grace period ends (the kubelet killed it)."""
+        with self.lock:
+            pod = self.objects[("pods", namespace, name)]
+            pod["status"].setdefault("conditions", []).append(
+                {"type": "DisruptionTarget", "status": "True", "reason": "EvictionByEvictionAPI",
+                 "message": "Eviction API: evicting"})
+            pod["metadata"]["deletionTimestamp"] = _iso(time.time() + grace_s)
+            self._bump(pod)
+
     # --- HTTP -------------------------------------------------------------------------------------
     def handle(self, method: str, raw_path: str, content_type: str, body: bytes) -> tuple[int, dict[str, Any]]:
         url = urlparse(raw_path)
@@ -161,7 +196,7 @@ class FakeKube:
                   query: dict[str, str], content_type: str, body: bytes) -> dict[str, Any]:
         key = (plural, namespace, name or "")
         if method == "GET" and name is None:
-            return self._list(plural, namespace, query.get("labelSelector", ""))
+            return self._list(plural, namespace, query.get("labelSelector", ""), query.get("fieldSelector", ""))
         if method == "POST" and name is None and (group, plural) in CUSTOM:
             return self._create_custom(plural, namespace, json.loads(body))
         if name is None or key not in self.objects:
@@ -179,11 +214,15 @@ class FakeKube:
         raise ApiError(405, "MethodNotAllowed", f"{method} {plural} is not served by the fake")
 
     # --- reading ----------------------------------------------------------------------------------
-    def _list(self, plural: str, namespace: str, selector: str) -> dict[str, Any]:
+    def _list(self, plural: str, namespace: str, selector: str, fields: str = "") -> dict[str, Any]:
         wanted = dict(term.split("=", 1) for term in selector.split(",") if "=" in term)
+        by_field = dict(term.split("=", 1) for term in fields.split(",") if "=" in term)
+        if set(by_field) - FIELD_SELECTORS.get(plural, set()):
+            raise ApiError(400, "BadRequest", f'field label not supported: {", ".join(sorted(by_field))}')
         items = [copy.deepcopy(obj) for (kind, ns, _), obj in sorted(self.objects.items())
                  if kind == plural and (not namespace or ns == namespace)
-                 and all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())]
+                 and all((obj["metadata"].get("labels") or {}).get(k) == v for k, v in wanted.items())
+                 and all(_field(obj, k) == v for k, v in by_field.items())]
         return {"apiVersion": "v1", "kind": f"{KINDS[plural]}List",
                 "metadata": {"resourceVersion": str(self.version)}, "items": items}
 
@@ -316,6 +355,11 @@ class FakeKube:
     # --- the scheduler and the kubelet ----------------------------------------------------------
     def _advance(self) -> None:
         now = time.time()
+        for key, pod in [(k, o) for k, o in self.objects.items() if k[0] == "pods"]:
+            ending = pod["metadata"].get("deletionTimestamp")
+            if ending and datetime.datetime.fromisoformat(ending.replace("Z", "+00:00")).timestamp() <= now:
+                del self.objects[key]  # its grace period ended: the kubelet killed it
+                self._reconcile_owner(pod)
         nodes = [obj for (plural, _, _), obj in sorted(self.objects.items()) if plural == "nodes"]
         pods = [obj for (plural, _, _), obj in sorted(self.objects.items()) if plural == "pods"]
         for pod in pods:

@@ -11,10 +11,11 @@ import hashlib
 import json
 import os
 import secrets
+import stat
 from pathlib import Path
 from typing import Any, Iterator
 
-from rayfleet.errors import NotFound
+from rayfleet.errors import BadInput, NotFound
 
 
 def rayfleet_home() -> Path:
@@ -57,6 +58,22 @@ class FleetDir:
         """Ray's temp dirs, under a short path: Unix socket paths must stay under 107 bytes."""
         digest = hashlib.sha1(str(self.path.resolve()).encode()).hexdigest()[:8]
         return Path("/tmp") / f"rf-{digest}"
+
+    def ensure_temp_root(self) -> Path:
+        """`temp_root`, made private (0700) and checked to be this user's own folder: its name in
+        /tmp is predictable, so another local user could have made it first (or a link in its
+        place) to read the fleet's Ray sockets and logs. BadInput then; nothing starts."""
+        root = self.temp_root
+        with contextlib.suppress(FileExistsError):
+            root.mkdir(mode=0o700)
+        info = os.lstat(root)
+        if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():
+            raise BadInput(f"{root}: the Ray temp folder of fleet {self.name} exists but is not a folder owned by you "
+                           f"(owner uid {info.st_uid}{', a symbolic link' if stat.S_ISLNK(info.st_mode) else ''}); "
+                           f"remove it, or give this fleet another RAYFLEET_HOME")
+        if info.st_mode & 0o077:
+            root.chmod(0o700)
+        return root
 
     def exists(self) -> bool:
         return self.path.is_dir()

@@ -91,6 +91,7 @@ def head_command(spec: FleetSpec, fleet: FleetDir, port: int, dashboard_port: in
 def start_head(spec: FleetSpec, fleet: FleetDir) -> HeadInfo:
     """Start the fleet's supervisor, which starts the head (and Redis), then wait until the head's
     GCS and dashboard answer."""
+    fleet.ensure_temp_root()  # first: a folder squatted by another user is bad input, and nothing starts
     stop_head(fleet)  # whatever an earlier `up` left behind (a caller adopts a supervisor still at work)
     token = fleet.ensure_token()
     port = spec.head.port or free_port()

@@ -142,7 +142,7 @@ def test_no_secret_is_on_disk_in_a_log_in_the_gcs_or_in_a_job_history(ft: Fleet)
     password = password_file.read_text().strip()
     for private in (password_file, ft.dir / "auth_token", ft.dir / "supervisor-config.json", ft.dir / "runtime.json"):
         assert oct(private.stat().st_mode & 0o777) == "0o600", private
-    for folder in (ft.home, ft.home / "fleets", ft.dir):
+    for folder in (ft.home, ft.home / "fleets", ft.dir, FleetDir(ft.name, ft.home).temp_root):
         assert oct(folder.stat().st_mode & 0o777) == "0o700", folder
     ray_logs = FleetDir(ft.name, ft.home).temp_root / "head" / "session_latest" / "logs"
     files = [*(ft.dir / "logs").rglob("*"), *ray_logs.rglob("*"), *ft.dir.glob("*.json"),

@@ -117,6 +117,32 @@ def test_cli_refuses_bad_specs_with_exit_2_and_starts_nothing(tmp_path: Path) ->
     assert ray_daemon_pids(home) == set()
 
 
+def test_a_ray_temp_folder_squatted_by_another_user_is_refused_and_nothing_starts(tmp_path: Path) -> None:
+    """Ray's temp folder has a predictable name in /tmp (socket paths must stay short): one that
+    another user made first, or a link in its place, is refused before anything starts."""
+    import os
+
+    from rayfleet.cluster.head.fleetdir import FleetDir
+
+    home = tmp_path / "home"
+    path = tmp_path / "fleet.yaml"
+    path.write_text(GOOD)
+    root = FleetDir("good", home).temp_root
+    for squat in ("folder", "link"):
+        if squat == "folder":
+            root.mkdir(mode=0o777)
+            os.chown(root, 65534, 65534)  # nobody's (the tests run as root, as CI does)
+        else:
+            root.symlink_to(tmp_path)
+        try:
+            result = rayfleet("up", "-f", str(path), home=home, timeout=60)
+            assert result.returncode == 2, (squat, result.stdout, result.stderr)
+            assert str(root) in result.stderr and "not a folder owned by you" in result.stderr, result.stderr
+            assert ray_daemon_pids(home) == set()
+        finally:
+            root.rmdir() if squat == "folder" else root.unlink()
+
+
 def test_cli_schema_prints_the_json_schema() -> None:
     import json
 

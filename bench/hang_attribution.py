@@ -4,14 +4,19 @@ Each trial runs rayfleet's own training loop (jobs/worker/loop.py's Trainer: DDP
 model, steps padded to --step-s) on 2 or 3 ranks in local processes, makes one random rank hang
 in one of five ways, waits until no rank advances for the hang bound (3 x median step + margin),
 then reads each rank's evidence exactly as a node's health agent does for the controller (process
-state through psutil, the step counters in shared memory, the py-spy stack) and decides with
+state through psutil, the step counters in shared memory, the flight recorder's collectives, the
+py-spy stack) and decides with
 jobs/supervision/attribution.py. Kinds:
 
-  stop      SIGSTOP at a random moment of a step; each trial is reported by where the rank was
-            stopped: before its step's collectives, inside them, or after them
-  sleep     the rank's main thread sleeps (a Python `time.sleep` from a signal handler, at a
-            random point of its step)
-  spin      the rank's main thread spins in a busy loop (the same way)
+  stop-before  SIGSTOP inside its step, before its collectives (the victim's step starts with a
+               short stall of its own, and it is stopped during it)
+  stop-inside  SIGSTOP inside the step's collective (the others start their steps a little late,
+               so the victim waits in the gradient all-reduce when it is stopped)
+  stop-after   SIGSTOP after its step (in the padding sleep, the others already in the next one)
+  sleep        the rank's main thread sleeps (a Python `time.sleep` from a signal handler, at a
+               random point of its step)
+  spin         the rank's main thread spins in a busy loop (the same way)
+Where a stopped rank really was is read off its stack and counters and recorded beside the target.
 
 Verdicts: right (the hung rank named alone), candidates (undecided, the hung rank among the
 candidates named: allowed), wrong (another rank named). Prints a table, writes JSON.
@@ -22,6 +27,7 @@ The controller's own path (Ray, the agents, the kill) is tested in tests/jobs/te
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import multiprocessing as mp
 import os
@@ -35,10 +41,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rayfleet.cluster.health import rank_evidence, stepmarks
+from rayfleet.cluster.health import flight_recorder, rank_evidence, stepmarks
 from rayfleet.jobs.supervision.attribution import RankEvidence, attribute
 
-KINDS = ("stop", "sleep", "spin")
+KINDS = ("stop-before", "stop-inside", "stop-after", "sleep", "spin")
+LAG_S = 0.12  # the stall at a step's start that puts a stop before (or, for the others, inside) the collective
 FACTOR, MARGIN_S = 3.0, 1.0  # the bound: 3 x median step + 1 s (the product's default margin is 10 s)
 
 
@@ -53,7 +60,7 @@ def _spin_forever(signum: int, frame: Any) -> None:
         x += 1
 
 
-def rank_main(rank: int, world: int, port: int, storage: str, step_s: float, ready: Any) -> None:
+def rank_main(rank: int, world: int, port: int, storage: str, step_s: float, lag_s: float, ready: Any) -> None:
     import torch
     import torch.distributed as dist
 
@@ -68,6 +75,7 @@ def rank_main(rank: int, world: int, port: int, storage: str, step_s: float, rea
     signal.signal(signal.SIGUSR1, _hang_forever)
     signal.signal(signal.SIGUSR2, _spin_forever)
     torch.set_num_threads(1)
+    os.environ[flight_recorder.BUFFER_ENV] = str(flight_recorder.BUFFER_SIZE)  # as a job's environment sets it
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     spec = JobSpec.model_validate({"name": "bench", "pool": "cpu", "workers": world, "model": {"preset": "tiny"},
                                    "data": {"seq_len": 32, "global_batch": 2 * world}, "steps": 100_000,
@@ -75,6 +83,14 @@ def rank_main(rank: int, world: int, port: int, storage: str, step_s: float, rea
     run = RunInfo(storage=storage, device="cpu", gpus_per_worker=0, submission_id="bench-1")
     trainer = Trainer(spec, run, rank, world, torch.device("cpu"), history.job_dir(storage, "bench"))
     trainer.marks = stepmarks.StepMarks()
+    trainer.collectives = flight_recorder.Responder()
+    if lag_s:
+        step = trainer.train_step
+
+        def lagged() -> Any:
+            time.sleep(lag_s)
+            return step()
+        trainer.train_step = lagged  # type: ignore[method-assign]
     ready.put((rank, os.getpid()))
     trainer.train()
 
@@ -114,22 +130,26 @@ def trial(world: int, kind: str, step_s: float, rng: random.Random) -> dict[str,
     ready = context.Queue()
     storage = tempfile.mkdtemp(prefix="rayfleet-hang-bench-")
     port = free_port()
-    procs = [context.Process(target=rank_main, args=(r, world, port, storage, step_s, ready), daemon=True)
+    victim = rng.randrange(world)
+    lags = {r: (LAG_S if (kind == "stop-before") == (r == victim) else 0.0) if kind in ("stop-before", "stop-inside")
+            else 0.0 for r in range(world)}
+    procs = [context.Process(target=rank_main, args=(r, world, port, storage, step_s, lags[r], ready), daemon=True)
              for r in range(world)]
     for p in procs:
         p.start()
     try:
         pids = dict(ready.get(timeout=120) for _ in range(world))
         wait_for_steps(pids, 6)
-        victim = rng.randrange(world)
-        # a random moment of a step: after a step starts, wait a random part of one step
-        start = marks_of(pids)[victim]["started"]
+        # the moment: a step's start (+ part of the lag: before or inside), its end (+ a little:
+        # after), or a random point of a step (sleep, spin)
+        field = "finished" if kind == "stop-after" else "started"
+        start = marks_of(pids)[victim][field]
         deadline = time.monotonic() + 30
-        while marks_of(pids)[victim]["started"] == start and time.monotonic() < deadline:
+        while marks_of(pids)[victim][field] == start and time.monotonic() < deadline:
             time.sleep(0.002)
-        time.sleep(rng.uniform(0, step_s))
+        time.sleep(rng.uniform(0.2, 0.6) * LAG_S if kind.startswith("stop-") else rng.uniform(0, step_s))
         injected = time.time()
-        if kind == "stop":
+        if kind.startswith("stop-"):
             os.kill(pids[victim], signal.SIGSTOP)
         else:
             os.kill(pids[victim], signal.SIGUSR1 if kind == "sleep" else signal.SIGUSR2)
@@ -154,12 +174,12 @@ def trial(world: int, kind: str, step_s: float, rng: random.Random) -> dict[str,
             marks = seen["marks"]
             evidence[rank] = RankEvidence(rank=rank, pid=pid, node_id="local", state=seen["state"],
                                           started=marks and marks["started"], finished=marks and marks["finished"],
-                                          stack=stacks[rank])
+                                          stack=stacks[rank], collectives=seen["collectives"])
         found = attribute(evidence)
         verdict = ("right" if found.culprits == (victim,) else "wrong" if found.culprits else
                    "candidates" if victim in found.candidates else "wrong")
-        label = f"stop-{where_stopped(marks_of(pids)[victim], stacks[victim])}" if kind == "stop" else kind
-        return {"world": world, "kind": label, "victim": victim, "verdict": verdict, "culprits": list(found.culprits),
+        where = where_stopped(marks_of(pids)[victim], stacks[victim]) if kind.startswith("stop-") else None
+        return {"world": world, "kind": kind, "stopped_where": where, "victim": victim, "verdict": verdict, "culprits": list(found.culprits),
                 "candidates": list(found.candidates), "decided_by": found.decided_by,
                 "detection_s": round(detected - injected, 3), "bound_s": FACTOR * durations + MARGIN_S,
                 "findings": found.to_json()["findings"]}
@@ -195,15 +215,19 @@ def main() -> None:
     for r in results:
         rows.setdefault((r["world"], r["kind"]), []).append(r)
     print(f"\n{'ranks':>5} {'kind':<12} {'trials':>6} {'right':>6} {'candidates':>10} {'wrong':>6} "
-          f"{'detect s (median)':>18} {'bound s':>8}")
+          f"{'detect s (median)':>18} {'bound s':>8}  {'stopped where':<16} decided by")
     table = []
     for (world, kind), group in sorted(rows.items()):
         counts = {v: sum(r["verdict"] == v for r in group) for v in ("right", "candidates", "wrong")}
         detect = statistics.median(r["detection_s"] for r in group)
+        where = dict(collections.Counter(r["stopped_where"] for r in group if r["stopped_where"]))
+        deciders = dict(collections.Counter(r["decided_by"] or "undecided" for r in group))
         table.append({"ranks": world, "kind": kind, "trials": len(group), **counts, "detection_s_median": detect,
-                      "bound_s": group[0]["bound_s"]})
+                      "bound_s": group[0]["bound_s"], "stopped_where": where, "decided_by": deciders})
         print(f"{world:>5} {kind:<12} {len(group):>6} {counts['right']:>6} {counts['candidates']:>10} "
-              f"{counts['wrong']:>6} {detect:>18.2f} {group[0]['bound_s']:>8.2f}")
+              f"{counts['wrong']:>6} {detect:>18.2f} {group[0]['bound_s']:>8.2f}  "
+              f"{' '.join(f'{k}:{v}' for k, v in sorted(where.items())) or '-':<16} "
+              f"{' '.join(f'{k}:{v}' for k, v in sorted(deciders.items()))}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"trials_per_kind": args.trials, "step_s": args.step_s, "seed": args.seed,
                                           "cpus": os.cpu_count(), "table": table, "trials": results}, indent=1))

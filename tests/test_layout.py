@@ -21,11 +21,13 @@ PARTS = {"rayfleet": ROOT / "rayfleet", "rayfleet.cluster": ROOT / "cluster", "r
 ROOT_LEAVES = {"rayfleet", "rayfleet.names", "rayfleet.errors"}
 CLUSTER_PUBLIC = (
     # What jobs may use of cluster: the fleet's spec and its errors, how to reach the GCS and the
-    # fleet, the events and loop-step protocol a job step plugs in with, and the Kubernetes
-    # rendering a RayJob shares with its RayCluster.
+    # fleet, the events and loop-step protocol a job step plugs in with, the Kubernetes
+    # rendering a RayJob shares with its RayCluster, and the rank's side of what a node's agent
+    # reads of it when a job hangs (step counters, flight recorder).
     "rayfleet.cluster.spec.", "rayfleet.cluster.rayio.gcs", "rayfleet.cluster.rayio.connection",
     "rayfleet.cluster.decide.events", "rayfleet.cluster.decide.view", "rayfleet.cluster.loop.steps",
     "rayfleet.cluster.head.supervisor", "rayfleet.cluster.render.k8s", "rayfleet.cluster.health.stepmarks",
+    "rayfleet.cluster.health.flight_recorder",
 )
 
 

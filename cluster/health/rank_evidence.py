@@ -1,5 +1,6 @@
 """What a node's health agent reads of a training rank when its job hangs (the controller asks;
-jobs/supervision/attribution.py weighs it): the process's state, its step counters, its stacks."""
+jobs/supervision/attribution.py weighs it): the process's state, its step counters, its
+collectives (the flight recorder) and its stacks."""
 from __future__ import annotations
 
 import shutil
@@ -8,11 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from rayfleet.cluster.health import stepmarks
+from rayfleet.cluster.health import flight_recorder, stepmarks
 
 
 def inspect(pid: int) -> dict[str, Any]:
-    """The rank's process state (psutil's name, or "gone") and its step counters (stepmarks.py)."""
+    """The rank's process state (psutil's name, or "gone"), its step counters (stepmarks.py) and
+    its newest collectives (flight_recorder.py; a rank that does not answer costs its timeout)."""
     import psutil
 
     try:
@@ -21,7 +23,8 @@ def inspect(pid: int) -> dict[str, Any]:
         state = "gone"
     except psutil.Error as error:
         state = f"unreadable: {error}"
-    return {"state": state, "marks": stepmarks.read(pid)}
+    collectives = flight_recorder.read(pid) if state != "gone" else {"answered": False}
+    return {"state": state, "marks": stepmarks.read(pid), "collectives": collectives}
 
 
 def dump_stacks(pid: int, timeout_s: float = 20.0) -> str:

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, Mapping
 
+from rayfleet.cluster.health import flight_recorder
 from rayfleet.cluster.rayio import gcs
 from rayfleet.cluster.rayio.connection import Connection, await_head
 from rayfleet.errors import BadInput, FleetNotRunning, NotFound
@@ -101,7 +102,9 @@ def job_environment(spec: JobSpec, run: RunInfo, ray_train_defaults: bool = Fals
             # Ray Train's own barriers (report, checkpoint) wait forever by default: bound them too.
             COLLECTIVE_TIMEOUT_ENV: str(spec.hang.first_steps_timeout_s),
             # a drain (rayfleet's remediation, a spot notice) is seen within a second, not five
-            PREEMPTION_POLL_ENV: str(min(1.0, spec.failure.poll_interval_s * 2))}
+            PREEMPTION_POLL_ENV: str(min(1.0, spec.failure.poll_interval_s * 2)),
+            # PyTorch's flight recorder in every rank: a hang's evidence (cluster/health/flight_recorder.py)
+            flight_recorder.BUFFER_ENV: str(flight_recorder.BUFFER_SIZE)}
 
 
 def job_metadata(spec: JobSpec) -> dict[str, str]:

@@ -9,18 +9,20 @@ health agent of its node) and weighed in this order:
    others are not;
 2. its step counters (cluster/health/stepmarks.py, exact at that moment): a rank behind the
    others, in (last step started, last step finished), never reached the point they wait at;
-3. its stack (py-spy): the others wait inside a collective and it is somewhere else.
+3. its stack (py-spy): the others wait inside a collective and it is somewhere else;
+4. its collectives (PyTorch's flight recorder, NCCL's on CUDA and gloo's on CPU, read through
+   cluster/health/flight_recorder.py): the others wait in collective #N and it never entered #N,
+   or it does not answer at all while they do.
 
 Each kind of evidence names culprits or cannot decide. The culprits are those the deciding kinds
 agree on; when two kinds name different ranks, or none decides, there is no culprit and every
-rank is a candidate the record names. (NCCL's flight recorder, on CUDA, would be a fourth kind:
-not read yet.)
+rank is a candidate the record names.
 """
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 ABNORMAL_STATES = frozenset({"stopped", "tracing-stop", "zombie", "disk-sleep", "dead"})
 """Process states (psutil's names) a rank does not reach by waiting on its peers."""
@@ -31,10 +33,11 @@ ABNORMAL_STATES = frozenset({"stopped", "tracing-stop", "zombie", "disk-sleep", 
 COLLECTIVE_FRAMES = (
     re.compile(r"\(.*torch/distributed/distributed_c10d\.py:\d+\)"),
     re.compile(r"\(.*torch/distributed/fsdp/.*\)"),
-    re.compile(r"^\s*(_sync_buffers|_sync_module_states|_distributed_broadcast_coalesced|_sync_params_and_buffers)"
-               r" \(.*torch/nn/parallel/distributed\.py:\d+\)"),
-    re.compile(r"^\s*_engine_run_backward \(.*torch/autograd/graph\.py:\d+\)"),
-    re.compile(r"^\s*\w*(barrier|broadcast_from_rank_zero|_across_ranks)\w* \(.*ray/train/.*\)"),
+    # (py-spy names a method with its class, `DistributedDataParallel._sync_buffers`, or without)
+    re.compile(r"^\s*(?:[\w.]+\.)?(_sync_buffers|_sync_module_states|_distributed_broadcast_coalesced|"
+               r"_sync_params_and_buffers) \(.*torch/nn/parallel/distributed\.py:\d+\)"),
+    re.compile(r"^\s*(?:[\w.]+\.)?_engine_run_backward \(.*torch/autograd/graph\.py:\d+\)"),
+    re.compile(r"^\s*(?:[\w.]+\.)?\w*(barrier|broadcast_from_rank_zero|_across_ranks)\w* \(.*ray/train/.*\)"),
 )
 FRAME = re.compile(r"^\s+(\S+) \((.+):(\d+)\)")
 
@@ -48,6 +51,7 @@ class RankEvidence:
     started: int | None = None       # the step it last started; None: no counters
     finished: int | None = None      # the step it last finished
     stack: str | None = None         # py-spy's dump; None: not read
+    collectives: Mapping[str, Any] | None = None  # flight_recorder.read(); None: not read
 
     @property
     def in_collective(self) -> bool | None:
@@ -93,7 +97,7 @@ def training_thread(stack: str | None) -> list[str] | None:
 
 @dataclass(frozen=True)
 class Finding:
-    kind: str                          # "process", "steps" or "stack"
+    kind: str                          # "process", "steps", "stack" or "collectives"
     culprits: tuple[int, ...] | None   # None: this evidence cannot decide
     saw: dict[int, str]                # rank -> what was seen of it
 
@@ -158,9 +162,45 @@ def by_stack(evidence: Mapping[int, RankEvidence]) -> Finding:
     return Finding("stack", _split(list(evidence), {r for r, inside in where.items() if not inside}), saw)
 
 
+def _newest(collectives: Mapping[str, Any]) -> tuple[int, bool, str] | None:
+    """(sequence number, still in flight, operation) of a rank's newest collective of the default group."""
+    entries = [e for e in collectives.get("entries") or [] if e.get("pg") == "0"] or list(collectives.get("entries") or [])
+    if not entries:
+        return None
+    newest = max(entries, key=lambda e: e["seq"])
+    return newest["seq"], not newest["retired"], str(newest["op"])
+
+
+def by_collectives(evidence: Mapping[int, RankEvidence]) -> Finding:
+    """The collective the answering ranks wait in (the highest in flight): a rank whose newest
+    collective is older never entered it, and a rank that does not answer is not running its
+    interpreter (stopped, or stuck). Undecided without a rank waiting, or with any rank unread."""
+    newest: dict[int, tuple[int, bool, str] | None] = {}
+    saw: dict[int, str] = {}
+    for rank, e in evidence.items():
+        if e.collectives is None:
+            saw[rank] = "not read"
+        elif not e.collectives.get("answered"):
+            saw[rank] = "did not answer"
+        elif e.collectives.get("error"):
+            saw[rank] = f"no record: {e.collectives['error']}"
+        else:
+            newest[rank] = _newest(e.collectives)
+            seq = newest[rank]
+            saw[rank] = (f"waits in {seq[2]} #{seq[0]}" if seq[1] else f"newest {seq[2]} #{seq[0]}, done")\
+                if seq else "no collective yet"
+    unread = [r for r, e in evidence.items() if e.collectives is None or e.collectives.get("error")]
+    waiting = [seq[0] for seq in newest.values() if seq is not None and seq[1]]
+    if unread or not waiting:
+        return Finding("collectives", None, saw)
+    awaited = max(waiting)
+    named = {r for r in evidence if r not in newest or newest[r] is None or newest[r][0] < awaited}
+    return Finding("collectives", _split(list(evidence), named), saw)
+
+
 def attribute(evidence: Mapping[int, RankEvidence]) -> Attribution:
     """The hang's culprits, from every rank's evidence (see the module's docstring)."""
-    findings = (by_process(evidence), by_steps(evidence), by_stack(evidence))
+    findings = (by_process(evidence), by_steps(evidence), by_stack(evidence), by_collectives(evidence))
     named = [f for f in findings if f.culprits is not None]
     ranks = tuple(sorted(evidence))
     if named and all(f.culprits == named[0].culprits for f in named):

@@ -140,7 +140,8 @@ def evidence_of(ranks: Mapping[int, Beat], inspected: Mapping[int, Mapping[str, 
         seen = inspected.get(rank) or {}
         marks = seen.get("marks") or {}
         out[rank] = RankEvidence(rank=rank, pid=beat.pid, node_id=beat.node_id, state=seen.get("state"),
-                                 started=marks.get("started"), finished=marks.get("finished"), stack=stacks.get(rank))
+                                 started=marks.get("started"), finished=marks.get("finished"), stack=stacks.get(rank),
+                                 collectives=seen.get("collectives"))
     return out
 
 

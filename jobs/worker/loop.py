@@ -19,6 +19,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from rayfleet.cluster.health import flight_recorder
 from rayfleet.cluster.health.stepmarks import StepMarks
 from rayfleet.jobs.contract import RunInfo
 from rayfleet.jobs.worker import checkpoint, standby
@@ -97,6 +98,8 @@ def train_worker(config: dict[str, Any]) -> None:
     finally:
         if trainer.marks is not None:
             trainer.marks.close()
+        if trainer.collectives is not None:
+            trainer.collectives.close()
 
 
 class Trainer:
@@ -123,12 +126,14 @@ class Trainer:
         self.losses: list[tuple[int, float]] = []
         self.beats: StepBeats | None = None
         self.marks: StepMarks | None = None
+        self.collectives: flight_recorder.Responder | None = None
         self.notices: NoticeReader | None = None
 
     def watch(self, node_id: str) -> None:
         """Publish step beats (hang detection) and read notices for `node_id` (Ray Train only)."""
         self.beats = StepBeats(self.spec.name, self.run.submission_id, self.rank)
         self.marks = StepMarks()  # exact step counters the node's agent reads when the job hangs
+        self.collectives = flight_recorder.Responder()  # and this rank's collectives, on request
         self.notices = NoticeReader(node_id)
 
     def resume(self) -> None:

@@ -78,7 +78,7 @@ def test_a_rank_stopped_right_after_its_step_is_named_by_all_three_kinds_of_evid
     found = attribute({0: rank(0, state="sleeping", started=11, finished=10, stack=IN_BACKWARD),
                        1: rank(1, state="stopped", started=10, finished=10, stack=AFTER_STEP)})
     assert found.culprits == (1,) and found.decided_by == "process"
-    assert [f.culprits for f in found.findings] == [(1,), (1,), (1,)]
+    assert [f.culprits for f in found.findings] == [(1,), (1,), (1,), None]  # collectives: not read
     assert "rank 1 is the cause (process and steps and stack)" == found.summary()
 
 
@@ -94,7 +94,45 @@ def test_a_rank_stuck_in_a_busy_loop_is_named_by_its_stack() -> None:
 def test_a_rank_stopped_inside_the_collective_is_named_by_its_process_state_alone() -> None:
     found = attribute({0: rank(0, state="sleeping", started=7, finished=6, stack=IN_ALL_REDUCE),
                        1: rank(1, state="stopped", started=7, finished=6, stack=IN_ALL_REDUCE)})
-    assert found.culprits == (1,) and [f.culprits for f in found.findings] == [(1,), None, None]
+    assert found.culprits == (1,) and [f.culprits for f in found.findings] == [(1,), None, None, None]
+
+
+def waits(seq: int, op: str = "gloo:all_reduce") -> dict:  # type: ignore[type-arg]
+    """A rank's flight recorder answer: its newest collective, #seq, still in flight."""
+    return {"answered": True, "entries": [{"pg": "0", "seq": seq - 1, "op": op, "state": "scheduled", "retired": True},
+                                          {"pg": "0", "seq": seq, "op": op, "state": "scheduled", "retired": False}]}
+
+
+def done(seq: int) -> dict:  # type: ignore[type-arg]
+    return {"answered": True, "entries": [{"pg": "0", "seq": seq, "op": "gloo:all_reduce", "state": "scheduled",
+                                           "retired": True}]}
+
+
+def test_a_rank_stopped_inside_the_collective_is_named_by_its_flight_recorder_silence_too() -> None:
+    """Both ranks are inside collective #42 by their stacks and step counters alike; the stopped
+    one cannot answer for its collectives while the other says it waits in #42."""
+    found = attribute({0: rank(0, state="sleeping", started=7, finished=6, stack=IN_ALL_REDUCE, collectives=waits(42)),
+                       1: rank(1, state="stopped", started=7, finished=6, stack=IN_ALL_REDUCE,
+                               collectives={"answered": False})})
+    assert found.culprits == (1,) and [f.culprits for f in found.findings] == [(1,), None, None, (1,)]
+    assert found.findings[3].saw == {0: "waits in gloo:all_reduce #42", 1: "did not answer"}
+
+
+def test_a_rank_that_never_entered_the_awaited_collective_is_named_by_the_flight_recorder() -> None:
+    """Three ranks: two wait in #17; rank 2's newest collective is #16, done: it never entered #17
+    (a Python sleep in its step: its process and counters look like everyone's)."""
+    found = attribute({0: rank(0, state="sleeping", started=5, finished=4, collectives=waits(17)),
+                       1: rank(1, state="sleeping", started=5, finished=4, collectives=waits(17)),
+                       2: rank(2, state="sleeping", started=5, finished=4, collectives=done(16))})
+    assert found.culprits == (2,) and found.decided_by == "collectives"
+    assert found.findings[3].saw[2] == "newest gloo:all_reduce #16, done"
+
+
+def test_the_flight_recorder_decides_nothing_when_no_rank_waits_or_one_is_unread() -> None:
+    idle = attribute({0: rank(0, collectives=done(3)), 1: rank(1, collectives=done(3))})
+    assert idle.findings[3].culprits is None and idle.culprits == ()
+    unread = attribute({0: rank(0, collectives=waits(3)), 1: rank(1)})
+    assert unread.findings[3].culprits is None and unread.findings[3].saw[1] == "not read"
 
 
 def test_a_rank_behind_the_others_on_three_ranks() -> None:
@@ -129,6 +167,21 @@ def test_the_record_says_what_each_kind_of_evidence_saw() -> None:
     by_kind = {f["kind"]: f for f in record["findings"]}
     assert by_kind["steps"]["saw"] == {"0": "started 11, finished 10", "1": "started 10, finished 10"}
     assert by_kind["stack"] == {"kind": "stack", "culprits": None, "saw": {"0": "in a collective", "1": "no stack"}}
+
+
+def test_ddps_buffer_broadcast_named_with_its_class_counts_as_a_collective() -> None:
+    """py-spy 0.4 names methods with their class: DDP's broadcast of buffers at the start of every
+    forward is a collective (seen in bench/hang_attribution.py: a healthy rank waiting there was
+    read as "outside any collective", and the stack decided nothing)."""
+    in_broadcast = '''Thread 1 (idle): "MainThread"
+    DistributedDataParallel._distributed_broadcast_coalesced (torch/nn/parallel/distributed.py:2363)
+    DistributedDataParallel._sync_buffers (torch/nn/parallel/distributed.py:2296)
+    DistributedDataParallel._pre_forward (torch/nn/parallel/distributed.py:1623)
+    Trainer.train_step (rayfleet/jobs/worker/loop.py:229)
+'''
+    assert rank(0, stack=in_broadcast).in_collective is True
+    found = attribute({0: rank(0, state="sleeping", stack=in_broadcast), 1: rank(1, state="sleeping", stack=BUSY)})
+    assert found.culprits == (1,) and found.decided_by == "stack"
 
 
 def test_ray_trains_checkpoint_barrier_counts_as_waiting_for_peers() -> None:

@@ -196,9 +196,13 @@ def resolve_submission(client: Any, ident: str) -> dict[str, Any]:
 def stop(conn: Connection, ident: str) -> dict[str, Any]:
     client = job_client(conn)
     job = resolve_submission(client, ident)
+    storage = storage_of(conn)
+    # the history's end first: right after the last step Ray's job API still says RUNNING, and
+    # stopping then would record STOPPED after the SUCCEEDED the driver already wrote
+    job["status"] = settled_status(job, history.summary(storage, job["job"]))
     if job["status"] in TERMINAL:
-        return job
+        return {**job, "ended": True}
     client.stop_job(job["submission_id"])
-    history.record(storage_of(conn), job["job"], "finished", submission_id=job["submission_id"], state="STOPPED",
+    history.record(storage, job["job"], "finished", submission_id=job["submission_id"], state="STOPPED",
                    step=(progress(conn, job["job"]) or {}).get("step"))
     return job

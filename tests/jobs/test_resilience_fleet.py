@@ -138,6 +138,9 @@ def test_a_preemption_notice_checkpoints_replaces_the_node_and_loses_no_step(fle
     # the moment its driver records the end, `rayfleet jobs` says so (Ray's job API lags by seconds)
     wait_until(lambda: any(e["event"] == "finished" for e in history(fleet, "noticed")), 400, "noticed to end")
     assert jobs(fleet)["noticed"]["status"] == "SUCCEEDED"
+    # and stopping it now stops nothing: its end stays SUCCEEDED, not a STOPPED written after it
+    late = fleet.cli("stop", "noticed")
+    assert late.returncode == 0 and "already ended: SUCCEEDED" in late.stdout, (late.stdout, late.stderr)
     doc = ended(fleet, "noticed")
     assert doc["state"] == "SUCCEEDED" and doc["final_step"] == 60
     assert doc["goodput"]["steps_redone"] == 0 and doc["goodput"]["parts"]["rollback"] == 0

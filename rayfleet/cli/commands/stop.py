@@ -22,5 +22,8 @@ def stop(
     from rayfleet.jobs.client.submit import stop as stop_job
 
     job = stop_job(connect(fleet_name), ident)
+    if job.get("ended"):
+        console.print(f"{job['job']} ({job['submission_id']}) had already ended: {job['status']}; nothing stopped")
+        return
     console.print(f"stopped {job['job']} ({job['submission_id']}); submit it again to continue from its "
                   "newest checkpoint")

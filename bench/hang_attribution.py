@@ -22,12 +22,13 @@ Verdicts: right (the hung rank named alone), candidates (undecided, the hung ran
 candidates named: allowed), wrong (another rank named). Prints a table, writes JSON.
 The controller's own path (Ray, the agents, the kill) is tested in tests/jobs/test_resilience_fleet.py.
 
-    .venv/bin/python bench/hang_attribution.py [--trials 20] [--out bench/results/hang_attribution.json]
+    .venv/bin/python bench/hang_attribution.py [--trials 20] [--parallel 6] [--out bench/results/hang_attribution.json]
 """
 from __future__ import annotations
 
 import argparse
 import collections
+import concurrent.futures
 import json
 import multiprocessing as mp
 import os
@@ -125,7 +126,8 @@ def where_stopped(marks: dict[str, Any] | None, stack: str) -> str:
     return "after"
 
 
-def trial(world: int, kind: str, step_s: float, rng: random.Random) -> dict[str, Any]:
+def trial(world: int, kind: str, step_s: float, seed: int) -> dict[str, Any]:
+    rng = random.Random(seed)
     context = mp.get_context("fork")
     ready = context.Queue()
     storage = tempfile.mkdtemp(prefix="rayfleet-hang-bench-")
@@ -192,6 +194,7 @@ def trial(world: int, kind: str, step_s: float, rng: random.Random) -> dict[str,
                     pass
             p.join(timeout=10)
         stepmarks.sweep()
+        flight_recorder.sweep()
         shutil.rmtree(storage, ignore_errors=True)
 
 
@@ -200,17 +203,20 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=20, help="hangs per kind and world size")
     parser.add_argument("--step-s", type=float, default=0.3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="trials at once (each its own ranks and port); on a machine with many cores")
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "hang_attribution.json"))
     args = parser.parse_args()
     import torch  # noqa: F401  (imported once here: forked ranks start in a fraction of a second)
 
-    rng = random.Random(args.seed)
+    plan = [(world, kind, args.step_s, args.seed * 1_000_003 + index)
+            for index, (world, kind, _) in enumerate((w, k, t) for w in (2, 3) for k in KINDS
+                                                     for t in range(args.trials))]
     results = []
-    for world in (2, 3):
-        for kind in KINDS:
-            for _ in range(args.trials):
-                results.append(trial(world, kind, args.step_s, rng))
-                print(json.dumps(results[-1]), flush=True)
+    with concurrent.futures.ProcessPoolExecutor(args.parallel, mp_context=mp.get_context("fork")) as pool:
+        for result in pool.map(trial, *zip(*plan)):
+            results.append(result)
+            print(json.dumps(result), flush=True)
     rows = {}
     for r in results:
         rows.setdefault((r["world"], r["kind"]), []).append(r)
@@ -230,7 +236,7 @@ def main() -> None:
               f"{' '.join(f'{k}:{v}' for k, v in sorted(deciders.items()))}")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"trials_per_kind": args.trials, "step_s": args.step_s, "seed": args.seed,
-                                          "cpus": os.cpu_count(), "table": table, "trials": results}, indent=1))
+                                          "cpus": os.cpu_count(), "parallel": args.parallel, "table": table, "trials": results}, indent=1))
     print(f"\nwritten to {args.out}")
 
 

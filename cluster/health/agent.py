@@ -20,7 +20,7 @@ from rayfleet.cluster.health.checks import burn_check, gpu_checks, host_checks
 from rayfleet.cluster.health.report import Check, HealthReport, Status
 from rayfleet.cluster.health.notices import NoticeSource
 from rayfleet.cluster.health.telemetry import SimulatedGpus, open_telemetry
-from rayfleet.cluster.health import rank_evidence, stepmarks
+from rayfleet.cluster.health import flight_recorder, rank_evidence, stepmarks
 from rayfleet.cluster.spec.fleet import HealthPolicy
 from rayfleet.names import AGENT_PREFIX
 
@@ -65,6 +65,7 @@ class HealthAgent:
                 last_refresh = time.monotonic()
                 try:
                     stepmarks.sweep()  # the step counters of ranks that were killed
+                    flight_recorder.sweep()  # and a request a killed rank never answered
                 except OSError as error:
                     log.debug("step counters not swept: %s", error)
             self.send()

@@ -102,3 +102,25 @@ def read(pid: int, timeout_s: float = 2.0) -> dict[str, Any]:
         return {"answered": False}
     finally:
         request_path(pid).unlink(missing_ok=True)
+
+
+def sweep(alive: Any = None) -> int:
+    """Remove the request and answer files of processes that no longer exist; returns how many."""
+    alive = alive or _alive
+    removed = 0
+    for path in folder().glob(f"{PREFIX}*"):
+        pid = path.name[len(PREFIX):].split(".", 1)[0]
+        if pid.isdigit() and not alive(int(pid)):
+            path.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    """A process that exists and is not a zombie (a killed rank its parent has not reaped yet)."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -172,9 +172,11 @@ def _newest(collectives: Mapping[str, Any]) -> tuple[int, bool, str] | None:
 
 
 def by_collectives(evidence: Mapping[int, RankEvidence]) -> Finding:
-    """The collective the answering ranks wait in (the highest in flight): a rank whose newest
-    collective is older never entered it, and a rank that does not answer is not running its
-    interpreter (stopped, or stuck). Undecided without a rank waiting, or with any rank unread."""
+    """Ranks waiting inside a collective are not the cause; of the others, one whose newest
+    collective is done and older than the newest one awaited never entered it, and one that does
+    not answer is not running its interpreter (stopped, or stuck). (Healthy ranks may wait in
+    different collectives: gloo's broadcast lets a receiver go on to the next one while its root
+    still waits for the stopped rank.) Undecided without a rank waiting, or with any rank unread."""
     newest: dict[int, tuple[int, bool, str] | None] = {}
     saw: dict[int, str] = {}
     for rank, e in evidence.items():
@@ -194,7 +196,8 @@ def by_collectives(evidence: Mapping[int, RankEvidence]) -> Finding:
     if unread or not waiting:
         return Finding("collectives", None, saw)
     awaited = max(waiting)
-    named = {r for r in evidence if r not in newest or newest[r] is None or newest[r][0] < awaited}
+    named = {r for r in evidence if r not in newest or newest[r] is None
+             or (not newest[r][1] and newest[r][0] < awaited)}
     return Finding("collectives", _split(list(evidence), named), saw)
 
 

@@ -76,5 +76,9 @@ def test_the_rank_that_never_entered_the_awaited_collective_is_named(ranks: tupl
     assert found.culprits == (1,), found
     assert found.saw[0].startswith("waits in gloo:all_reduce #")
     assert found.saw[1] == ("did not answer" if behaviour == "stop" else f"newest gloo:all_reduce #{seen0['entries'][-1]['seq'] - 1}, done")
-    # a read leaves no request or answer behind
+    # a read leaves no request or answer behind, and a dead rank's leftovers are swept
     assert not flight_recorder.request_path(pids[1]).exists() and not flight_recorder.answer_path(pids[0]).exists()
+    flight_recorder.request_path(pids[1]).touch()
+    os.kill(pids[1], signal.SIGKILL)
+    wait_until(lambda: flight_recorder.sweep() and not flight_recorder.request_path(pids[1]).exists(), 30,
+               "the killed rank's request swept")

@@ -128,6 +128,15 @@ def test_a_rank_that_never_entered_the_awaited_collective_is_named_by_the_flight
     assert found.findings[3].saw[2] == "newest gloo:all_reduce #16, done"
 
 
+def test_ranks_waiting_in_different_collectives_are_not_blamed_for_it() -> None:
+    """Seen in bench/hang_attribution.py (3 ranks, rank 2 stopped before its step's collectives):
+    gloo's broadcast let rank 1 go on to the all-reduce #33 while the root, rank 0, still waited
+    in the broadcast #32. Rank 0 is behind rank 1 but waits: only the silent rank is named."""
+    found = attribute({0: rank(0, collectives=waits(32, "gloo:broadcast")), 1: rank(1, collectives=waits(33)),
+                       2: rank(2, collectives={"answered": False})})
+    assert found.culprits == (2,) and found.decided_by == "collectives"
+
+
 def test_the_flight_recorder_decides_nothing_when_no_rank_waits_or_one_is_unread() -> None:
     idle = attribute({0: rank(0, collectives=done(3)), 1: rank(1, collectives=done(3))})
     assert idle.findings[3].culprits is None and idle.culprits == ()

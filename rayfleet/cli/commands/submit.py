@@ -23,10 +23,12 @@ def submit(
                                              autocompletion=complete_fleet),
 ) -> None:
     """Submit a training job. A name that has checkpoints continues from the newest one."""
-    from rayfleet.jobs.client.spec import load_job_spec
+    from rayfleet.jobs.client.spec import load_job_spec, validate_data, validate_model
     from rayfleet.jobs.client.submit import submit as submit_job
 
     spec = load_job_spec(file)
+    # the model and the corpus need no fleet: a bad one is refused before anything is contacted
+    validate_data(spec, file, validate_model(spec, file).vocab_size)
     conn = connect(fleet_name)
     submission_id = submit_job(conn, spec, file)
     console.print(f"submitted {spec.name} as {submission_id} to pool {spec.pool} "

@@ -9,6 +9,7 @@ processes; the manifest is written last, from the sidecars.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import multiprocessing
@@ -22,7 +23,7 @@ import numpy as np
 
 from rayfleet.jobs.data.manifest import DTYPES, FILE, Manifest, Shard, dtype_for
 from rayfleet.jobs.data.text import Unit, all_documents, documents, expand, units
-from rayfleet.jobs.data.tokenizer import BYTES, load_tokenizer, train_bpe
+from rayfleet.jobs.data.tokenizer import BYTES, Tokenizer, load_tokenizer, train_bpe
 
 TOKENIZER_FILE = "tokenizer.json"
 Progress = Callable[[int, int, int], None]
@@ -37,9 +38,15 @@ def sidecar_path(out: Path, index: int) -> Path:
     return out / shard_name(index).replace(".bin", ".json")
 
 
+@functools.lru_cache(maxsize=2)
+def _tokenizer(path: str | None) -> Tokenizer:
+    """A worker process loads the tokenizer once for all the units it is given."""
+    return load_tokenizer(path)
+
+
 def tokenize_unit(unit: Unit, index: int, tokenizer_path: str | None, out: str) -> dict:
     """Tokenise one unit into shard `index` and commit it with its sidecar; the sidecar's content."""
-    tokenizer = load_tokenizer(tokenizer_path)
+    tokenizer = _tokenizer(tokenizer_path)
     dtype = np.dtype(dtype_for(tokenizer.vocab_size)).newbyteorder("<")
     folder = Path(out)
     path = folder / shard_name(index)

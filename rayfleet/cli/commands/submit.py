@@ -55,6 +55,8 @@ def follow_job(conn: Connection, name: str, submission_id: str) -> dict[str, Any
                 detail = f"loss {state['loss']:.4f}  {state['tokens_per_s']:,.0f} tok/s"
                 if state.get("mfu") is not None:
                     detail += f"  MFU {state['mfu']:.1%}"
+                if state.get("val_loss") is not None:
+                    detail += f"  val {state['val_loss']:.4f}"
                 if state.get("restarts"):
                     detail += f"  restarts {state['restarts']}"
                 bar.update(task, total=state["steps"], completed=state["step"], detail=detail)

@@ -154,7 +154,7 @@ class Trainer:
                             self.spec.parallelism.strategy, self.run_dir / METRICS) if self.rank == 0 else None
         tokens_per_step = self.spec.data.global_batch * self.spec.data.seq_len
         flops_per_token = self.par.model.flops_per_token(self.spec.data.seq_len)
-        started = time.perf_counter()
+        started, logged_step = time.perf_counter(), self.step
         while self.step < self.spec.steps:
             step_started = time.perf_counter()
             if self.marks is not None:
@@ -174,13 +174,14 @@ class Trainer:
             if self.notice_deadline() > time.time():
                 self.hold_for_notice(report)
                 continue
-            evaluated = self.evaluate_if_due()
-            if self.step % self.spec.log_every == 0 or self.step == self.spec.steps or evaluated:
+            evaluating = self.evaluation_due()
+            if self.step % self.spec.log_every == 0 or self.step == self.spec.steps or evaluating:
                 mean_loss = self.mean(loss)
                 digest = self.batch_digest()
                 elapsed = time.perf_counter() - started
-                tokens_per_s = tokens_per_step * self.spec.log_every / max(elapsed, 1e-9)
-                started = time.perf_counter()
+                tokens_per_s = tokens_per_step * (self.step - logged_step) / max(elapsed, 1e-9)
+                if evaluating:  # after the throughput's clock stopped: evaluation is not training
+                    self.validation = (self.step, self.evaluate())
                 mfu = None
                 if self.run.peak_tflops:
                     mfu = flops_per_token * tokens_per_s / (self.run.peak_tflops * 1e12 * self.world)
@@ -188,6 +189,7 @@ class Trainer:
                 if progress is not None:
                     progress.publish(self.step, mean_loss, tokens_per_s, mfu, self.restarts, self.checkpoint_step,
                                      validation=self.validation, batch_crc=digest)
+                started, logged_step = time.perf_counter(), self.step
             if self.step % self.spec.checkpoint.every == 0 or self.step == self.spec.steps:
                 path = self.save()
                 if report is not None:
@@ -240,15 +242,12 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         return out.loss.detach()
 
-    def evaluate_if_due(self) -> bool:
-        """Evaluate on the validation batches every `eval_every` steps and at the last step."""
+    def evaluation_due(self) -> bool:
+        """Whether to evaluate now: every `eval_every` steps and at the last step."""
         validation = self.spec.data.validation
         if self.data.validation is None or validation is None:
             return False
-        if self.step % validation.eval_every and self.step != self.spec.steps:
-            return False
-        self.validation = (self.step, self.evaluate())
-        return True
+        return self.step % validation.eval_every == 0 or self.step == self.spec.steps
 
     @torch.no_grad()
     def evaluate(self) -> float:

@@ -78,12 +78,17 @@ class S3Store:
         return self.client.get_object(Bucket=self.bucket, Key=self.key(name))["Body"].read().decode()
 
     def size(self, name: str) -> int | None:
-        from botocore.exceptions import ClientError
+        return self.sizes.get(self.key(name))
 
-        try:
-            return int(self.client.head_object(Bucket=self.bucket, Key=self.key(name))["ContentLength"])
-        except ClientError:
-            return None
+    @functools.cached_property
+    def sizes(self) -> dict[str, int]:
+        """Every object under the prefix with its size: one paginated LIST, not a HEAD per shard."""
+        found = {}
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket,
+                                                                          Prefix=self.key("")):
+            for item in page.get("Contents", []):
+                found[item["Key"]] = int(item["Size"])
+        return found
 
     def read_range(self, name: str, start: int, stop: int) -> bytes:
         answer = self.client.get_object(Bucket=self.bucket, Key=self.key(name), Range=f"bytes={start}-{stop - 1}")

@@ -64,3 +64,19 @@ def test_a_manifest_whose_total_disagrees_with_its_shards_is_refused() -> None:
     with pytest.raises(ValueError, match="tokens"):
         Manifest.from_json(text)
     assert FILE == "manifest.json"
+
+
+def test_an_s3_corpus_is_checked_from_one_listing(tmp_path: Path, s3: str) -> None:
+    import boto3
+
+    from rayfleet.jobs.data.checks import CorpusError, load_checked
+    from rayfleet.jobs.data.shards import open_store
+
+    write_corpus(tmp_path, sizes=[50, 60], vocab=256)
+    upload(tmp_path, s3, "checked", "c")
+    assert load_checked(open_store("s3://checked/c", s3)).tokens == 110
+    boto3.client("s3", endpoint_url=s3).delete_object(Bucket="checked", Key="c/shard-00001.bin")
+    with pytest.raises(CorpusError, match="s3://checked/c/shard-00001.bin: listed in manifest.json but missing"):
+        load_checked(open_store("s3://checked/c", s3))
+    with pytest.raises(CorpusError, match="s3://nobucket/x/manifest.json: cannot be read"):
+        load_checked(open_store("s3://nobucket/x", s3))

@@ -62,8 +62,8 @@ def tokenize_unit(unit: Unit, index: int, tokenizer_path: str | None, out: str) 
             count, docs = count + len(ids), docs + 1
             top = max(top, int(ids.max()) if len(ids) else 0)
     os.replace(tmp, path)
-    record = {"name": path.name, "dtype": dtype_for(tokenizer.vocab_size), "tokens": count, "documents": docs, "sha256": digest.hexdigest(),
-              "max_token": top, "unit": asdict(unit), "tokenizer_sha256": tokenizer.sha256}
+    record = {"name": path.name, "dtype": dtype_for(tokenizer.vocab_size), "tokens": count, "documents": docs,
+              "sha256": digest.hexdigest(), "max_token": top, "unit": asdict(unit), "tokenizer_sha256": tokenizer.sha256}
     side = sidecar_path(folder, index)
     side.with_suffix(".tmp").write_text(json.dumps(record))
     side.with_suffix(".tmp").replace(side)
@@ -97,7 +97,8 @@ def prepare(inputs: Sequence[str], out: Path, tokenizer: str | None = None, trai
     out.mkdir(parents=True, exist_ok=True)
     if train_vocab is not None:
         tokenizer = str(out / TOKENIZER_FILE)
-        if not Path(tokenizer).exists():  # kept by an interrupted run: its shards used it
+        # one an interrupted run trained is kept (its shards used it), unless another size is asked for
+        if not Path(tokenizer).exists() or load_tokenizer(tokenizer).vocab_size != train_vocab:
             train_bpe(all_documents(files, chunk_bytes), train_vocab, Path(tokenizer))
     tok = load_tokenizer(tokenizer)
     work = [unit for path in files for unit in units(path, chunk_bytes)]

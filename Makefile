@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | md5sum | cut -c1-8)
 DEBS   := redis-server=redis-server chromium=chromium chromedriver=chromium-driver stress-ng=stress-ng
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-gpu install system-deps bench clean
+.PHONY: demo demo-data test test-gpu install system-deps bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,10 @@ system-deps:
 
 demo: install
 	$(BIN)/rayfleet demo
+
+# Your own data: Python's sources -> a trained tokenizer -> token shards -> a job with validation loss.
+demo-data: install
+	$(BIN)/rayfleet demo --own-data
 
 test: install
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests

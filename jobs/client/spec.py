@@ -52,11 +52,60 @@ class ModelSection(Strict):
     overrides: dict[str, Any] = Field(default_factory=dict, description="any ModelConfig field")
 
 
+class ValidationSection(Strict):
+    """A held-out split: the last `fraction` of the corpus, or a corpus of its own (`tokens`)."""
+
+    fraction: float | None = Field(default=None, gt=0, lt=1,
+                                   description="hold out this tail fraction of the training corpus")
+    tokens: str | None = Field(default=None, description="a prepared corpus of its own (folder or s3://)")
+    eval_every: int = Field(default=50, ge=1, description="steps between evaluations (and at the last step)")
+    eval_batches: int = Field(default=4, ge=1, description="global batches per evaluation, the same ones each time")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ValidationSection:
+        if (self.fraction is None) == (self.tokens is None):
+            raise ValueError("validation needs exactly one of fraction (a held-out tail) or tokens (its own corpus)")
+        return self
+
+
 class DataSection(Strict):
     corpus: Literal["python-docs"] = Field(
-        default="python-docs", description="the Python language reference shipped with Python (pydoc_data)")
+        default="python-docs", description="the Python language reference shipped with Python (pydoc_data); "
+                                           "used when neither tokens nor text is given")
+    tokens: str | None = Field(
+        default=None, description="a prepared corpus (`rayfleet data prepare`): a folder or s3://bucket/prefix "
+                                  "holding manifest.json and .bin shards, memory-mapped or read by ranged GETs")
+    text: str | None = Field(
+        default=None, description="text files (path, folder or glob; plain text, JSONL `text`, Parquet `text`), "
+                                  "tokenised by every worker at start-up; for small corpora")
+    tokenizer: str | None = Field(default=None, description="tokenizer.json for `text` (default: bytes, vocab 256)")
+    endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint for s3:// corpora (default: AWS_ENDPOINT_URL or AWS's own)")
     seq_len: int = Field(default=128, ge=8, le=131072)
     global_batch: int = Field(default=8, ge=1, description="sequences per step across all workers")
+    validation: ValidationSection | None = Field(
+        default=None, description="validation loss and perplexity every eval_every steps")
+
+    @model_validator(mode="after")
+    def _one_corpus(self) -> DataSection:
+        if self.tokens and self.text:
+            raise ValueError("data.tokens and data.text are exclusive: name one corpus")
+        if self.tokenizer and not self.text:
+            raise ValueError("data.tokenizer applies to data.text only (a prepared corpus names its own)")
+        return self
+
+    def local_paths_from(self, folder: Path) -> DataSection:
+        """Relative local paths read as relative to `folder` (the job file's): workers run elsewhere."""
+        def absolute(value: str | None) -> str | None:
+            if value is None or value.startswith("s3://") or Path(value).is_absolute():
+                return value
+            return str((folder / value).resolve())
+
+        validation = self.validation
+        if validation is not None and validation.tokens:
+            validation = validation.model_copy(update={"tokens": absolute(validation.tokens)})
+        return self.model_copy(update={"tokens": absolute(self.tokens), "text": absolute(self.text),
+                                       "tokenizer": absolute(self.tokenizer), "validation": validation})
 
 
 class OptimizerSection(Strict):
@@ -156,9 +205,10 @@ def load_job_spec(path: str | Path) -> JobSpec:
     """Read and validate a job YAML file; BadInput naming file, field, value and fix."""
     data = load_yaml_mapping(path, kind="job spec")
     try:
-        return JobSpec.model_validate(data)
+        spec = JobSpec.model_validate(data)
     except ValidationError as error:
         raise BadInput(describe_validation_error(path, error, data, JobSpec)) from None
+    return spec.model_copy(update={"data": spec.data.local_paths_from(Path(path).resolve().parent)})
 
 
 def validate_model(spec: JobSpec, path: str | Path) -> Any:
@@ -192,6 +242,69 @@ def validate_model(spec: JobSpec, path: str | Path) -> Any:
         raise BadInput(f"{where}data.seq_len: got {spec.data.seq_len}: longer than the model's max_seq_len "
                        f"({config.max_seq_len}); lower it or set model.overrides.max_seq_len")
     return config
+
+
+def validate_data(spec: JobSpec, path: str | Path, vocab_size: int) -> None:
+    """Check the job's corpus itself (manifest, shards, vocabulary, length) against a model of
+    `vocab_size` tokens; BadInput naming the job file, the field, the corpus file and the fix."""
+    from rayfleet.jobs.data import checks, order
+    from rayfleet.jobs.data.shards import open_store
+
+    data = spec.data
+    field = "data.tokens" if data.tokens else "data.text" if data.text else "data.corpus"
+    try:
+        if data.tokens:
+            manifest = checks.load_checked(open_store(data.tokens, data.endpoint_url))
+            checks.check_vocabulary(manifest, data.tokens, vocab_size)
+            tokens = manifest.tokens
+        elif data.text:
+            tokens = _check_text(data, vocab_size)
+        else:
+            from rayfleet.jobs.data.builtin import corpus_bytes
+
+            tokens = len(corpus_bytes(data.corpus))
+        validation = data.validation
+        if validation is not None and validation.fraction is not None:
+            train, held = order.held_out(tokens, validation.fraction)
+            checks.check_length(train, data.seq_len, data.tokens or data.text or data.corpus, "training part")
+            field = "data.validation.fraction"
+            checks.check_length(held, data.seq_len, data.tokens or data.text or data.corpus,
+                                f"held-out {validation.fraction:g} fraction")
+        else:
+            checks.check_length(tokens, data.seq_len, data.tokens or data.text or data.corpus)
+        if validation is not None and validation.tokens:
+            field = "data.validation.tokens"
+            manifest = checks.load_checked(open_store(validation.tokens, data.endpoint_url))
+            checks.check_vocabulary(manifest, validation.tokens, vocab_size)
+            checks.check_length(manifest.tokens, data.seq_len, validation.tokens)
+    except checks.CorpusError as error:
+        raise BadInput(f"{path}: {field}: {error}") from None
+
+
+def _check_text(data: DataSection, vocab_size: int) -> int:
+    """Text inputs exist and the tokenizer fits the model; the corpus's size in bytes (an upper
+    bound on its tokens: every tokenizer here emits at most one token per byte)."""
+    import os
+
+    from rayfleet.jobs.data.checks import CorpusError
+    from rayfleet.jobs.data.text import expand
+    from rayfleet.jobs.data.tokenizer import load_tokenizer
+
+    files = expand([data.text or ""])
+    if not files or not all(os.path.isfile(f) for f in files):
+        raise CorpusError(f"{data.text}: no such file (or no file matches); name text files, a folder or a glob")
+    try:
+        tokenizer = load_tokenizer(data.tokenizer)
+    except Exception as error:
+        raise CorpusError(f"{data.tokenizer}: not a tokenizer.json ({error}); `rayfleet data prepare "
+                          f"--train-tokenizer VOCAB` writes one") from None
+    if tokenizer.vocab_size > vocab_size:
+        raise CorpusError(f"{data.tokenizer}: vocabulary of {tokenizer.vocab_size} is larger than the model's "
+                          f"vocab_size {vocab_size}; set model.overrides.vocab_size: {tokenizer.vocab_size}")
+    size = sum(os.path.getsize(f) for f in files)
+    if size == 0:
+        raise CorpusError(f"{data.text}: every file is empty; name files with text")
+    return size
 
 
 def workers_per_node(spec: JobSpec, fleet: FleetSpec) -> int:

@@ -21,7 +21,7 @@ from rayfleet.names import JOB_LABEL, POOL_LABEL, progress_key
 from rayfleet.jobs.contract import (COLLECTIVE_TIMEOUT_ENV, HEALTH_CHECK_ENV, PREEMPTION_POLL_ENV, RUN_ENV, SPEC_ENV,
                                     RunInfo, driver_command, new_submission_id, python_for)
 from rayfleet.jobs.supervision import history
-from rayfleet.jobs.client.spec import JobSpec, check_against_fleet, gpus_per_worker, validate_model, workers_per_node
+from rayfleet.jobs.client.spec import JobSpec, check_against_fleet, gpus_per_worker, validate_data, validate_model, workers_per_node
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 
@@ -133,7 +133,7 @@ def submit(conn: Connection, spec: JobSpec, path: str | Path) -> str:
     if fleet is None:
         raise FleetNotRunning(f"fleet {conn.fleet.name} has no spec stored; run `rayfleet up -f FLEET.yaml`")
     check_against_fleet(spec, fleet, path)
-    validate_model(spec, path)
+    validate_data(spec, path, validate_model(spec, path).vocab_size)
     client = job_client(conn)
     running = [job for job in rayfleet_jobs(client) if job["job"] == spec.name and job["status"] not in TERMINAL]
     if running:

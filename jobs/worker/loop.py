@@ -24,7 +24,7 @@ from rayfleet.cluster.health.stepmarks import StepMarks
 from rayfleet.jobs.contract import RunInfo
 from rayfleet.jobs.worker import checkpoint, standby
 from rayfleet.jobs.supervision import history
-from rayfleet.jobs.worker.data import StepBatches, corpus_tokens
+from rayfleet.jobs.worker.data import batch_digest, build_data, window_crcs
 from rayfleet.jobs.worker.parallelize import Parallel, parallelize
 from rayfleet.jobs.worker.notices import NoticeReader
 from rayfleet.jobs.worker.progress import Progress, StepBeats
@@ -118,8 +118,10 @@ class Trainer:
         self.par = parallelize(model, spec.parallelism.strategy, spec.parallelism.expert_parallel, device)
         self.forward = torch.compile(self.par.module) if spec.compile else self.par.module
         self.optimizer = build_optimizer(spec, self.par, device)
-        self.batches = StepBatches(corpus_tokens(spec.data.corpus), spec.data.seq_len, spec.data.global_batch,
-                                   spec.seed)
+        self.data = build_data(spec.data, spec.seed)
+        self.batches = self.data.train
+        self.window_crcs = torch.zeros(0, dtype=torch.int64)  # of this rank's windows in the last step
+        self.validation: tuple[int, float] | None = None  # (step, loss) of the newest evaluation
         self.step = 0
         self.restarts = 0
         self.checkpoint_step: int | None = None
@@ -157,7 +159,7 @@ class Trainer:
                             self.spec.parallelism.strategy, self.run_dir / METRICS) if self.rank == 0 else None
         tokens_per_step = self.spec.data.global_batch * self.spec.data.seq_len
         flops_per_token = self.par.model.flops_per_token(self.spec.data.seq_len)
-        started = time.perf_counter()
+        started, logged_step = time.perf_counter(), self.step
         while self.step < self.spec.steps:
             step_started = time.perf_counter()
             if self.marks is not None:
@@ -177,17 +179,22 @@ class Trainer:
             if self.notice_deadline() > time.time():
                 self.hold_for_notice(report)
                 continue
-            if self.step % self.spec.log_every == 0 or self.step == self.spec.steps:
+            evaluating = self.evaluation_due()
+            if self.step % self.spec.log_every == 0 or self.step == self.spec.steps or evaluating:
                 mean_loss = self.mean(loss)
+                digest = self.batch_digest()
                 elapsed = time.perf_counter() - started
-                tokens_per_s = tokens_per_step * self.spec.log_every / max(elapsed, 1e-9)
-                started = time.perf_counter()
+                tokens_per_s = tokens_per_step * (self.step - logged_step) / max(elapsed, 1e-9)
+                if evaluating:  # after the throughput's clock stopped: evaluation is not training
+                    self.validation = (self.step, self.evaluate())
                 mfu = None
                 if self.run.peak_tflops:
                     mfu = flops_per_token * tokens_per_s / (self.run.peak_tflops * 1e12 * self.world)
                 self.losses.append((self.step, mean_loss))
                 if progress is not None:
-                    progress.publish(self.step, mean_loss, tokens_per_s, mfu, self.restarts, self.checkpoint_step)
+                    progress.publish(self.step, mean_loss, tokens_per_s, mfu, self.restarts, self.checkpoint_step,
+                                     validation=self.validation, batch_crc=digest)
+                started, logged_step = time.perf_counter(), self.step
             if self.step % self.spec.checkpoint.every == 0 or self.step == self.spec.steps:
                 path = self.save()
                 if report is not None:
@@ -226,6 +233,7 @@ class Trainer:
 
     def train_step(self) -> torch.Tensor:
         inputs, targets = self.batches.batch(self.step, self.rank, self.world)
+        self.window_crcs = window_crcs(inputs, targets)
         inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.spec, self.step)
@@ -238,6 +246,41 @@ class Trainer:
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         return out.loss.detach()
+
+    def evaluation_due(self) -> bool:
+        """Whether to evaluate now: every `eval_every` steps and at the last step."""
+        validation = self.spec.data.validation
+        if self.data.validation is None or validation is None:
+            return False
+        return self.step % validation.eval_every == 0 or self.step == self.spec.steps
+
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """The language-model loss on the validation batches, every rank its slice, averaged over
+        all ranks (a collective)."""
+        assert self.data.validation is not None
+        self.par.module.eval()
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        try:
+            for index in range(self.data.validation.batches):
+                inputs, targets = self.data.validation.batch(index, self.rank, self.world)
+                with precision_context(self.spec, self.device):
+                    out = self.forward(inputs.to(self.device), targets.to(self.device))
+                total += out.loss.detach().double()
+        finally:
+            self.par.module.train()
+        return self.mean(total / self.data.validation.batches)
+
+    def batch_digest(self) -> str:
+        """The digest of the last step's global batch: every rank's window CRCs gathered in rank
+        order (a collective), so the same tokens give the same digest at any world size."""
+        crcs = self.window_crcs
+        if self.world > 1:
+            local = crcs.to(self.device if self.device.type == "cuda" else "cpu")
+            parts = [torch.empty_like(local) for _ in range(self.world)]
+            dist.all_gather(parts, local)
+            crcs = torch.cat(parts).cpu()
+        return batch_digest(crcs)
 
     def mean(self, loss: torch.Tensor) -> float:
         """The language-model loss averaged over all ranks (equal tokens per rank)."""
@@ -252,7 +295,8 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = checkpoint.save_checkpoint(self.run_dir, self.step, self.par, self.optimizer,
                                           {"job": self.spec.name, "submission_id": self.run.submission_id,
-                                           "strategy": self.spec.parallelism.strategy})
+                                           "strategy": self.spec.parallelism.strategy,
+                                           "data": self.batches.position(self.step)})
         self.checkpoint_step = self.step
         if self.rank == 0:
             checkpoint.prune(self.job_dir, self.spec.checkpoint.keep, self.run_dir)

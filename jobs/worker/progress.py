@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Any
@@ -33,24 +34,33 @@ class Progress:
 
             for name, doc in (("step", "training step"), ("loss", "training loss"),
                               ("tokens_per_second", "training throughput"), ("mfu", "model FLOPs utilisation"),
-                              ("restarts", "times the job resumed from a checkpoint")):
+                              ("restarts", "times the job resumed from a checkpoint"),
+                              ("val_loss", "validation loss"), ("val_perplexity", "validation perplexity")):
                 self._gauges[name] = Gauge(f"rayfleet_job_{name}", doc, tag_keys=("job", "pool", "strategy"))
         except Exception as error:  # metrics are a convenience; training goes on without them
             log.info("metrics unavailable: %s", error)
 
     def publish(self, step: int, loss: float, tokens_per_s: float, mfu: float | None, restarts: int,
-                checkpoint_step: int | None) -> None:
+                checkpoint_step: int | None, validation: tuple[int, float] | None = None,
+                batch_crc: str | None = None) -> None:
+        """`validation`: (step, loss) of the newest evaluation; `batch_crc`: the digest of the
+        step's global batch (jobs/worker/data.py), for checking which tokens a run read."""
+        val_step, val_loss = validation if validation is not None else (None, None)
+        val_ppl = math.exp(min(val_loss, 700.0)) if val_loss is not None else None
         doc = {"job": self.job, "submission_id": self.submission_id, "step": step, "steps": self.steps,
                "loss": loss, "tokens_per_s": tokens_per_s, "mfu": mfu, "restarts": restarts,
-               "checkpoint_step": checkpoint_step, "time": time.time()}
+               "checkpoint_step": checkpoint_step, "time": time.time(), "val_loss": val_loss,
+               "val_perplexity": val_ppl, "val_step": val_step, "batch_crc": batch_crc}
         if self.metrics_path is not None:  # the whole curve, per attempt, for tests and benchmarks
             self.metrics_path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.metrics_path, "a") as handle:
                 handle.write(json.dumps(doc) + "\n")
         print(f"[rayfleet] step {step}/{self.steps} loss {loss:.4f} tok/s {tokens_per_s:,.0f}"
-              + (f" mfu {mfu:.1%}" if mfu is not None else ""), flush=True)
+              + (f" mfu {mfu:.1%}" if mfu is not None else "")
+              + (f" val_loss {val_loss:.4f} (step {val_step})" if val_loss is not None else ""), flush=True)
         for name, value in (("step", step), ("loss", loss), ("tokens_per_second", tokens_per_s),
-                            ("mfu", mfu), ("restarts", restarts)):
+                            ("mfu", mfu), ("restarts", restarts), ("val_loss", val_loss),
+                            ("val_perplexity", val_ppl)):
             if name in self._gauges and value is not None:
                 self._gauges[name].set(float(value), tags=self.tags)
         now = time.monotonic()

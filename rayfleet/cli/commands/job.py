@@ -46,7 +46,9 @@ def job(
     summary = history.summary(storage, name, read)
     figures = goodput.account(read, now)
     standbys = _standbys(conn, name, summary, now)
-    doc: dict[str, Any] = {**summary, "standbys": standbys, "goodput": figures.to_json() if figures else None}
+    validation = _validation(conn, name, summary)
+    doc: dict[str, Any] = {**summary, "standbys": standbys, "goodput": figures.to_json() if figures else None,
+                           "validation": validation}
     if emit(doc, output):
         return
     head = (f"[bold]{name}[/] {summary.get('state', '-')}  step {summary.get('final_step') or '-'}/"
@@ -54,6 +56,9 @@ def job(
             f"restarts {summary.get('restarts', 0)}  submitted {age(now - summary['submitted_at'])} ago"
             + (f"  warm standbys {standbys}" if summary.get("state") == "RUNNING" else ""))
     console.print(head)
+    if validation is not None:
+        console.print(f"validation loss {validation['loss']:.4f}  perplexity {validation['perplexity']:.2f}  "
+                      f"(step {validation['step']})")
     if figures is None:
         return
     ettr = f"{figures.ettr:.1%}" if figures.ettr is not None else "-"
@@ -81,3 +86,13 @@ def _standbys(conn: Any, name: str, summary: dict[str, Any], now: float) -> int:
     if summary.get("state") != "RUNNING":
         return 0
     return sum(len(keys) for keys in warm.live_standbys(conn.client, name, summary["submission_id"], now).values())
+
+
+def _validation(conn: Any, name: str, summary: dict[str, Any]) -> dict[str, Any] | None:
+    """The newest validation figures its latest submission published (jobs/worker/progress.py)."""
+    from rayfleet.jobs.client.submit import progress
+
+    live = progress(conn, name) or {}
+    if live.get("val_loss") is None or live.get("submission_id") != summary.get("submission_id"):
+        return None
+    return {"loss": live["val_loss"], "perplexity": live["val_perplexity"], "step": live["val_step"]}

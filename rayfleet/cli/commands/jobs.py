@@ -20,7 +20,7 @@ def jobs(
     fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)",
                                              autocompletion=complete_fleet),
 ) -> None:
-    """List jobs: state, step, loss, tokens/s, MFU, ETTR, restarts (submission ids with -o json)."""
+    """List jobs: state, step, loss, tokens/s, MFU, validation loss, ETTR, restarts (submission ids with -o json)."""
     from rayfleet.jobs.supervision import goodput
     from rayfleet.jobs.supervision import history
     from rayfleet.jobs.client.submit import job_client, progress, rayfleet_jobs, storage_of
@@ -61,17 +61,20 @@ def jobs_table(rows: list[dict[str, Any]], now: float) -> Table:
     fixed = {"no_wrap": True}
     right = {"no_wrap": True, "justify": "right"}
     with_mfu = any(row.get("mfu") is not None for row in rows)
+    with_val = any(row.get("val_loss") is not None for row in rows)
     columns = [("JOB", {"overflow": "fold", "min_width": 8}), ("STATE", fixed), ("STEP", right), ("LOSS", right),
-               ("TOK/S", right), *([("MFU", right)] if with_mfu else []), ("ETTR", right), ("RESTARTS", right),
+               ("TOK/S", right), *([("MFU", right)] if with_mfu else []),
+               *([("VAL", right)] if with_val else []), ("ETTR", right), ("RESTARTS", right),
                ("POOL", fixed),
                ("STRATEGY", fixed), ("AGE", right)]
     out = table(*columns)
     for row in rows:
         step = f"{row['step'] if row['step'] is not None else '-'}/{row['steps'] or '-'}"
         mfu = [f"{row['mfu']:.1%}" if row.get("mfu") is not None else "-"] if with_mfu else []
+        val = [f"{row['val_loss']:.4f}" if row.get("val_loss") is not None else "-"] if with_val else []
         out.add_row(row["job"], row["status"] or "-", step,
                     f"{row['loss']:.4f}" if row["loss"] is not None else "-",
-                    count(row["tokens_per_s"]) if row["tokens_per_s"] else "-", *mfu,
+                    count(row["tokens_per_s"]) if row["tokens_per_s"] else "-", *mfu, *val,
                     f"{row['ettr']:.0%}" if row.get("ettr") is not None else "-", str(row["restarts"]),
                     row["pool"] or "-", row["strategy"] or "-",
                     age(now - row["start_time"]) if row.get("start_time") else "-")
@@ -87,4 +90,5 @@ def _row(job: dict[str, Any], live: dict[str, Any] | None, summary: dict[str, An
             "goodput": figures.to_json() if figures is not None else None,
             "loss": (live or {}).get("loss", summary.get("loss")),
             "tokens_per_s": (live or {}).get("tokens_per_s"), "mfu": (live or {}).get("mfu"),
+            "val_loss": (live or {}).get("val_loss"), "val_perplexity": (live or {}).get("val_perplexity"),
             "restarts": summary.get("restarts", 0) if summary.get("submission_id") == job["submission_id"] else 0}

@@ -23,10 +23,12 @@ def submit(
                                              autocompletion=complete_fleet),
 ) -> None:
     """Submit a training job. A name that has checkpoints continues from the newest one."""
-    from rayfleet.jobs.client.spec import load_job_spec
+    from rayfleet.jobs.client.spec import load_job_spec, validate_data, validate_model
     from rayfleet.jobs.client.submit import submit as submit_job
 
     spec = load_job_spec(file)
+    # the model and the corpus need no fleet: a bad one is refused before anything is contacted
+    validate_data(spec, file, validate_model(spec, file).vocab_size)
     conn = connect(fleet_name)
     submission_id = submit_job(conn, spec, file)
     console.print(f"submitted {spec.name} as {submission_id} to pool {spec.pool} "
@@ -53,6 +55,8 @@ def follow_job(conn: Connection, name: str, submission_id: str) -> dict[str, Any
                 detail = f"loss {state['loss']:.4f}  {state['tokens_per_s']:,.0f} tok/s"
                 if state.get("mfu") is not None:
                     detail += f"  MFU {state['mfu']:.1%}"
+                if state.get("val_loss") is not None:
+                    detail += f"  val {state['val_loss']:.4f}"
                 if state.get("restarts"):
                     detail += f"  restarts {state['restarts']}"
                 bar.update(task, total=state["steps"], completed=state["step"], detail=detail)

@@ -36,7 +36,8 @@ def test_good_job_passes_every_check(tmp_path: Path) -> None:
     check_all(write(tmp_path))
 
 
-EXAMPLE_FLEETS = {"moe-job.yaml": "local-fleet.yaml", "k8s-job.yaml": "k8s-fleet.yaml"}
+EXAMPLE_FLEETS = {"moe-job.yaml": "local-fleet.yaml", "k8s-job.yaml": "k8s-fleet.yaml",
+                  "own-data-job.yaml": "local-fleet.yaml"}
 
 
 def test_example_jobs_are_valid_against_their_example_fleets() -> None:

@@ -3,6 +3,7 @@ resumed runs continue the same curve, checkpoints move between strategies and wo
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -146,3 +147,39 @@ def test_learning_rate_warms_up_then_decays_to_the_floor() -> None:
     assert rates[0] == pytest.approx(0.1) and rates[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(rates[10:], rates[11:]))
     assert rates[-1] == pytest.approx(0.1, abs=1e-3)
+
+
+def test_on_prepared_shards_2_ranks_then_1_read_the_same_windows_and_validate(tmp_path: Path) -> None:
+    """A run on shards: 2 ranks to step 4's checkpoint, resumed on 1 rank to step 8, reads the batches of an
+    uninterrupted 1-rank run (the digests agree step by step, the losses too); the validation loss
+    is computed on all ranks at eval_every and the last step; the checkpoint names the data
+    position."""
+    from tests.support.corpus import write_corpus
+
+    write_corpus(tmp_path / "c", sizes=[700, 500], vocab=256)
+    data = {"tokens": str(tmp_path / "c"), "seq_len": 32, "global_batch": 4,
+            "validation": {"fraction": 0.1, "eval_every": 3, "eval_batches": 2}}
+    straight = str(tmp_path / "a")
+    on_ranks(1, train, job(steps=8, every=4, data=data), straight)
+    storage = str(tmp_path / "b")
+    on_ranks(2, train, job(steps=8, every=4, workers=2, data=data), storage, "s1")
+    newest = checkpoint.latest_checkpoint(Path(storage) / "jobs" / "t")
+    assert newest is not None and newest.name.endswith("00000008")
+    shutil.rmtree(newest)  # as if the 2-rank run had died after step 4's checkpoint
+    on_ranks(1, train, job(steps=8, every=4, data=data), storage, "s2")
+
+    def curve(root: str, submission: str) -> list[dict]:
+        path = Path(root) / "jobs" / "t" / "runs" / submission / METRICS
+        return [json.loads(line) for line in path.read_text().splitlines()]
+
+    whole = curve(straight, "s1")
+    parts = curve(storage, "s1")[:4] + curve(storage, "s2")
+    assert [p["step"] for p in parts] == [p["step"] for p in whole] == list(range(1, 9))
+    assert [p["batch_crc"] for p in parts] == [p["batch_crc"] for p in whole]
+    assert max(abs(a["loss"] - b["loss"]) for a, b in zip(parts, whole)) < 1e-4
+    assert [p["val_step"] for p in whole] == [None, None, 3, 3, 3, 6, 6, 8]
+    assert abs(parts[2]["val_loss"] - whole[2]["val_loss"]) < 1e-4  # on 2 ranks as on 1
+    assert abs(whole[-1]["val_perplexity"] - math.exp(whole[-1]["val_loss"])) < 1e-9
+    meta = checkpoint.read_meta(checkpoint.latest_checkpoint(Path(storage) / "jobs" / "t"))
+    windows = (1080 - 1) // 32  # the training part: 1,200 tokens less the 10% held out
+    assert meta["data"] == {"epoch": 32 // windows, "position": 32 % windows, "samples": 32}

@@ -69,7 +69,7 @@ class Timed:
         loss = self.inner()
         self.count += 1
         self.clock.record(self.count)
-        self.losses.append(loss)
+        self.losses.append(loss.detach().clone())  # a CUDA graph overwrites its outputs at the next replay
         self.left_at = time.perf_counter()
         return loss
 

@@ -108,7 +108,8 @@ class Trainer:
         self.par = parallelize(model, spec.parallelism.strategy, spec.parallelism.expert_parallel, device,
                                fsdp_policy=self.precision.fsdp_policy())
         self.compiled = compilation.enabled(spec.compile, device)
-        self.forward = compilation.forward_of(self.par.module, spec.compile, device)
+        self.graphs = compilation.cuda_graphs(spec.compile, device, world)
+        self.forward = compilation.forward_of(self.par.module, spec.compile, device, world)
         self.optimizer = build_optimizer(spec, self.par, device)
         self.batches = StepBatches(corpus_tokens(spec.data.corpus), spec.data.seq_len, spec.data.global_batch,
                                    spec.seed)
@@ -240,6 +241,7 @@ class Trainer:
         inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.spec, self.step)
+        compilation.step_begins(self.graphs)
         with self.precision.context(self.device):
             out = self.forward(inputs, targets)
             loss = out.loss + out.aux_loss

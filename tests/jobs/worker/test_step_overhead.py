@@ -5,16 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from rayfleet.jobs.client.spec import JobSpec
 from rayfleet.jobs.supervision import goodput, history
 from rayfleet.jobs.worker import compilation
 from rayfleet.jobs.worker.steplog import StepLog
+from rayfleet.names import CUDA_GRAPHS_ENV
 from tests.support.distributed import on_ranks
 
 
-def test_compile_auto_is_eager_on_cpu_and_compiled_on_cuda() -> None:
+def test_compile_auto_is_eager_on_cpu_and_compiled_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = JobSpec.model_validate({"name": "j", "pool": "p"})
     assert spec.compile == "auto"
     assert not compilation.enabled(spec.compile, torch.device("cpu"))
@@ -23,6 +25,11 @@ def test_compile_auto_is_eager_on_cpu_and_compiled_on_cuda() -> None:
     assert compilation.enabled(True, torch.device("cpu"))
     model = torch.nn.Linear(2, 2)
     assert compilation.forward_of(model, spec.compile, torch.device("cpu")) is model
+    assert compilation.cuda_graphs("auto", torch.device("cuda"), world=1)
+    assert not compilation.cuda_graphs("auto", torch.device("cuda"), world=2)
+    assert not compilation.cuda_graphs("auto", torch.device("cpu"), world=1)
+    monkeypatch.setenv(CUDA_GRAPHS_ENV, "0")
+    assert not compilation.cuda_graphs("auto", torch.device("cuda"), world=1)
     for old in (True, False):  # job files written before `auto` still load
         assert JobSpec.model_validate({"name": "j", "pool": "p", "compile": old}).compile is old
 

@@ -31,14 +31,16 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+# rayfleet as installed (editable here; a wheel under PYTHONPATH on the GPU machine) comes before the
+# checkout's root, whose rayfleet/ folder alone is not the whole package
+sys.path.append(str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
-
-from gpu_throughput import Clock, machine, synchronize  # noqa: E402
 
 from rayfleet.jobs.client.spec import JobSpec  # noqa: E402
 from rayfleet.jobs.contract import RunInfo  # noqa: E402
 from rayfleet.jobs.worker.loop import Trainer  # noqa: E402
+
+from gpu_throughput import Clock, machine, synchronize  # noqa: E402  (after rayfleet: it puts the root first)
 
 
 def job_spec(args: argparse.Namespace) -> JobSpec:

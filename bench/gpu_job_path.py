@@ -119,12 +119,7 @@ def job_runs(kinds: list[str], args: argparse.Namespace, overrides: dict[str, An
             path = home / f"{spec['name']}.yaml"
             path.write_text(yaml.safe_dump(spec, sort_keys=False))
             began = time.perf_counter()
-            try:
-                result = gpu_scaling.cli("submit", "-f", str(path), "--follow", env=env, timeout=args.job_timeout)
-                rc, tail = result.returncode, (result.stdout + result.stderr)[-1500:]
-            except Exception as error:  # subprocess.TimeoutExpired
-                rc, tail = -1, f"{type(error).__name__}: {error}"
-                gpu_scaling.cli("stop", spec["name"], env=env, timeout=60)
+            rc, tail = submit(path, spec["name"], env, args.job_timeout)
             shown = gpu_scaling.cli("job", spec["name"], "-o", "json", env=env, timeout=60)
             try:
                 goodput = json.loads(shown.stdout).get("goodput") or {}
@@ -140,6 +135,23 @@ def job_runs(kinds: list[str], args: argparse.Namespace, overrides: dict[str, An
         down = gpu_scaling.cli("down", env=env, timeout=300)
         print(f"fleet down: rc {down.returncode}", flush=True)
     return out
+
+
+def submit(path: Path, name: str, env: dict[str, str], timeout: float) -> tuple[int, str]:
+    """`rayfleet submit --follow`; again while the head's job agent is not up yet (Ray answers
+    "No available agent" for a few seconds after a head starts on a loaded machine)."""
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            result = gpu_scaling.cli("submit", "-f", str(path), "--follow", env=env, timeout=timeout)
+        except Exception as error:  # subprocess.TimeoutExpired
+            gpu_scaling.cli("stop", name, env=env, timeout=60)
+            return -1, f"{type(error).__name__}: {error}"
+        tail = (result.stdout + result.stderr)[-1500:]
+        if result.returncode == 0 or "No available agent" not in tail or time.monotonic() > deadline:
+            return result.returncode, tail
+        print("the head's job agent is not up yet; submitting again", flush=True)
+        time.sleep(2)  # a retry interval, not a synchronisation: the loop's condition is the answer
 
 
 def compare(doc: dict[str, Any]) -> list[dict[str, Any]]:

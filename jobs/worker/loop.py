@@ -90,6 +90,8 @@ def train_worker(config: dict[str, Any]) -> None:
     finally:
         if trainer.marks is not None:
             trainer.marks.close()
+        if trainer.steplog is not None:  # the steps buffered when a peer's failure ends this attempt
+            trainer.steplog.flush()
 
 
 class Trainer:

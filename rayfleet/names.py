@@ -83,3 +83,13 @@ def warm_prefix(job: str) -> str:
 
 def standby_key(job: str, node_id: str, pid: int) -> str:
     return f"{warm_prefix(job)}{node_id}/{pid}"
+
+
+# Environment variables the health agent reads (cluster/health/telemetry.py).
+SIMULATE_GPUS_ENV = "RAYFLEET_SIMULATE_GPUS"
+"""1: the agent simulates GPU telemetry even where NVIDIA devices exist (a test bench on a GPU machine)."""
+DEVICE_DIR_ENV = "RAYFLEET_DEVICE_DIR"
+"""Where the agent looks for NVIDIA device files (nvidia0, nvidia1, ...); default /dev."""
+
+CUDA_GRAPHS_ENV = "RAYFLEET_CUDA_GRAPHS"
+"""0: a compiled job on one GPU runs without CUDA graphs (jobs/worker/compilation.py)."""

@@ -19,7 +19,7 @@ from rayfleet.cluster.health.burn import run_burn
 from rayfleet.cluster.health.checks import burn_check, gpu_checks, host_checks
 from rayfleet.cluster.health.report import Check, HealthReport, Status
 from rayfleet.cluster.health.notices import NoticeSource
-from rayfleet.cluster.health.telemetry import SimulatedGpus, open_telemetry
+from rayfleet.cluster.health.telemetry import NvmlUnreadable, SimulatedGpus, UnreadableGpus, open_telemetry
 from rayfleet.cluster.health import flight_recorder, rank_evidence, stepmarks
 from rayfleet.cluster.spec.fleet import HealthPolicy
 from rayfleet.names import AGENT_PREFIX
@@ -75,6 +75,8 @@ class HealthAgent:
         try:
             checks = gpu_checks(self.telemetry.sample(), self.policy) if self.gpu_count else []
             checks += host_checks(self.disk_path, self.policy)
+        except NvmlUnreadable as error:  # a GPU node nobody can watch must not run work
+            checks = [Check("gpu.nvml", Status.FAIL, str(error))]
         except Exception as error:  # a check that cannot run warns; it is no evidence against the node
             checks = [Check("agent", Status.WARN, f"checks could not run: {error}")]
         with self._lock:
@@ -98,6 +100,8 @@ class HealthAgent:
 
     @property
     def gpu_count(self) -> int:
+        if isinstance(self.telemetry, UnreadableGpus):
+            return self.telemetry.count
         return len(self.telemetry.sample())
 
     # --- called by the controller and `rayfleet chaos` ------------------------------------------

@@ -8,6 +8,8 @@ timeout/error. Other XIDs (13, 31, 43, ...) usually come from the application an
 """
 from __future__ import annotations
 
+from typing import Any
+
 import psutil
 
 from rayfleet.cluster.health.report import Check, Status
@@ -22,29 +24,40 @@ NVLINK_CRC_WARN = 100
 
 
 def gpu_checks(samples: list[GpuSample], policy: HealthPolicy) -> list[Check]:
-    """One check per concern across the node's GPUs, naming the GPUs that fail it."""
+    """One check per concern across the node's GPUs, naming the GPUs that fail it. A passing check
+    carries its reading too (value: the node's worst figure; message: each GPU's), so `rayfleet
+    health` shows what a healthy GPU reads, not only `ok`."""
     out: list[Check] = []
 
     def worst(name: str, failing: dict[int, str], status: Status, hardware: bool, value: float | None = None,
-              threshold: float | None = None) -> None:
+              threshold: float | None = None, reading: str = "") -> None:
         if failing:
             detail = "; ".join(f"gpu{i}: {why}" for i, why in sorted(failing.items()))
             out.append(Check(name, status, detail, value, threshold, hardware))
         else:
-            out.append(Check(name, Status.OK))
+            out.append(Check(name, Status.OK, reading, value, threshold))
+
+    def each(text: Any) -> str:
+        return ", ".join(f"gpu{g.index} {text(g)}" for g in samples)
 
     worst("gpu.responsive", {g.index: "does not respond (hung or fallen off the bus)"
-                             for g in samples if not g.responsive}, Status.FAIL, True)
+                             for g in samples if not g.responsive}, Status.FAIL, True,
+          value=float(sum(g.responsive for g in samples)), reading=f"{len(samples)} GPU(s) answer NVML")
+    seen = sorted({x for g in samples for x in g.xids_seen} | {x for g in samples for x in g.xids})
     fatal = {g.index: f"XID {', '.join(map(str, sorted(set(g.xids) & HARDWARE_XIDS)))}"
              for g in samples if set(g.xids) & HARDWARE_XIDS}
-    worst("gpu.xid", fatal, Status.FAIL, True)
+    worst("gpu.xid", fatal, Status.FAIL, True, value=float(sum(max(len(g.xids_seen), len(g.xids)) for g in samples)),
+          reading=f"XIDs seen: {', '.join(map(str, seen)) if seen else 'none'}")
     if not fatal:
         other = {g.index: f"XID {', '.join(map(str, g.xids))} (application)" for g in samples if g.xids}
         if other:
-            out[-1] = Check("gpu.xid", Status.WARN, "; ".join(f"gpu{i}: {w}" for i, w in sorted(other.items())))
+            out[-1] = Check("gpu.xid", Status.WARN, "; ".join(f"gpu{i}: {w}" for i, w in sorted(other.items())),
+                            value=out[-1].value)
     worst("gpu.ecc", {g.index: f"{g.ecc_volatile_uncorrected} volatile uncorrectable ECC errors"
                       for g in samples if g.ecc_volatile_uncorrected > 0}, Status.FAIL, True,
-          value=float(max((g.ecc_volatile_uncorrected for g in samples), default=0)), threshold=0.0)
+          value=float(max((g.ecc_volatile_uncorrected for g in samples), default=0)), threshold=0.0,
+          reading="uncorrectable/correctable (volatile): "
+                  + each(lambda g: f"{g.ecc_volatile_uncorrected}/{g.ecc_volatile_corrected}"))
     worst("gpu.remapped_rows", {g.index: "row remapping failed" for g in samples if g.remapped_rows_failed},
           Status.FAIL, True)
     if not any(g.remapped_rows_failed for g in samples):
@@ -54,13 +67,28 @@ def gpu_checks(samples: list[GpuSample], policy: HealthPolicy) -> list[Check]:
     hottest = max((g.temperature_c for g in samples), default=0.0)
     worst("gpu.temperature", {g.index: f"{g.temperature_c:.0f} C" for g in samples
                               if g.temperature_c > policy.max_gpu_temperature_c}, Status.WARN, False,
-          value=hottest, threshold=policy.max_gpu_temperature_c)
+          value=hottest, threshold=policy.max_gpu_temperature_c, reading=each(lambda g: f"{g.temperature_c:.0f} C"))
     worst("gpu.throttle", {g.index: ", ".join(g.throttle) for g in samples if g.throttle}, Status.WARN, False)
     worst("gpu.pcie", {g.index: f"{g.pcie_replays} PCIe replays" for g in samples
-                       if g.pcie_replays > PCIE_REPLAY_WARN}, Status.WARN, False)
+                       if g.pcie_replays > PCIE_REPLAY_WARN}, Status.WARN, False,
+          value=float(max((g.pcie_replays for g in samples), default=0)), threshold=float(PCIE_REPLAY_WARN))
     worst("gpu.nvlink", {g.index: f"{g.nvlink_crc_errors} NVLink CRC errors" for g in samples
-                         if g.nvlink_crc_errors > NVLINK_CRC_WARN}, Status.WARN, False)
+                         if g.nvlink_crc_errors > NVLINK_CRC_WARN}, Status.WARN, False,
+          value=float(max((g.nvlink_crc_errors for g in samples), default=0)), threshold=float(NVLINK_CRC_WARN))
+    powers = [g.power_w for g in samples if g.power_w is not None]
+    if powers:  # readings only (NVML): a GPU at its power limit also shows in gpu.throttle
+        out.append(Check("gpu.power", Status.OK, each(lambda g: f"{_number(g.power_w)} W of {_number(g.power_limit_w)}"),
+                         max(powers)))
+    clocks = [g.sm_clock_mhz for g in samples if g.sm_clock_mhz is not None]
+    if clocks:
+        out.append(Check("gpu.clocks", Status.OK, each(lambda g: f"SM {_number(g.sm_clock_mhz)}/"
+                                                               f"{_number(g.max_sm_clock_mhz)} MHz, memory "
+                                                               f"{_number(g.memory_clock_mhz)} MHz"), min(clocks)))
     return out
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}"
 
 
 def host_checks(disk_path: str, policy: HealthPolicy) -> list[Check]:

@@ -73,12 +73,18 @@ class Responder:
 
 
 def summary(dump: dict[str, Any], newest: int = 8) -> list[dict[str, Any]]:
-    """The newest collectives of every process group: sequence number, operation, and whether the
+    """The newest collectives of each process group: sequence number, operation, and whether the
     work was retired (completed and released)."""
-    entries = [e for e in dump.get("entries", []) if not e.get("is_p2p")]
-    entries.sort(key=lambda e: (str(e.get("pg_id")), int(e.get("collective_seq_id", 0))))
-    return [{"pg": str(e.get("pg_id")), "seq": int(e.get("collective_seq_id", 0)), "op": e.get("profiling_name", ""),
-             "state": e.get("state", ""), "retired": bool(e.get("retired"))} for e in entries[-newest:]]
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for e in dump.get("entries", []):
+        if not e.get("is_p2p"):
+            groups.setdefault(str(e.get("pg_id")), []).append(e)
+    out = []
+    for pg, entries in sorted(groups.items()):  # the newest of each group (the job's own, the notices')
+        entries.sort(key=lambda e: int(e.get("collective_seq_id", 0)))
+        out += [{"pg": pg, "seq": int(e.get("collective_seq_id", 0)), "op": e.get("profiling_name", ""),
+                 "state": e.get("state", ""), "retired": bool(e.get("retired"))} for e in entries[-newest:]]
+    return out
 
 
 def read(pid: int, timeout_s: float = 2.0) -> dict[str, Any]:

@@ -2,14 +2,24 @@
 
 Both produce the same `GpuSample`s, so the checks and the policy never know which one ran. The
 simulated source is what `rayfleet chaos inject` writes; it never touches a real GPU's state.
-NVML (pynvml) is imported lazily, only on nodes that have GPUs.
+NVML (pynvml, from the `rayfleet[gpu]` extra) is imported lazily, only on nodes that have GPUs.
+
+A node has GPUs when NVIDIA's device files exist (/dev/nvidia0, ...; `RAYFLEET_DEVICE_DIR` names
+another folder). There, NVML that cannot be read (no pynvml, no driver library, an init error)
+is a failed check (`UnreadableGpus`), never simulated telemetry: a GPU node that reports made-up
+healthy values would keep running work on GPUs nobody watches. Simulation is for nodes without
+NVIDIA devices (a local fleet on a CPU machine) or where `RAYFLEET_SIMULATE_GPUS=1` asks for it.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
+
+from rayfleet.names import DEVICE_DIR_ENV, SIMULATE_GPUS_ENV
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +39,35 @@ class GpuSample:
     throttle: tuple[str, ...] = ()              # active clock-throttle reasons that mean trouble
     responsive: bool = True                     # False: the GPU did not answer (a hang, or off the bus)
     speed: float = 1.0                          # simulated only: throughput factor for burn and link tests
+    power_w: float | None = None                # power draw (NVML; None where not read)
+    power_limit_w: float | None = None          # enforced power limit
+    sm_clock_mhz: float | None = None           # current SM clock
+    max_sm_clock_mhz: float | None = None       # its maximum
+    memory_clock_mhz: float | None = None
+    ecc_volatile_corrected: int = 0             # volatile correctable ECC errors (informational)
+    xids_seen: tuple[int, ...] = ()             # every XID since the agent started
 
 
 class Telemetry(Protocol):
     simulated: bool
 
     def sample(self) -> list[GpuSample]: ...
+
+
+class NvmlUnreadable(RuntimeError):
+    """NVML cannot be read on a node that has NVIDIA GPUs."""
+
+
+@dataclass
+class UnreadableGpus:
+    """A GPU node whose NVML could not be opened: every sample raises, so its GPU check fails."""
+
+    error: str
+    count: int
+    simulated: bool = False
+
+    def sample(self) -> list[GpuSample]:
+        raise NvmlUnreadable(self.error)
 
 
 @dataclass
@@ -92,6 +125,7 @@ class NvmlGpus:
         self.nvml = pynvml
         pynvml.nvmlInit()
         self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in range(pynvml.nvmlDeviceGetCount())]
+        self.seen: dict[int, list[int]] = {}
         self.events = None
         try:
             self.events = pynvml.nvmlEventSetCreate()
@@ -106,7 +140,10 @@ class NvmlGpus:
 
     def sample(self) -> list[GpuSample]:
         xids = self._drain_xids()
-        return [self._one(i, handle, tuple(xids.get(i, ()))) for i, handle in enumerate(self.handles)]
+        for index, found in xids.items():
+            self.seen.setdefault(index, []).extend(found)
+        return [dataclasses.replace(self._one(i, handle, tuple(xids.get(i, ()))), xids_seen=tuple(self.seen.get(i, ())))
+                for i, handle in enumerate(self.handles)]
 
     def _drain_xids(self) -> dict[int, list[int]]:
         found: dict[int, list[int]] = {}
@@ -145,22 +182,49 @@ class NvmlGpus:
             ("hw_power_brake", getattr(nvml, "nvmlClocksThrottleReasonHwPowerBrakeSlowdown", 0)),
             ("sw_thermal_slowdown", getattr(nvml, "nvmlClocksThrottleReasonSwThermalSlowdown", 0)),
         ) if bit and reasons & bit)
+        ecc_corrected = read(nvml.nvmlDeviceGetTotalEccErrors, nvml.NVML_MEMORY_ERROR_TYPE_CORRECTED,
+                             nvml.NVML_VOLATILE_ECC, default=0)
+        power_mw = read(nvml.nvmlDeviceGetPowerUsage)
+        limit_mw = read(nvml.nvmlDeviceGetEnforcedPowerLimit)
+        sm = read(nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_SM)
+        sm_max = read(nvml.nvmlDeviceGetMaxClockInfo, nvml.NVML_CLOCK_SM)
+        memory = read(nvml.nvmlDeviceGetClockInfo, nvml.NVML_CLOCK_MEM)
         crc = 0
         for link in range(getattr(nvml, "NVML_NVLINK_MAX_LINKS", 18)):
             crc += read(nvml.nvmlDeviceGetNvLinkErrorCounter, link, nvml.NVML_NVLINK_ERROR_DL_CRC_DATA, default=0) or 0
         return GpuSample(index=index, temperature_c=temperature, xids=xids, ecc_volatile_uncorrected=int(ecc or 0),
                          remapped_rows_pending=bool(remap[2]), remapped_rows_failed=bool(remap[3]),
                          pcie_replays=int(read(nvml.nvmlDeviceGetPcieReplayCounter, default=0) or 0),
-                         nvlink_crc_errors=int(crc), throttle=throttle)
+                         nvlink_crc_errors=int(crc), throttle=throttle,
+                         power_w=None if power_mw is None else power_mw / 1000.0,
+                         power_limit_w=None if limit_mw is None else limit_mw / 1000.0,
+                         sm_clock_mhz=None if sm is None else float(sm),
+                         max_sm_clock_mhz=None if sm_max is None else float(sm_max),
+                         memory_clock_mhz=None if memory is None else float(memory),
+                         ecc_volatile_corrected=int(ecc_corrected or 0))
+
+
+def nvidia_devices() -> list[Path]:
+    """This node's NVIDIA GPU device files (nvidia0, nvidia1, ...)."""
+    folder = Path(os.environ.get(DEVICE_DIR_ENV) or "/dev")
+    return sorted(p for p in folder.glob("nvidia[0-9]*") if p.name[len("nvidia"):].isdigit())
 
 
 def open_telemetry(gpus: int, force_simulated: bool = False) -> Telemetry:
-    """NVML when this node has NVIDIA GPUs (and pynvml), otherwise the simulated source."""
-    if not force_simulated:
-        try:
-            real = NvmlGpus()
-            if real.count:
-                return real
-        except Exception as error:  # no driver, no pynvml, no GPU: simulate
-            log.info("NVML unavailable (%s): GPU telemetry is simulated on this node", error)
-    return SimulatedGpus(count=gpus)
+    """NVML on a node with NVIDIA GPUs (UnreadableGpus when NVML fails there); the simulated
+    source on a node without them, or when asked (`force_simulated`, RAYFLEET_SIMULATE_GPUS=1)."""
+    devices = nvidia_devices()
+    if force_simulated or os.environ.get(SIMULATE_GPUS_ENV) == "1" or not devices:
+        return SimulatedGpus(count=gpus)
+    try:
+        real = NvmlGpus()
+    except Exception as error:  # no pynvml, no driver library, or NVML refused to start
+        message = (f"NVML cannot be read on a node with {len(devices)} NVIDIA device(s): {type(error).__name__}: "
+                   f"{error}; install rayfleet[gpu] (nvidia-ml-py) and check the driver (nvidia-smi)")
+        log.error("%s", message)
+        return UnreadableGpus(message, count=max(gpus, len(devices)))
+    if not real.count:
+        message = f"NVML sees no GPU on a node with {len(devices)} NVIDIA device(s); check the driver (nvidia-smi)"
+        log.error("%s", message)
+        return UnreadableGpus(message, count=max(gpus, len(devices)))
+    return real

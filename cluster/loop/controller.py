@@ -188,6 +188,8 @@ class FleetController:
             self._reported[instance] = report.sequence
             for check in report.checks:
                 self.metrics.record_health(fleet, record.pool, instance, check.name, check.status.value != "fail")
+                if check.value is not None:
+                    self.metrics.record_reading(fleet, record.pool, instance, check.name, check.value)
 
     def _probe_quiet_nodes(self, spec: FleetSpec, view: Any, reports: dict[str, Any]) -> dict[str, Any]:
         """Probe the raylets of nodes whose heartbeat is late (or that are already suspect)."""

@@ -18,9 +18,12 @@ which is what the dashboard's Metrics view (through Grafana) and any Prometheus 
 | rayfleet_health_checks                  | counter   | fleet, pool, check, result    | `record_health`           |
 | rayfleet_health_check_seconds           | histogram | fleet, pool, check            | `record_health`           |
 | rayfleet_health_failing_nodes           | gauge     | fleet, pool, check            | `record_health`           |
+| rayfleet_health_value                   | gauge     | fleet, pool, check            | `record_reading` (2)      |
 | rayfleet_pool_gpu_hours                 | gauge     | fleet, pool, state            | cluster/decide/usage.py   |
 
 (1) <state>: desired, ready, starting, unhealthy, degraded, draining, quarantined (POOL_GAUGES).
+(2) a check's reading, the pool's worst node: the highest temperature, power, ECC and XID count,
+    the lowest SM clock (gpu.clocks); per-node readings are in `rayfleet health`.
 
 Tags stay bounded (pools, event kinds, check names, reason kinds), never a node or instance id:
 a fleet of 12,500 nodes must not make 12,500 series per metric. Per-node detail lives in events
@@ -89,6 +92,10 @@ def reason_kind(reason: str) -> str:
     return "_".join(words)[:40] or "unspecified"
 
 
+LOWER_IS_WORSE = frozenset({"gpu.clocks", "burn"})
+"""Checks whose lowest reading is the pool's worst (an SM clock, achieved TFLOP/s)."""
+
+
 class FleetMetrics:
     """The controller's metrics. `record` once per loop; `record_health` once per check result.
 
@@ -127,6 +134,10 @@ class FleetMetrics:
         self._gpu_hours = metrics.Gauge("rayfleet_pool_gpu_hours", "GPU-hours since the fleet came up, by "
                                         "node state (training, idle, spare, quarantined, booting, unavailable)",
                                         tag_keys=("fleet", "pool", "state"))
+        self._values = metrics.Gauge("rayfleet_health_value", "a health check's reading on the pool's worst node "
+                                     "(GPU temperature C, power W, SM clock MHz, ECC and XID counts)",
+                                     tag_keys=("fleet", "pool", "check"))
+        self._readings: dict[tuple[str, str, str], dict[str, float]] = {}  # (fleet, pool, check) -> instance -> value
         self._causes: dict[str, str] = {}   # instance -> kind of the reason it last failed for
         self._failing: dict[tuple[str, str, str], set[str]] = {}   # (fleet, pool, check) -> instances
 
@@ -202,6 +213,17 @@ class FleetMetrics:
         except Exception as error:
             self._warn(error)
 
+    def record_reading(self, fleet: str, pool: str, instance: str, check: str, value: float) -> None:
+        """A check's latest reading on one node; publishes the pool's worst (see the table above)."""
+        try:
+            with self._lock:
+                readings = self._readings.setdefault((fleet, pool, check), {})
+                readings[instance] = float(value)
+                worst = min(readings.values()) if check in LOWER_IS_WORSE else max(readings.values())
+            self._values.set(worst, tags={"fleet": fleet, "pool": pool, "check": check})
+        except Exception as error:
+            self._warn(error)
+
     def _refresh_health(self, fleet: str, live: set[str]) -> None:
         with self._lock:
             counts = {}
@@ -209,6 +231,10 @@ class FleetMetrics:
                 if key[0] == fleet:
                     failing &= live
                     counts[key] = len(failing)
+            for key, readings in self._readings.items():
+                if key[0] == fleet:
+                    for gone in set(readings) - live:
+                        del readings[gone]
         for (_, pool, check), count in counts.items():
             self._failing_gauge.set(float(count), tags={"fleet": fleet, "pool": pool, "check": check})
 

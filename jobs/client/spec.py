@@ -168,8 +168,14 @@ class JobSpec(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto: cuda where the pool's GPUs are real, else cpu (gloo)")
     precision: Literal["auto", "fp32", "bf16-mixed", "bf16"] = Field(
-        default="auto", description="auto: bf16-mixed on cuda, fp32 on cpu")
-    compile: bool = Field(default=False, description="torch.compile the model (GPU)")
+        default="auto",
+        description="auto: bf16-mixed on cuda, fp32 on cpu. bf16-mixed: bf16 compute, fp32 master weights and "
+                    "optimizer state, gradients reduced in fp32 (ddp, fsdp, moe alike; jobs/worker/precision.py). "
+                    "bf16: weights, gradients and optimizer state in bf16 with no fp32 master copy: fastest, but "
+                    "updates smaller than a weight's bf16 spacing (1/256 of it) are lost, which stalls long runs")
+    compile: bool | Literal["auto"] = Field(
+        default="auto", description="torch.compile the model; auto: on cuda, not on cpu. false turns it off "
+                                    "(eager: no compilation time, slower steps)")
     driver: Literal["auto", "head", "pool"] = Field(
         default="auto", description="where the driver (and Ray Train's controller) runs; auto: on the job's "
                                     "pool when the fleet's head is fault tolerant, else on the head")

@@ -28,8 +28,9 @@ ABNORMAL_STATES = frozenset({"stopped", "tracing-stop", "zombie", "disk-sleep", 
 """Process states (psutil's names) a rank does not reach by waiting on its peers."""
 
 # Frames of a rank waiting for its peers: torch.distributed's collectives, DDP's and FSDP's
-# communication, autograd's backward (where DDP's gradient all-reduce is waited for), and Ray
-# Train's own barriers between workers.
+# communication, autograd's backward (where DDP's gradient all-reduce is waited for), the wait
+# for the notice all-reduce started the step before (jobs/worker/notices.py), and Ray Train's own
+# barriers between workers.
 COLLECTIVE_FRAMES = (
     re.compile(r"\(.*torch/distributed/distributed_c10d\.py:\d+\)"),
     re.compile(r"\(.*torch/distributed/fsdp/.*\)"),
@@ -37,6 +38,7 @@ COLLECTIVE_FRAMES = (
     re.compile(r"^\s*(?:[\w.]+\.)?(_sync_buffers|_sync_module_states|_distributed_broadcast_coalesced|"
                r"_sync_params_and_buffers) \(.*torch/nn/parallel/distributed\.py:\d+\)"),
     re.compile(r"^\s*(?:[\w.]+\.)?_engine_run_backward \(.*torch/autograd/graph\.py:\d+\)"),
+    re.compile(r"^\s*(?:[\w.]+\.)?wait \(.*jobs/worker/notices\.py:\d+\)"),
     re.compile(r"^\s*(?:[\w.]+\.)?\w*(barrier|broadcast_from_rank_zero|_across_ranks)\w* \(.*ray/train/.*\)"),
 )
 FRAME = re.compile(r"^\s+(\S+) \((.+):(\d+)\)")

@@ -7,7 +7,8 @@ wall-clock time that produced training progress that was kept.
 The job's durable history (jobs/supervision/history.py) holds what this needs, recorded as it happens:
 `submitted`, `driver` (the entrypoint runs), `worker` (rank 0 of an attempt runs: the gang was
 placed and its processes started), `started` (the attempt resumed from a step), `step` (rank 0
-finished a step: its number and duration), `checkpoint` (a save and its duration), `notice`
+finished a step: its number and duration), `compiled` (that step compiled the model),
+`checkpoint` (a save and its duration), `notice`
 (the job checkpointed for a node going away), `fault` and `hang` (the controller saw a node of
 the job fail, or the job stop making progress), `finished`.
 
@@ -19,6 +20,7 @@ part, so the parts add up to the wall time exactly:
                 checkpoint load); and the last step's end -> the job's end (teardown)
     training    steps whose result was kept: a step's interval runs from the end of the step (or
                 checkpoint) before it to its own end
+    compile     an attempt's step that compiled the model (torch.compile), kept or not
     rollback    steps done by an attempt that failed after them and before a checkpoint covered
                 them: the next attempt resumed from an earlier step and did them again
     checkpoint  saving checkpoints
@@ -35,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-PARTS = ("waiting", "startup", "training", "rollback", "checkpoint", "detection", "recovery")
+PARTS = ("waiting", "startup", "compile", "training", "rollback", "checkpoint", "detection", "recovery")
 DETECTIONS = ("fault", "hang", "notice")
 
 
@@ -45,6 +47,7 @@ class Attempt:
     from_step: int = 0
     steps: list[tuple[float, int, float]] = field(default_factory=list)   # (end, step, duration)
     checkpoints: list[tuple[float, int, float]] = field(default_factory=list)  # (end, step, duration)
+    compiled: set[int] = field(default_factory=set)  # steps that compiled the model
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ def attempts_of(run: list[Mapping[str, Any]]) -> tuple[list[Attempt], list[tuple
             pending_worker = None
         elif kind == "step" and attempts:
             attempts[-1].steps.append((at, int(event["step"]), float(event.get("duration_s") or 0.0)))
+        elif kind == "compiled" and attempts:
+            attempts[-1].compiled.add(int(event["step"]))
         elif kind == "checkpoint" and attempts:
             attempts[-1].checkpoints.append((at, int(event["step"]), float(event.get("duration_s") or 0.0)))
         elif kind in DETECTIONS:
@@ -118,7 +123,7 @@ class Ledger:
                 self.give("startup" if first_attempt else "recovery", max(self.cursor, step_end - duration))
             kept = keep_upto is None or step <= keep_upto
             self.redone += 0 if kept else 1
-            self.give("training" if kept else "rollback", step_end)
+            self.give("compile" if step in attempt.compiled else "training" if kept else "rollback", step_end)
             while saves and saves[0][1] <= step:
                 self.give("checkpoint", saves.pop(0)[0])
 

@@ -32,6 +32,20 @@ def record(storage: str | Path, name: str, event: str, **fields: Any) -> None:
         os.close(fd)
 
 
+def record_many(storage: str | Path, name: str, lines: list[dict[str, Any]]) -> None:
+    """Append events that carry their own `time` and `event` (buffered by the writer), in one write."""
+    if not lines:
+        return
+    path = job_dir(storage, name) / FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(json.dumps({"job": name, **line}, default=str) + "\n" for line in lines)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, text.encode())
+    finally:
+        os.close(fd)
+
+
 def events(storage: str | Path, name: str) -> list[dict[str, Any]]:
     path = job_dir(storage, name) / FILE
     if not path.exists():

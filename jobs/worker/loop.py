@@ -9,7 +9,6 @@ jobs/worker/progress.py).
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import time
@@ -22,11 +21,14 @@ import torch.distributed as dist
 from rayfleet.cluster.health import flight_recorder
 from rayfleet.cluster.health.stepmarks import StepMarks
 from rayfleet.jobs.contract import RunInfo
-from rayfleet.jobs.worker import checkpoint, standby
+from rayfleet.jobs.worker import checkpoint, compilation, standby
 from rayfleet.jobs.supervision import history
 from rayfleet.jobs.worker.data import batch_digest, build_data, window_crcs
+from rayfleet.jobs.worker.losslog import LossLog
 from rayfleet.jobs.worker.parallelize import Parallel, parallelize
-from rayfleet.jobs.worker.notices import NoticeReader
+from rayfleet.jobs.worker.notices import NoticeAgreement, NoticeReader
+from rayfleet.jobs.worker.precision import resolve as resolve_precision
+from rayfleet.jobs.worker.steplog import StepLog
 from rayfleet.jobs.worker.progress import Progress, StepBeats
 from rayfleet.jobs.client.spec import JobSpec
 from rayfleet.model import ModelConfig, Transformer, get_preset
@@ -62,15 +64,6 @@ def build_optimizer(spec: JobSpec, par: Parallel, device: torch.device) -> torch
                              eps=spec.optimizer.eps, fused=fused)
 
 
-def precision_context(spec: JobSpec, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-    precision = spec.precision
-    if precision == "auto":
-        precision = "bf16-mixed" if device.type == "cuda" else "fp32"
-    if precision == "bf16-mixed":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def train_worker(config: dict[str, Any]) -> None:
     """Ray Train's `train_loop_per_worker`."""
     import ray
@@ -100,6 +93,8 @@ def train_worker(config: dict[str, Any]) -> None:
             trainer.marks.close()
         if trainer.collectives is not None:
             trainer.collectives.close()
+        if trainer.steplog is not None:  # the steps buffered when a peer's failure ends this attempt
+            trainer.steplog.flush()
 
 
 class Trainer:
@@ -113,10 +108,13 @@ class Trainer:
         torch.manual_seed(spec.seed)  # identical initial weights on every rank
         self.config = model_config(spec)
         model = Transformer(self.config)
-        if spec.precision == "bf16":
-            model.to(torch.bfloat16)
-        self.par = parallelize(model, spec.parallelism.strategy, spec.parallelism.expert_parallel, device)
-        self.forward = torch.compile(self.par.module) if spec.compile else self.par.module
+        self.precision = resolve_precision(spec.precision, device)  # jobs/worker/precision.py
+        model.to(self.precision.param_dtype)
+        self.par = parallelize(model, spec.parallelism.strategy, spec.parallelism.expert_parallel, device,
+                               fsdp_policy=self.precision.fsdp_policy())
+        self.compiled = compilation.enabled(spec.compile, device)
+        self.graphs = compilation.cuda_graphs(spec.compile, device, world)
+        self.forward = compilation.forward_of(self.par.module, spec.compile, device, world)
         self.optimizer = build_optimizer(spec, self.par, device)
         self.data = build_data(spec.data, spec.seed)
         self.batches = self.data.train
@@ -130,6 +128,10 @@ class Trainer:
         self.marks: StepMarks | None = None
         self.collectives: flight_recorder.Responder | None = None
         self.notices: NoticeReader | None = None
+        self.agreement: NoticeAgreement | None = None
+        self.steplog = StepLog(run.storage, spec.name, run.submission_id) if rank == 0 else None
+        self.losslog = LossLog(device)
+        self.progress: Progress | None = None
 
     def watch(self, node_id: str) -> None:
         """Publish step beats (hang detection) and read notices for `node_id` (Ray Train only)."""
@@ -137,6 +139,7 @@ class Trainer:
         self.marks = StepMarks()  # exact step counters the node's agent reads when the job hangs
         self.collectives = flight_recorder.Responder()  # and this rank's collectives, on request
         self.notices = NoticeReader(node_id)
+        self.agreement = NoticeAgreement(self.notices, self.world)
 
     def resume(self) -> None:
         latest = checkpoint.latest_checkpoint(self.job_dir)
@@ -155,17 +158,23 @@ class Trainer:
     def train(self, report: Any = None) -> list[tuple[int, float]]:
         """Train to `spec.steps`; returns (step, loss) pairs seen by this rank at logged steps."""
         self.resume()
-        progress = Progress(self.spec.name, self.run.submission_id, self.spec.steps, self.spec.pool,
-                            self.spec.parallelism.strategy, self.run_dir / METRICS) if self.rank == 0 else None
+        self.progress = Progress(self.spec.name, self.run.submission_id, self.spec.steps, self.spec.pool,
+                                 self.spec.parallelism.strategy, self.run_dir / METRICS) if self.rank == 0 else None
         tokens_per_step = self.spec.data.global_batch * self.spec.data.seq_len
         flops_per_token = self.par.model.flops_per_token(self.spec.data.seq_len)
         started, logged_step = time.perf_counter(), self.step
+        compiling = self.compiled  # this attempt's first step compiles the model
+        # Per step, the host does no more than the model's own launches: no host sync (the loss
+        # is read at logged steps), step events buffered (jobs/worker/steplog.py), beats written
+        # at most once a second, notices agreed by a non-blocking collective one step late.
         while self.step < self.spec.steps:
             step_started = time.perf_counter()
             if self.marks is not None:
                 self.marks.started(self.step + 1)
             loss = self.train_step()
             self.step += 1
+            if compiling and self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)  # once: the compiling step's true duration
             if self.marks is not None:
                 self.marks.finished(self.step)
             if self.spec.step_time_s:  # benchmarks pad steps to a known length
@@ -173,15 +182,19 @@ class Trainer:
             step_s = time.perf_counter() - step_started
             if self.beats is not None:
                 self.beats.publish(self.step, step_s)
-            if self.rank == 0:  # goodput accounting (jobs/supervision/goodput.py): one line per step
-                history.record(self.run.storage, self.spec.name, "step", submission_id=self.run.submission_id,
-                               step=self.step, duration_s=round(step_s, 4))
-            if self.notice_deadline() > time.time():
-                self.hold_for_notice(report)
+            if self.steplog is not None:  # goodput accounting (jobs/supervision/goodput.py)
+                self.steplog.step(self.step, step_s)
+                if compiling:
+                    self.steplog.flush()
+                    history.record(self.run.storage, self.spec.name, "compiled", submission_id=self.run.submission_id,
+                                   step=self.step, duration_s=round(step_s, 4))
+            compiling = False
+            deadline = self.agreement.poll() if self.agreement is not None else 0.0
+            if deadline > 0:
+                self.hold_for_notice(report, deadline)
                 continue
             evaluating = self.evaluation_due()
             if self.step % self.spec.log_every == 0 or self.step == self.spec.steps or evaluating:
-                mean_loss = self.mean(loss)
                 digest = self.batch_digest()
                 elapsed = time.perf_counter() - started
                 tokens_per_s = tokens_per_step * (self.step - logged_step) / max(elapsed, 1e-9)
@@ -190,33 +203,39 @@ class Trainer:
                 mfu = None
                 if self.run.peak_tflops:
                     mfu = flops_per_token * tokens_per_s / (self.run.peak_tflops * 1e12 * self.world)
-                self.losses.append((self.step, mean_loss))
-                if progress is not None:
-                    progress.publish(self.step, mean_loss, tokens_per_s, mfu, self.restarts, self.checkpoint_step,
-                                     validation=self.validation, batch_crc=digest)
+                self.losslog.add(self.step, self.mean(loss), tokens_per_s=tokens_per_s, mfu=mfu,
+                                 restarts=self.restarts, checkpoint_step=self.checkpoint_step,
+                                 validation=self.validation, batch_crc=digest)
                 started, logged_step = time.perf_counter(), self.step
+            self.publish_losses()
             if self.step % self.spec.checkpoint.every == 0 or self.step == self.spec.steps:
+                self.publish_losses(wait=True)
                 path = self.save()
                 if report is not None:
                     report({"step": self.step, "loss": self.losses[-1][1] if self.losses else None}, path)
+        self.publish_losses(wait=True)
+        if self.agreement is not None:
+            self.agreement.wait()  # no collective left in flight
+        if self.steplog is not None:
+            self.steplog.flush()
         return self.losses
 
-    def notice_deadline(self) -> float:
-        """The latest notice deadline among the nodes of this job's ranks (0: none). A collective."""
-        own = self.notices.deadline() if self.notices is not None else 0.0
-        if self.world == 1:
-            return own
-        value = torch.tensor([own], dtype=torch.float64, device=self.device if self.device.type == "cuda" else "cpu")
-        dist.all_reduce(value, op=dist.ReduceOp.MAX)
-        return float(value)
+    def publish_losses(self, wait: bool = False) -> None:
+        """Publish the logged steps whose loss has reached the host (jobs/worker/losslog.py)."""
+        for step, loss, figures in self.losslog.ready(wait):
+            self.losses.append((step, loss))
+            if self.progress is not None:
+                self.progress.publish(step, loss, **figures)
 
-    def hold_for_notice(self, report: Any) -> None:
+    def hold_for_notice(self, report: Any, deadline: float) -> None:
         """A node of this job goes away soon: checkpoint now, then hold at this step until the
         controller ends that node (every rank then stops: Ray Train restarts the workers on its
         replacement, from this checkpoint) or the deadline passes (the notice was withdrawn: go on)."""
         from rayfleet.jobs.worker.notices import acknowledge, hold
 
-        deadline = self.notice_deadline()
+        if self.steplog is not None:
+            self.steplog.flush()
+        self.publish_losses(wait=True)
         if self.checkpoint_step != self.step:
             path = self.save()
             if report is not None:
@@ -228,8 +247,8 @@ class Trainer:
             print(f"[rayfleet] notice: checkpointed at step {self.step}; holding until the node is replaced",
                   flush=True)
         hold(deadline)
-        if self.notices is not None:
-            self.notices.ignore_until(deadline)
+        if self.agreement is not None:
+            self.agreement.handled(deadline)
 
     def train_step(self) -> torch.Tensor:
         inputs, targets = self.batches.batch(self.step, self.rank, self.world)
@@ -237,7 +256,8 @@ class Trainer:
         inputs, targets = inputs.to(self.device, non_blocking=True), targets.to(self.device, non_blocking=True)
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.spec, self.step)
-        with precision_context(self.spec, self.device):
+        compilation.step_begins(self.graphs)
+        with self.precision.context(self.device):
             out = self.forward(inputs, targets)
             loss = out.loss + out.aux_loss
         loss.backward()
@@ -264,17 +284,20 @@ class Trainer:
         try:
             for index in range(self.data.validation.batches):
                 inputs, targets = self.data.validation.batch(index, self.rank, self.world)
-                with precision_context(self.spec, self.device):
+                with self.precision.context(self.device):
                     out = self.forward(inputs.to(self.device), targets.to(self.device))
                 total += out.loss.detach().double()
         finally:
             self.par.module.train()
-        return self.mean(total / self.data.validation.batches)
+        return float(self.mean(total / self.data.validation.batches))
 
-    def batch_digest(self) -> str:
+    def batch_digest(self) -> str | None:
         """The digest of the last step's global batch: every rank's window CRCs gathered in rank
-        order (a collective), so the same tokens give the same digest at any world size."""
+        order (a collective), so the same tokens give the same digest at any world size. Not on
+        several GPUs, where the gather would be a host sync every logged step."""
         crcs = self.window_crcs
+        if self.world > 1 and self.device.type == "cuda":
+            return None
         if self.world > 1:
             local = crcs.to(self.device if self.device.type == "cuda" else "cpu")
             parts = [torch.empty_like(local) for _ in range(self.world)]
@@ -282,13 +305,14 @@ class Trainer:
             crcs = torch.cat(parts).cpu()
         return batch_digest(crcs)
 
-    def mean(self, loss: torch.Tensor) -> float:
-        """The language-model loss averaged over all ranks (equal tokens per rank)."""
+    def mean(self, loss: torch.Tensor) -> torch.Tensor:
+        """The language-model loss averaged over all ranks (equal tokens per rank), on the device:
+        on NCCL the all-reduce is queued on the stream, the host does not wait for it."""
         value = loss.float().clone()
         if self.world > 1:
             dist.all_reduce(value, op=dist.ReduceOp.SUM)
             value /= self.world
-        return float(value)
+        return value
 
     def save(self) -> Path:
         saving = time.perf_counter()
@@ -299,6 +323,8 @@ class Trainer:
                                            "data": self.batches.position(self.step)})
         self.checkpoint_step = self.step
         if self.rank == 0:
+            if self.steplog is not None:
+                self.steplog.flush()  # the steps before it, in order
             checkpoint.prune(self.job_dir, self.spec.checkpoint.keep, self.run_dir)
             history.record(self.run.storage, self.spec.name, "checkpoint", submission_id=self.run.submission_id,
                            step=self.step, duration_s=round(time.perf_counter() - saving, 4))

@@ -3,8 +3,8 @@
 The controller publishes `notices` in the GCS KV: Ray node id -> the time the node goes away (a
 spot interruption, a Kubernetes eviction, `rayfleet chaos preempt`). Each rank checks whether its
 own node has one (at most once a second); the ranks agree through an all-reduce (MAX of their
-deadlines), checkpoint at the same step, and hold there: the controller ends the noticed node as
-soon as the job has acknowledged, and Ray Train restarts the workers on the replacement from that
+deadlines; NoticeAgreement, non-blocking, one step late), checkpoint at the same step, and hold
+there: the controller ends the noticed node as soon as the job has acknowledged, and Ray Train restarts the workers on the replacement from that
 checkpoint. No step is done twice.
 """
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from typing import Any
 
 from rayfleet.names import NAMESPACE, NOTICES_KEY, notice_ack_key as ack_key
 
@@ -58,6 +59,52 @@ class NoticeReader:
             except Exception as error:
                 log.debug("notices not read: %s", error)
         return self._deadline if self._deadline > self._handled else 0.0
+
+
+class NoticeAgreement:
+    """The job's notice deadline, agreed by every rank without stalling a step.
+
+    Each call starts a MAX all-reduce of this rank's deadline on a CPU gloo group of its own and
+    returns the result of the one started by the call before: the collective runs beside the step
+    on gloo's thread, and no GPU tensor is read (no host sync). Every rank calls once per step, so
+    all ranks see the same agreed value at the same step, one step after the notice was read.
+    Deadlines already handled are not returned again.
+    """
+
+    def __init__(self, reader: NoticeReader, world: int) -> None:
+        import torch.distributed as dist
+
+        self.reader, self.world = reader, world
+        self.group = dist.new_group(backend="gloo") if world > 1 else None
+        self._work: Any = None
+        self._value: Any = None
+        self._handled = 0.0
+
+    def poll(self) -> float:
+        """The deadline agreed so far (0: none pending)."""
+        own = self.reader.deadline()
+        if self.world == 1:
+            agreed = own
+        else:
+            import torch
+            import torch.distributed as dist
+
+            agreed = self.wait()
+            self._value = torch.tensor([own], dtype=torch.float64)
+            self._work = dist.all_reduce(self._value, op=dist.ReduceOp.MAX, group=self.group, async_op=True)
+        return agreed if agreed > self._handled else 0.0
+
+    def handled(self, deadline: float) -> None:
+        self._handled = max(self._handled, deadline)
+        self.reader.ignore_until(deadline)
+
+    def wait(self) -> float:
+        """Finish the all-reduce in flight; its result (0 when none)."""
+        if self._work is None:
+            return 0.0
+        self._work.wait()
+        self._work = None
+        return float(self._value[0])
 
 
 def hold(deadline: float, every_s: float = 0.2) -> None:

@@ -2,7 +2,8 @@
 
 - ddp: DistributedDataParallel; gradients averaged over all ranks during backward.
 - fsdp: FSDP2 `fully_shard` on every block, then on the root; parameters, gradients and optimizer
-  state sharded over all ranks.
+  state sharded over all ranks; with a mixed-precision policy (jobs/worker/precision.py) the
+  blocks gather their parameters in bf16 and reduce-scatter gradients in fp32.
 - moe: experts sharded over expert-parallel groups of `expert_parallel` consecutive ranks
   (`model.apply_expert_parallel`); every other parameter replicated and averaged by DDP, which
   is told to leave the expert parameters alone; expert gradients are then reduced by the rule
@@ -11,6 +12,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -38,24 +40,24 @@ class Parallel:
         if self.strategy == "moe" and self.world > 1:
             reduce_expert_gradients(self.model, self.replica_group)
 
-    def clip_grad_norm(self, max_norm: float) -> float:
-        """Clip by the global gradient norm across all ranks; returns that norm."""
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        """Clip by the global gradient norm across all ranks; returns that norm as a tensor on the
+        device (no host sync: reading it is the caller's choice, e.g. at logged steps)."""
         if self.strategy == "fsdp":
             norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm if max_norm > 0 else float("inf"))
-            return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+            return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
         if self.strategy == "moe" and self.world > 1:
             return self._clip_expert_parallel(max_norm)
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm if max_norm > 0 else float("inf"))
-        return float(norm)
+        return torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_norm if max_norm > 0 else float("inf"))
 
-    def _clip_expert_parallel(self, max_norm: float) -> float:
+    def _clip_expert_parallel(self, max_norm: float) -> torch.Tensor:
         # Replicated grads are equal everywhere: count once. Expert shards differ across the EP group.
         # On the device with one all-reduce and one host sync (a float() per parameter stalled
         # every step on a GPU, hundreds of times).
         expert_ids = {id(p) for p in expert_parameters(self.model)}
         grads = [p.grad for p in self.model.parameters() if p.grad is not None]
         if not grads:
-            return 0.0
+            return torch.zeros(())
 
         def square_sum(tensors: list[torch.Tensor]) -> torch.Tensor:
             zero = torch.zeros((), dtype=torch.float64, device=grads[0].device)
@@ -69,11 +71,13 @@ class Parallel:
         if max_norm > 0:
             scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
             torch._foreach_mul_(grads, scale.to(grads[0].dtype))
-        return float(norm)
+        return norm
 
 
-def parallelize(model: nn.Module, strategy: str, expert_parallel: int, device: torch.device) -> Parallel:
-    """Place `model` (built identically on every rank) for `strategy` on the default group."""
+def parallelize(model: nn.Module, strategy: str, expert_parallel: int, device: torch.device,
+                fsdp_policy: Any = None) -> Parallel:
+    """Place `model` (built identically on every rank) for `strategy` on the default group;
+    `fsdp_policy`: FSDP2's MixedPrecisionPolicy for fsdp (None: the parameters' own dtype)."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
     model.to(device)
@@ -85,9 +89,10 @@ def parallelize(model: nn.Module, strategy: str, expert_parallel: int, device: t
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
+        options = {"mp_policy": fsdp_policy} if fsdp_policy is not None else {}
         for block in _blocks(model):
-            fully_shard(block)
-        fully_shard(model)
+            fully_shard(block, **options)
+        fully_shard(model, **options)
         return Parallel(strategy, model, model, rank, world)
     if strategy == "moe":
         ep_group, replica_group = expert_parallel_groups(world, rank, expert_parallel)

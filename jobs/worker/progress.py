@@ -94,13 +94,15 @@ class StepBeats:
     def publish(self, step: int, duration_s: float) -> None:
         import statistics
 
-        self.durations = [*self.durations[-(self.window - 1):], duration_s]
+        self.durations.append(duration_s)
+        if len(self.durations) > 4 * self.window:  # trimmed now and then, not copied every step
+            del self.durations[:-self.window]
         now = time.monotonic()
         if now - self._last < self.every_s:
             return
         self._last = now
         beat = {"rank": self.rank, "step": step, "time": time.time(), "pid": self.pid, "node_id": self.node_id,
-                "submission_id": self.submission_id, "median_step_s": statistics.median(self.durations)}
+                "submission_id": self.submission_id, "median_step_s": statistics.median(self.durations[-self.window:])}
         try:
             from ray.experimental.internal_kv import _internal_kv_put
 

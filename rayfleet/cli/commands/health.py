@@ -32,7 +32,7 @@ def health(
     if emit(doc, output):
         return
     table = Table(box=None, header_style="bold")
-    for column in ("NODE", "STATE", "BEAT", "PROBE", "CHECKS"):
+    for column in ("NODE", "STATE", "BEAT", "PROBE", "GPU READINGS", "CHECKS"):
         table.add_column(column, overflow="fold")
     for node in doc["nodes"]:
         bad = [c for c in node["checks"] if c["status"] != "ok"]
@@ -40,10 +40,21 @@ def health(
                            for c in bad) or ("ok" if node["checks"] else "-")
         beat = f"{node['heartbeat_age_s']:.1f}s" if node["heartbeat_age_s"] is not None else "-"
         name = node["instance"] + (" (spare)" if node["spare"] else "")
-        table.add_row(name, node["state"], beat, node["probe"] or "-", checks)
+        table.add_row(name, node["state"], beat, node["probe"] or "-", _readings(node["checks"]), checks)
     console.print(table)
     if any(node["simulated"] for node in doc["nodes"]):
         console.print("GPU telemetry is simulated on nodes without NVIDIA GPUs (`rayfleet chaos inject` writes it)")
+
+
+READINGS = (("gpu.temperature", "{:.0f} C"), ("gpu.power", "{:.0f} W"), ("gpu.clocks", "SM {:.0f} MHz"),
+            ("gpu.ecc", "ECC {:.0f}"), ("gpu.xid", "XIDs {:.0f}"))
+"""The node's worst GPU figures shown in the table (each GPU's are in -o json, the check's message)."""
+
+
+def _readings(checks: list[dict[str, Any]]) -> str:
+    values = {c["name"]: c.get("value") for c in checks}
+    shown = [form.format(values[name]) for name, form in READINGS if values.get(name) is not None]
+    return ", ".join(shown) or "-"
 
 
 def _active(conn: Any, link: str | None, burn: str | None) -> dict[str, Any]:

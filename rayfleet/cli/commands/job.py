@@ -15,6 +15,7 @@ from rayfleet.errors import BadInput
 PART_HELP = {
     "waiting": "queued until its workers were placed and running",
     "startup": "workers up -> first step; the end's teardown",
+    "compile": "the first step of an attempt, which compiled the model",
     "training": "steps whose result was kept",
     "rollback": "steps done again after a failure",
     "checkpoint": "saving checkpoints",

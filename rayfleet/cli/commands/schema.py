@@ -9,8 +9,13 @@ from rayfleet.cli.app import app
 
 
 @app.command()
-def schema() -> None:
-    """Print the fleet spec's JSON Schema (for editors and CI validation)."""
+def schema(job: bool = typer.Option(False, "--job", help="the job spec's schema instead of the fleet spec's")) -> None:
+    """Print the fleet spec's JSON Schema, or the job spec's with --job (for editors and CI validation)."""
+    if job:
+        from rayfleet.jobs.client.spec import job_json_schema
+
+        typer.echo(json.dumps(job_json_schema(), indent=2))
+        return
     from rayfleet.cluster.spec.fleet import fleet_json_schema
 
     typer.echo(json.dumps(fleet_json_schema(), indent=2))

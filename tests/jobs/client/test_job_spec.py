@@ -98,3 +98,24 @@ def test_workers_per_node_counts_the_scarcer_resource() -> None:
     assert workers_per_node(spec, FLEET) == 4  # 8 GPUs / 2 = 4 < 4 CPUs / 1 = 4
     spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"cpus": 3})})
     assert workers_per_node(spec, FLEET) == 1
+
+
+def test_the_job_schema_states_each_precision_and_bf16s_risk(tmp_path: Path) -> None:
+    import json
+
+    from tests.conftest import rayfleet
+
+    result = rayfleet("schema", "--job", home=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    fields = json.loads(result.stdout)["properties"]
+    assert "fp32 master weights" in fields["precision"]["description"]
+    assert "no fp32 master copy" in fields["precision"]["description"]
+    assert "auto: on cuda, not on cpu" in fields["compile"]["description"]
+
+
+@pytest.mark.parametrize("precision", ["auto", "fp32", "bf16-mixed", "bf16"])
+@pytest.mark.parametrize("compile_setting", [True, False, "auto"])
+def test_job_files_written_before_compile_auto_still_load(tmp_path: Path, precision: str,
+                                                          compile_setting: object) -> None:
+    spec = load_job_spec(write(tmp_path, precision=precision, compile=compile_setting))
+    assert (spec.precision, spec.compile) == (precision, compile_setting)

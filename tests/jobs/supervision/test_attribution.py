@@ -203,6 +203,16 @@ def test_ray_trains_checkpoint_barrier_counts_as_waiting_for_peers() -> None:
     assert rank(0, stack=in_report).in_collective and not rank(1, stack=AFTER_STEP).in_collective
 
 
+def test_waiting_for_the_notice_all_reduce_counts_as_waiting_for_peers() -> None:
+    """The ranks agree on notices by an all-reduce started a step earlier; its wait is a collective's."""
+    in_notice = '''Thread 1 (idle): "MainThread"
+    wait (rayfleet/jobs/worker/notices.py:131)
+    poll (rayfleet/jobs/worker/notices.py:110)
+    train (rayfleet/jobs/worker/loop.py:182)
+'''
+    assert rank(0, stack=in_notice).in_collective and not rank(1, stack=AFTER_STEP).in_collective
+
+
 def test_in_a_ray_train_worker_the_training_thread_is_read_not_the_main_thread() -> None:
     """Both ranks are inside step 129, so their counters cannot tell; their training threads can."""
     found = attribute({0: rank(0, state="sleeping", started=129, finished=128, stack=RAY_TRAIN_RANK0),

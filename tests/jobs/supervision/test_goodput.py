@@ -133,3 +133,18 @@ def test_a_history_tail_reads_only_complete_new_lines(tmp_path) -> None:
     with open(path, "a") as handle:
         handle.write('ent": "step", "step": 1, "duration_s": 0.5}\n')
     assert [e["event"] for e in tails["j"].read()] == ["submitted", "started", "step"]
+
+
+def test_the_step_that_compiled_is_its_own_part() -> None:
+    """A compiled attempt's first step (compilation plus one step) counts as compile, not training."""
+    steps, last = run_steps(20.0, 1, 4)
+    steps[0]["duration_s"] = 1.0
+    history = [ev(0, "submitted"), ev(12, "worker"), ev(15, "started", from_step=0), *steps,
+               ev(steps[0]["time"] + 0.01, "compiled", step=1, duration_s=1.0),
+               ev(last + 1, "finished", state="SUCCEEDED")]
+    got = account(history, now=1e9)
+    assert got is not None
+    assert got.parts["compile"] == pytest.approx(1.0)
+    assert got.parts["training"] == pytest.approx(3.0)
+    assert sum(got.parts.values()) == pytest.approx(got.wall_s)
+    assert "compile" in got.to_json()["parts"] and "training" in got.to_json()["parts"]

@@ -83,8 +83,11 @@ class StateRecords:
 
     def write(self, state: FleetState) -> None:
         """Make `state` the stored one, writing only what differs from the last write."""
-        changed = [record for instance, record in state.nodes.items() if not self._written(instance, record)]
-        gone = [instance for instance in self._nodes if instance not in state.nodes]
+        written, nodes = self._nodes, state.nodes
+        # One identity check per node in a steady pass: plan keeps an unchanged record's object.
+        changed = [record for instance, record in nodes.items()
+                   if (last := written.get(instance)) is not record and (last is None or last != record)]
+        gone = [instance for instance in written if instance not in nodes]
         fleet = state.fleet_json()
         if self._legacy:  # the upgrade pass: the fleet record last, it marks the layout complete
             self._put_nodes(changed)
@@ -96,10 +99,6 @@ class StateRecords:
         self._put_fleet(fleet)
         self._put_nodes(changed)
         self._delete_nodes(gone)
-
-    def _written(self, instance: str, record: NodeRecord) -> bool:
-        last = self._nodes.get(instance, _UNKNOWN)
-        return last is not None and (last is record or last == record)
 
     def _put_fleet(self, fleet: str) -> None:
         if fleet == self._fleet:

@@ -2,11 +2,15 @@
 
 On one core (the process pins itself to one CPU), with the real `plan` over `SimulatedCloud`:
 1. reconcile-loop time, p50 and p99 over consecutive 1 s loops, for each fleet size: observe (the
-   ClusterView with demand), plan, act (applied to the cloud) and persist (the state as JSON, as
-   the controller writes it every loop). Steady state: one job on the whole pool, autoscaling on,
-   failures at Llama 3's published rates;
+   ClusterView with demand), plan, act (applied to the cloud) and persist (the controller's
+   FleetStore writing the records that changed, into an in-memory KV store that counts the bytes
+   sent). Steady state: one job on the whole pool, autoscaling on, failures at Llama 3's
+   published rates. Beside each loop, not counted in it, the baseline: the whole state as one
+   JSON document, as the controller wrote it every loop before per-node records (`persist_full`,
+   `bytes_full`);
 2. 1% of the nodes failing at once: the loop that notices and plans their replacement (its wall
-   time, and how long after the failure it runs in simulated time), and when the fleet is whole;
+   time, and how long after the failure it runs in simulated time), the bytes each loop of the
+   incident persists, and when the fleet is whole;
 3. memory at the largest size: the planner's peak allocation in one pass (tracemalloc), the
    persisted state's size, the process's RSS;
 4. goodput of a simulated week at 12,500 nodes, with and without hot spares: the share of the
@@ -36,10 +40,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rayfleet.cluster.decide.plan import plan  # noqa: E402
+from rayfleet.cluster.rayio import gcs  # noqa: E402
+from rayfleet.cluster.sim.kv import MemoryKV  # noqa: E402
 from rayfleet.cluster.sim.simulator import (LLAMA3_NODE_HOURS, JobState, SimulatedCloud, SimulatedController,  # noqa: E402
                               SimulatedJob, llama3_rates)
 from rayfleet.cluster.spec.fleet import FleetSpec  # noqa: E402
 from rayfleet.cluster.decide.state import NodeState  # noqa: E402
+from rayfleet.names import STATE_KEY  # noqa: E402
 
 SIZES = [100, 250, 500, 1000, 2500, 5000, 10000, 12500]
 GPUS_PER_NODE = 8
@@ -83,7 +90,9 @@ def running_fleet(nodes: int, spares: int = 0, autoscale: bool = True, seed: int
 
 def timed_loop(controller: SimulatedController) -> dict[str, float]:
     """One production loop, each step timed: observe, plan, act, persist. `cpu_*` is the
-    thread's CPU time: what the loop costs one core even when other work shares the machine."""
+    thread's CPU time: what the loop costs one core even when other work shares the machine.
+    `bytes`: what persist sent to the KV store (keys and values); `*_full`: the full-state write
+    of the same state, the baseline, timed after the loop."""
     cloud = controller.cloud
     marks = [(time.perf_counter(), time.thread_time())]
     view = cloud.view()
@@ -93,15 +102,31 @@ def timed_loop(controller: SimulatedController) -> dict[str, float]:
     controller.state = result.state
     cloud.apply(result.actions)
     marks.append((time.perf_counter(), time.thread_time()))
-    controller.state.to_json()
+    sent = controller.kv.tally.bytes
+    controller.store.put_state(controller.state)
     marks.append((time.perf_counter(), time.thread_time()))
     controller.events.extend(result.events)
-    out: dict[str, float] = {"actions": len(result.actions)}
+    out: dict[str, float] = {"actions": len(result.actions), "bytes": controller.kv.tally.bytes - sent}
     for index, step in enumerate(("observe", "plan", "act", "persist")):
         out[step] = marks[index + 1][0] - marks[index][0]
         out["cpu_" + step] = marks[index + 1][1] - marks[index][1]
     out["loop"], out["cpu_loop"] = marks[-1][0] - marks[0][0], marks[-1][1] - marks[0][1]
+    out["persist_full"], out["bytes_full"] = full_write(controller)
     return out
+
+
+def full_write(controller: SimulatedController) -> tuple[float, int]:
+    """The baseline: the whole state as one JSON document under one key, into a KV store of its own."""
+    kv = MemoryKV()
+    started = time.perf_counter()
+    gcs.kv_put(kv, STATE_KEY, controller.state.to_json())
+    return time.perf_counter() - started, kv.tally.bytes
+
+
+def byte_figures(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {"mean": statistics.fmean(ordered), "p50": statistics.median(ordered),
+            "p99": ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)], "max": ordered[-1]}
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -118,7 +143,10 @@ def measure_size(nodes: int, loops: int) -> dict[str, Any]:
         samples.append(timed_loop(controller))
         controller.cloud.advance(controller.spec.scaling.loop_period_s)
     steady = {step: percentiles([s[step] for s in samples])
-              for step in ("observe", "plan", "act", "persist", "loop", "cpu_plan", "cpu_loop")}
+              for step in ("observe", "plan", "act", "persist", "loop", "cpu_plan", "cpu_loop", "persist_full")}
+    steady["bytes"] = byte_figures([s["bytes"] for s in samples])
+    steady["bytes_full"] = byte_figures([s["bytes_full"] for s in samples])
+    steady["bytes_share_of_full"] = steady["bytes"]["mean"] / steady["bytes_full"]["mean"]
     incident = measure_incident(controller)
     return {"nodes": nodes, "gpus": nodes * GPUS_PER_NODE, "loops": loops, "steady": steady, "incident": incident}
 
@@ -135,9 +163,10 @@ def measure_incident(controller: SimulatedController) -> dict[str, Any]:
     for number, name in enumerate(victims):
         cloud.inject("node" if number % 2 == 0 else "gpu", name)
     cloud.advance(period / 2)
-    acting, planned_at = [], None
+    acting, planned_at, written = [], None, []
     while planned_at is None:
         sample = timed_loop(controller)
+        written.append(sample)
         if sample["actions"]:
             acting.append((cloud.now, sample))
         records = controller.state.nodes
@@ -158,7 +187,14 @@ def measure_incident(controller: SimulatedController) -> dict[str, Any]:
             "detect_loop_actions": first["actions"],
             "acting_loops_max_ms": max(sample["loop"] for _, sample in acting) * 1000,
             "acting_loops_max_cpu_ms": max(sample["cpu_loop"] for _, sample in acting) * 1000,
-            "fleet_whole_after_s": None if whole is None else whole - failed_at}
+            "fleet_whole_after_s": None if whole is None else whole - failed_at,
+            # from the failure until every replacement is planned: what persist sent per loop
+            "loops_until_planned": len(written),
+            "bytes_per_loop_max": max(sample["bytes"] for sample in written),
+            "bytes_until_planned": sum(sample["bytes"] for sample in written),
+            "bytes_full": written[-1]["bytes_full"],
+            "persist_ms_max": max(sample["persist"] for sample in written) * 1000,
+            "persist_full_ms": written[-1]["persist_full"] * 1000}
 
 
 def measure_memory(nodes: int) -> dict[str, Any]:
@@ -214,6 +250,7 @@ def print_table(results: dict[str, Any]) -> None:
     print("reconcile loop = observe + plan + act + persist; ms of one core's CPU (wall in brackets)")
     print(f"{'nodes':>7} {'GPUs':>7} {'loop p50':>16} {'loop p99':>16} {'plan p50':>9} {'plan p99':>9} "
           f"{'persist':>8} {'1% fail: loop':>16} {'planned':>8} {'whole':>7}")
+    rows = []
     for row in results["curve"]:
         s, i = row["steady"], row["incident"]
         whole = f"{i['fleet_whole_after_s']:.0f}s" if i["fleet_whole_after_s"] is not None else "-"
@@ -223,6 +260,16 @@ def print_table(results: dict[str, Any]) -> None:
               f"{s['cpu_plan']['p50_ms']:>9.1f} {s['cpu_plan']['p99_ms']:>9.1f} {s['persist']['p50_ms']:>8.1f} "
               f"{i['detect_loop_cpu_ms']:>6.1f} ({i['detect_loop_ms']:>6.1f}) "
               f"{i['all_replacements_planned_after_s']:>7.1f}s {whole:>7}")
+        rows.append(row)
+    print("\nbytes persisted per loop (records that changed) against the full-state write of the same state;")
+    print("persist ms p50 (wall): the changed records against the full write")
+    print(f"{'nodes':>7} {'steady mean':>12} {'steady max':>11} {'full write':>11} {'share':>8} "
+          f"{'1% fail: max':>13} {'loops':>6} {'persist':>8} {'full':>7}")
+    for row in rows:
+        s, i = row["steady"], row["incident"]
+        print(f"{row['nodes']:>7} {s['bytes']['mean']:>12.0f} {s['bytes']['max']:>11.0f} "
+              f"{s['bytes_full']['mean']:>11.0f} {s['bytes_share_of_full']:>8.2%} {i['bytes_per_loop_max']:>13.0f} "
+              f"{i['loops_until_planned']:>6} {s['persist']['p50_ms']:>8.3f} {s['persist_full']['p50_ms']:>7.2f}")
     g = results["growth"]
     print(f"growth: loop ~ nodes^{g['exponent']:.2f} ({g['us_per_node_smallest']:.1f} -> "
           f"{g['us_per_node_largest']:.1f} us of CPU per node)")

@@ -35,12 +35,25 @@ RUNTIME_KEY = "runtime"
 TARGETS_KEY = "targets"
 QUARANTINE_KEY = "quarantine"
 STATE_KEY = "state"
+"""The whole FleetState as one JSON document: the layout before per-node records, read once on upgrade."""
+STATE_FLEET_KEY = "state/fleet"
+"""The controller's fleet-level state: sequences, pool failures, replacements, demand times."""
+STATE_NODE_PREFIX = "state/node/"
+"""One key per node record of the controller's state: STATE_NODE_PREFIX + instance name."""
 USAGE_KEY = "usage"
 STATUS_KEY = "status"
 HEALTH_KEY = "health"
 EVENTS_KEY = "events"
 NOTICES_KEY = "notices"
 """node id -> deadline of the preemption or maintenance notice it is under (the controller writes)."""
+
+
+def node_state_key(instance: str) -> str:
+    return STATE_NODE_PREFIX + instance
+
+
+def instance_of_state_key(key: str) -> str:
+    return key[len(STATE_NODE_PREFIX):]
 
 
 # Per job, under JOB_KEYS_PREFIX + name: what its ranks and driver publish, the controller and the CLI read.

@@ -212,24 +212,36 @@ class FleetState:
         return [record for record in self.nodes.values() if record.pool == pool]
 
     def to_json(self) -> str:
-        return json.dumps({
-            "nodes": [record.to_json() for record in self.nodes.values()],
+        """The whole state as one document (the single-key layout; the simulator's baseline)."""
+        return json.dumps({"nodes": [record.to_json() for record in self.nodes.values()], **self._fleet_fields()},
+                          sort_keys=True)
+
+    def fleet_json(self) -> str:
+        """Everything but the node records: what the store keeps beside one record per node."""
+        return json.dumps(self._fleet_fields(), sort_keys=True)
+
+    def _fleet_fields(self) -> dict[str, Any]:
+        return {
             "sequence": dict(self.sequence),
             "pool_failures": {pool: list(value) for pool, value in self.pool_failures.items()},
             "replacements": {pool: list(times) for pool, times in self.replacements.items()},
             "demand_at": dict(self.demand_at),
-        }, sort_keys=True)
+        }
 
     @classmethod
     def from_json(cls, text: str | bytes | None) -> FleetState:
         if not text:
             return cls()
         data = json.loads(text)
-        records = [NodeRecord.from_json(item) for item in data.get("nodes", [])]
+        return cls.from_parts(data, [NodeRecord.from_json(item) for item in data.get("nodes", [])])
+
+    @classmethod
+    def from_parts(cls, fleet: Mapping[str, Any], records: list[NodeRecord]) -> FleetState:
+        """The state from its fleet-level fields (as `fleet_json` writes them) and its node records."""
         return cls(
             nodes={record.instance: record for record in records},
-            sequence=dict(data.get("sequence", {})),
-            pool_failures={pool: (int(v[0]), float(v[1])) for pool, v in data.get("pool_failures", {}).items()},
-            replacements={pool: tuple(times) for pool, times in data.get("replacements", {}).items()},
-            demand_at={pool: float(at) for pool, at in data.get("demand_at", {}).items()},
+            sequence=dict(fleet.get("sequence", {})),
+            pool_failures={pool: (int(v[0]), float(v[1])) for pool, v in fleet.get("pool_failures", {}).items()},
+            replacements={pool: tuple(times) for pool, times in fleet.get("replacements", {}).items()},
+            demand_at={pool: float(at) for pool, at in fleet.get("demand_at", {}).items()},
         )

@@ -7,7 +7,8 @@
 | targets  | `rayfleet scale`      | manual node targets per pool (user intent)              |
 | quarantine | `rayfleet quarantine` | release / terminate requests for quarantined nodes    |
 | notices  | the controller        | node id -> when it goes away (jobs checkpoint for it)   |
-| state    | the controller        | its FleetState: node records, sequences, backoffs       |
+| state/...| the controller        | its FleetState: a key per node record, one for the rest;|
+|          |                       | a pass writes what changed (cluster/loop/records.py)    |
 | status   | the controller        | the status document `rayfleet status` prints            |
 | health   | the controller        | per node, per check: what `rayfleet health` prints      |
 | events   | the controller        | the newest decisions with their reasons                 |
@@ -20,9 +21,9 @@ from __future__ import annotations
 import json
 from typing import Any, Iterable
 
+from rayfleet.cluster.loop.records import StateRecords
 from rayfleet.cluster.rayio import gcs
-from rayfleet.names import (EVENTS_KEY, HEALTH_KEY, QUARANTINE_KEY, RUNTIME_KEY, SPEC_KEY, STATE_KEY, STATUS_KEY,
-                            TARGETS_KEY, USAGE_KEY)
+from rayfleet.names import EVENTS_KEY, HEALTH_KEY, QUARANTINE_KEY, RUNTIME_KEY, SPEC_KEY, STATUS_KEY, TARGETS_KEY, USAGE_KEY
 from rayfleet.cluster.decide.events import Event, bounded
 from rayfleet.cluster.spec.fleet import FleetSpec, fleet_spec_from_json
 from rayfleet.cluster.decide.state import FleetState
@@ -33,6 +34,7 @@ EVENTS_KEPT = 2000
 class FleetStore:
     def __init__(self, client: Any) -> None:
         self.client = client
+        self._state = StateRecords(client)  # remembers what it last wrote: one store per writer
 
     # --- written by the CLI -----------------------------------------------------------------
     def put_spec(self, spec: FleetSpec) -> None:
@@ -63,10 +65,11 @@ class FleetStore:
 
     # --- written by the controller ------------------------------------------------------------
     def put_state(self, state: FleetState) -> None:
-        gcs.kv_put(self.client, STATE_KEY, state.to_json())
+        """Write the node records and fleet record that changed since the last put_state or state()."""
+        self._state.write(state)
 
     def state(self) -> FleetState:
-        return FleetState.from_json(gcs.kv_get(self.client, STATE_KEY))
+        return self._state.read()
 
     def put_usage(self, totals: dict[str, dict[str, float]], at: float) -> None:
         """GPU-seconds by pool and state (cluster/decide/usage.py), and when they were last added to."""

@@ -211,3 +211,7 @@ def kv_multi_get(gcs: Any, keys: list[str], timeout_s: float = 5.0) -> dict[str,
         return {}
     found = gcs.internal_kv_multi_get([key.encode() for key in keys], NAMESPACE, timeout=timeout_s)
     return {key.decode(): value for key, value in found.items()}
+
+
+def kv_exists(gcs: Any, key: str, timeout_s: float = 5.0) -> bool:
+    return bool(gcs.internal_kv_exists(key.encode(), NAMESPACE, timeout=timeout_s))

@@ -30,6 +30,8 @@ from rayfleet.cluster.spec.fleet import FleetSpec, PoolSpec
 from rayfleet.cluster.decide.state import FleetState, NodeState
 from rayfleet.cluster.decide.usage import gpu_hours
 from rayfleet.cluster.loop.reconcile import UsageMeter, reconcile
+from rayfleet.cluster.loop.store import FleetStore
+from rayfleet.cluster.sim.kv import MemoryKV
 from rayfleet.cluster.decide.view import ClusterView, Instance, InstanceStatus, Probe, RayNode
 from rayfleet.names import INSTANCE_LABEL, POOL_LABEL
 
@@ -504,7 +506,8 @@ class SimulatedCloud:
 @dataclass
 class SimulatedController:
     """The production pass (cluster/loop/reconcile.py: plan, persist, act) over a SimulatedCloud.
-    It persists to memory; its actions are applied to the simulated cloud."""
+    It persists its state through the controller's FleetStore into an in-memory GCS KV store
+    (`kv`, which counts what each pass writes); its actions are applied to the simulated cloud."""
 
     spec: FleetSpec
     cloud: SimulatedCloud
@@ -514,10 +517,13 @@ class SimulatedController:
     requests: QuarantineRequests = field(default_factory=QuarantineRequests)
     ticks: int = 0
     usage: UsageMeter = field(default_factory=UsageMeter)   # GPU-seconds by pool and state
+    kv: MemoryKV = field(default_factory=MemoryKV)
+    store: FleetStore = field(init=False)
 
     def __post_init__(self) -> None:
         if not self.cloud.pools:
             self.cloud.pools = {pool.name: pool for pool in self.spec.pools}
+        self.store = FleetStore(self.kv)
 
     def tick(self) -> Plan:
         result = reconcile(self, self.cloud.view(), self.cloud.now)
@@ -525,6 +531,7 @@ class SimulatedController:
         return result
 
     def persist(self, result: Plan) -> None:
+        self.store.put_state(result.state)
         self.events.extend(result.events)
 
     def apply(self, actions: Sequence[object]) -> None:
@@ -592,4 +599,12 @@ class SimulatedController:
 
     def restarted(self) -> SimulatedController:
         """The same controller after a crash that lost its memory (state comes back empty)."""
-        return dataclasses.replace(self, state=FleetState(), events=[], usage=dataclasses.replace(self.usage))
+        return dataclasses.replace(self, state=FleetState(), events=[], usage=dataclasses.replace(self.usage),
+                                   kv=MemoryKV())
+
+    def resumed(self) -> SimulatedController:
+        """The same controller after a crash, a new process reading its state back from the store."""
+        store = FleetStore(self.kv)
+        fresh = dataclasses.replace(self, state=store.state(), events=[], usage=dataclasses.replace(self.usage))
+        fresh.store = store
+        return fresh

@@ -22,10 +22,12 @@ from rayfleet.cluster.loop.act import act
 from rayfleet.cluster.decide.events import Event
 from rayfleet.cluster.decide.plan import Launch, Plan, QuarantineRequests, Terminate
 from rayfleet.cluster.loop.reconcile import UsageMeter, reconcile
+from rayfleet.cluster.loop.store import FleetStore
 from rayfleet.cluster.providers import Provider
 from rayfleet.cluster.spec.fleet import FleetSpec
 from rayfleet.cluster.decide.state import FleetState, NodeState
 from rayfleet.cluster.decide.view import ClusterView, Instance, InstanceStatus, RayNode
+from rayfleet.cluster.sim.kv import MemoryKV
 from rayfleet.names import FLEET_LABEL, INSTANCE_LABEL, POOL_LABEL
 from tests.support.fleet_state import ready_count
 
@@ -95,6 +97,11 @@ class ProviderHarness:
     launch_errors: dict[str, str] = field(default_factory=dict)
     requests: QuarantineRequests = field(default_factory=QuarantineRequests)
     usage: UsageMeter = field(default_factory=UsageMeter)
+    kv: MemoryKV = field(default_factory=MemoryKV)  # the GCS KV store the state is persisted to
+    store: FleetStore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.store = FleetStore(self.kv)
 
     def now(self) -> float:
         return time.time() + self.skew
@@ -116,6 +123,7 @@ class ProviderHarness:
         return reconcile(self, self.view(), self.now())
 
     def persist(self, result: Plan) -> None:
+        self.store.put_state(result.state)
         self.events.extend(result.events)
 
     def apply(self, actions: Sequence[Any]) -> None:
@@ -154,7 +162,10 @@ class ProviderHarness:
         return not starting and all(self.ready(p.name) == desired_nodes(p, self.targets) for p in self.spec.pools)
 
     def restarted(self, provider: Provider, keep_state: bool = False) -> ProviderHarness:
-        """The controller after a crash: a new provider object; its state persisted or lost."""
-        return dataclasses.replace(self, provider=provider, state=self.state if keep_state else FleetState(),
-                                   events=[], actions=[], drains=DrainRecorder(), launch_errors={},
-                                   usage=UsageMeter())
+        """The controller after a crash: a new provider object; its state read back from the
+        store it persisted to, or lost."""
+        kv = self.kv if keep_state else MemoryKV()
+        fresh = dataclasses.replace(self, provider=provider, state=FleetState(), events=[], actions=[],
+                                    drains=DrainRecorder(), launch_errors={}, usage=UsageMeter(), kv=kv)
+        fresh.state = fresh.store.state()
+        return fresh

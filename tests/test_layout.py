@@ -17,7 +17,7 @@ from pathlib import Path
 from tests.conftest import ROOT
 
 PARTS = {"rayfleet": ROOT / "rayfleet", "rayfleet.cluster": ROOT / "cluster", "rayfleet.jobs": ROOT / "jobs",
-         "rayfleet.model": ROOT / "model"}
+         "rayfleet.model": ROOT / "model", "rayfleet.examples": ROOT / "manifests" / "examples"}
 ROOT_LEAVES = {"rayfleet", "rayfleet.names", "rayfleet.errors"}
 CLUSTER_PUBLIC = (
     # What jobs may use of cluster: the fleet's spec and its errors, how to reach the GCS and the

@@ -59,3 +59,6 @@ def test_the_licence_every_package_and_the_command_are_inside(wheel: zipfile.Zip
     [entry] = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
     assert "rayfleet = rayfleet.cli.main:main" in wheel.read(entry).decode()
     assert not [n for n in names if n.startswith(("tests/", "bench/"))]  # the tests are not installed
+    # the example specs `rayfleet demo` runs travel with the package
+    examples = {p.name for p in (ROOT / "manifests" / "examples").glob("*.yaml")}
+    assert {f"rayfleet/examples/{name}" for name in examples} <= names, sorted(names)

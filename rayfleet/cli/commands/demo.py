@@ -14,12 +14,20 @@ from rayfleet.errors import NotFound
 
 
 def examples_dir() -> Path:
-    """manifests/examples of the working directory, else of the checkout rayfleet runs from."""
-    for root in (Path.cwd(), Path(__file__).resolve().parents[3]):
-        candidate = root / "manifests" / "examples"
+    """manifests/examples of the working directory (a checkout, perhaps edited), else the copy
+    installed with rayfleet (the package `rayfleet.examples`)."""
+    import importlib.resources
+
+    candidates = [Path.cwd() / "manifests" / "examples"]
+    try:
+        candidates.append(Path(str(importlib.resources.files("rayfleet.examples"))))
+    except ModuleNotFoundError:
+        pass
+    for candidate in candidates:
         if (candidate / "local-fleet.yaml").exists():
             return candidate
-    raise NotFound("demo: manifests/examples/local-fleet.yaml not found; run it from the rayfleet checkout")
+    raise NotFound("demo: manifests/examples/local-fleet.yaml not found, neither here nor installed with rayfleet; "
+                   "reinstall rayfleet or run it from the rayfleet checkout")
 
 
 @app.command()

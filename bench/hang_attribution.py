@@ -96,10 +96,16 @@ def rank_main(rank: int, world: int, port: int, storage: str, step_s: float, lag
     trainer.train()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def distinct_ports(count: int) -> list[int]:
+    """`count` ports, all free at once (held together while chosen, so no two are the same)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def marks_of(pids: dict[int, int]) -> dict[int, dict[str, Any] | None]:
@@ -126,12 +132,11 @@ def where_stopped(marks: dict[str, Any] | None, stack: str) -> str:
     return "after"
 
 
-def trial(world: int, kind: str, step_s: float, seed: int) -> dict[str, Any]:
+def trial(world: int, kind: str, step_s: float, seed: int, port: int) -> dict[str, Any]:
     rng = random.Random(seed)
     context = mp.get_context("fork")
     ready = context.Queue()
     storage = tempfile.mkdtemp(prefix="rayfleet-hang-bench-")
-    port = free_port()
     victim = rng.randrange(world)
     lags = {r: (LAG_S if (kind == "stop-before") == (r == victim) else 0.0) if kind in ("stop-before", "stop-inside")
             else 0.0 for r in range(world)}
@@ -209,9 +214,10 @@ def main() -> None:
     args = parser.parse_args()
     import torch  # noqa: F401  (imported once here: forked ranks start in a fraction of a second)
 
-    plan = [(world, kind, args.step_s, args.seed * 1_000_003 + index)
-            for index, (world, kind, _) in enumerate((w, k, t) for w in (2, 3) for k in KINDS
-                                                     for t in range(args.trials))]
+    trials = [(w, k) for w in (2, 3) for k in KINDS for _ in range(args.trials)]
+    ports = distinct_ports(len(trials))  # trials run at once must not draw the same rendezvous port
+    plan = [(world, kind, args.step_s, args.seed * 1_000_003 + index, ports[index])
+            for index, (world, kind) in enumerate(trials)]
     results = []
     with concurrent.futures.ProcessPoolExecutor(args.parallel, mp_context=mp.get_context("fork")) as pool:
         for result in pool.map(trial, *zip(*plan)):

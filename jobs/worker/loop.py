@@ -102,6 +102,8 @@ class Trainer:
 
     def __init__(self, spec: JobSpec, run: RunInfo, rank: int, world: int, device: torch.device,
                  job_dir: Path) -> None:
+        if device.type == "cuda" and device.index is None:  # "cuda": the current device, by its index
+            device = torch.device("cuda", torch.cuda.current_device())
         self.spec, self.run, self.rank, self.world, self.device = spec, run, rank, world, device
         self.job_dir = job_dir
         self.run_dir = checkpoint.run_dir(job_dir, run.submission_id)

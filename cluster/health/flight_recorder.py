@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rayfleet.cluster.health import stepmarks
 from rayfleet.cluster.health.stepmarks import folder
 
 BUFFER_ENV = "TORCH_FR_BUFFER_SIZE"
@@ -112,21 +113,4 @@ def read(pid: int, timeout_s: float = 2.0) -> dict[str, Any]:
 
 def sweep(alive: Any = None) -> int:
     """Remove the request and answer files of processes that no longer exist; returns how many."""
-    alive = alive or _alive
-    removed = 0
-    for path in folder().glob(f"{PREFIX}*"):
-        pid = path.name[len(PREFIX):].split(".", 1)[0]
-        if pid.isdigit() and not alive(int(pid)):
-            path.unlink(missing_ok=True)
-            removed += 1
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    """A process that exists and is not a zombie (a killed rank its parent has not reaped yet)."""
-    import psutil
-
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
+    return stepmarks.sweep(alive, prefix=PREFIX)

@@ -87,15 +87,23 @@ def read(pid: int, attempts: int = 5) -> dict[str, Any] | None:
     return None
 
 
-def sweep(alive: Any = None) -> int:
-    """Remove the files of processes that no longer exist; returns how many."""
-    import psutil
-
-    alive = alive or psutil.pid_exists
+def sweep(alive: Any = None, prefix: str = PREFIX) -> int:
+    """Remove the files (named `<prefix><pid>` or `<prefix><pid>.<suffix>`) of processes that no
+    longer exist, zombies included (a killed rank its parent has not reaped); returns how many."""
+    alive = alive or _alive
     removed = 0
-    for path in folder().glob(f"{PREFIX}*"):
-        pid = path.name[len(PREFIX):]
+    for path in folder().glob(f"{prefix}*"):
+        pid = path.name[len(prefix):].split(".", 1)[0]
         if pid.isdigit() and not alive(int(pid)):
             path.unlink(missing_ok=True)
             removed += 1
     return removed
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping, TypeVar
 
 from rayfleet.cluster.health import flight_recorder
 from rayfleet.cluster.rayio import gcs
-from rayfleet.cluster.rayio.connection import Connection, await_head
+from rayfleet.cluster.rayio.connection import HEAD_RESTART_WAIT_S, Connection, await_head
 from rayfleet.errors import BadInput, FleetNotRunning, NotFound
 from rayfleet.cluster.spec.fleet import ACCELERATOR_PEAK_TFLOPS, FleetSpec
 from rayfleet.cluster.head.supervisor import head_in_progress
@@ -24,6 +25,7 @@ from rayfleet.jobs.supervision import history
 from rayfleet.jobs.client.spec import JobSpec, check_against_fleet, gpus_per_worker, validate_data, validate_model, workers_per_node
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+T = TypeVar("T")
 
 
 def job_client(conn: Connection) -> Any:
@@ -50,6 +52,26 @@ def job_client(conn: Connection) -> Any:
         raise FleetNotRunning(f"the job API at {conn.dashboard_url} does not answer ({failures[-1]}); `rayfleet "
                               f"status` checks the fleet, `rayfleet dashboard` the dashboard and its token")
     return made[0]
+
+
+def through_failover(conn: Connection, call: Callable[[Any, int], T]) -> T:
+    """`call(client, attempt)` against the job API. A head that dies under a request (the dashboard
+    drops the connection) while its supervisor brings it back is waited for, and the call made
+    again on the head that comes back, for up to HEAD_RESTART_WAIT_S; `attempt` (0, 1, ...) lets a
+    call that launches check whether its earlier attempt landed before it launches again."""
+    import requests
+
+    deadline = time.monotonic() + HEAD_RESTART_WAIT_S
+    attempt = 0
+    while True:
+        client = job_client(conn)
+        try:
+            return call(client, attempt)
+        except requests.exceptions.ConnectionError:
+            if time.monotonic() >= deadline or not head_in_progress(conn.fleet.path):
+                raise
+        attempt += 1
+        time.sleep(1.0)
 
 
 def local_gpus_are_real() -> bool:
@@ -134,20 +156,39 @@ def submit(conn: Connection, spec: JobSpec, path: str | Path) -> str:
         raise FleetNotRunning(f"fleet {conn.fleet.name} has no spec stored; run `rayfleet up -f FLEET.yaml`")
     check_against_fleet(spec, fleet, path)
     validate_data(spec, path, validate_model(spec, path).vocab_size)
-    client = job_client(conn)
-    running = [job for job in rayfleet_jobs(client) if job["job"] == spec.name and job["status"] not in TERMINAL]
-    if running:
-        raise BadInput(f"{path}: name: job {spec.name} is already running as {running[0]['submission_id']}; "
-                       f"`rayfleet stop {spec.name}` first, or give this job another name")
     storage = storage_of(conn)
     submission_id = new_submission_id(spec.name)
     run = run_info(spec, fleet, storage, submission_id)
     placement = driver_placement(spec, fleet)
-    submit_driver(client, spec, run, python_for(fleet.capabilities), job_metadata(spec), placement)
+    python = python_for(fleet.capabilities)
+    through_failover(conn, lambda client, attempt: launch(client, attempt, spec, run, python, placement, path))
     history.record(storage, spec.name, "submitted", submission_id=submission_id, pool=spec.pool,
                    strategy=spec.parallelism.strategy, steps=spec.steps, spec=spec.model_dump(mode="json"),
                    run=run.to_json(), placement=placement, user=os.environ.get("USER", ""))
     return submission_id
+
+
+def launch(client: Any, attempt: int, spec: JobSpec, run: RunInfo, python: str, placement: Mapping[str, Any],
+           path: str | Path) -> None:
+    """Submit the job unless it already runs; safe to repeat (`attempt` > 0) after the head dropped
+    the connection: a submission the head took before it died is not made twice."""
+    assert run.submission_id is not None
+    if attempt and landed(client, run.submission_id):
+        return
+    running = [job for job in rayfleet_jobs(client) if job["job"] == spec.name and job["status"] not in TERMINAL]
+    if running:
+        raise BadInput(f"{path}: name: job {spec.name} is already running as {running[0]['submission_id']}; "
+                       f"`rayfleet stop {spec.name}` first, or give this job another name")
+    submit_driver(client, spec, run, python, job_metadata(spec), placement)
+
+
+def landed(client: Any, submission_id: str) -> bool:
+    """Whether Ray's job API knows submission `submission_id`."""
+    try:
+        client.get_job_info(submission_id)
+    except RuntimeError:  # Ray's client: "Request failed with status code 404"
+        return False
+    return True
 
 
 def rayfleet_jobs(client: Any) -> list[dict[str, Any]]:

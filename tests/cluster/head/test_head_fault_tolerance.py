@@ -103,9 +103,13 @@ def test_a_killed_redis_is_reported_brought_back_and_the_job_still_finishes(ft: 
     submit(ft, job_spec("through-redis", steps=300, **TRAINING))
     wait_until(lambda: len(job_curve(ft, "through-redis")) >= 20, 300, "20 steps of the job")
     redis_pid = supervisor(ft)["redis"]["owned"]["pid"]
+    head_restarts = supervisor(ft)["head"]["restarts"]
     psutil.Process(redis_pid).send_signal(signal.SIGKILL)
     wait_until(lambda: supervisor(ft)["redis"]["restarts"] >= 1 and supervisor(ft)["redis"]["alive"], 60,
                "the supervisor to restart Redis")
+    # The GCS exits when its Redis connection breaks (Ray's Redis failure detector), and the head
+    # comes back against the restarted Redis: seconds later, or longer on a loaded machine.
+    wait_until(lambda: supervisor(ft)["head"]["restarts"] > head_restarts, 180, "the head to restart against Redis")
     kinds = [e["kind"] for e in supervisor(ft)["events"]]
     assert "redis-lost" in kinds and "redis-restarted" in kinds
     status = wait_until(lambda: ft.cli("status", "-o", "json").returncode == 0 and ft.status(), 180,
@@ -138,6 +142,7 @@ def test_no_secret_is_on_disk_in_a_log_in_the_gcs_or_in_a_job_history(ft: Fleet)
     from rayfleet.cluster.rayio import gcs
     from rayfleet.cluster.head.fleetdir import FleetDir
 
+    ft.wait_ready(timeout=240)  # an earlier test's head failover is over
     password_file = ft.dir / "redis_password"
     password = password_file.read_text().strip()
     for private in (password_file, ft.dir / "auth_token", ft.dir / "supervisor-config.json", ft.dir / "runtime.json"):

@@ -46,3 +46,76 @@ def test_with_ray_trains_defaults_only_the_spec_and_run_info_travel() -> None:
     assert call["entrypoint"] == "python -m rayfleet.jobs.driver.entrypoint" and call["metadata"] is None
     assert set(call["runtime_env"]["env_vars"]) == {SPEC_ENV, RUN_ENV}
     assert json.loads(call["runtime_env"]["env_vars"][RUN_ENV])["submission_id"] == "j-1"
+
+
+class DroppingJobApi(JobApi):
+    """A job API whose head takes the first submission, then dies before it answers (the
+    connection drops), as a head killed mid-request does; the head that comes back knows the job."""
+
+    def __init__(self, take_first: bool) -> None:
+        super().__init__()
+        self.take_first = take_first
+        self.known: set[str] = set()
+        self.dropped = False
+
+    def list_jobs(self) -> list[Any]:
+        return []
+
+    def get_job_info(self, submission_id: str) -> dict[str, Any]:
+        if submission_id not in self.known:
+            raise RuntimeError("Request failed with status code 404: Job does not exist.")
+        return {"submission_id": submission_id}
+
+    def submit_job(self, **kwargs: Any) -> str:
+        import requests
+
+        first, self.dropped = not self.dropped, True
+        if not first or self.take_first:
+            self.calls.append(kwargs)
+            self.known.add(kwargs["submission_id"])
+        if first:
+            raise requests.exceptions.ConnectionError("Connection aborted: Remote end closed connection")
+        return str(kwargs["submission_id"])
+
+
+def failover(monkeypatch: Any, api: JobApi, coming: bool) -> list[int]:
+    """`through_failover` around `launch` against `api`, with the fleet's head `coming` back or not;
+    the attempts it made."""
+    from rayfleet.jobs.client import submit as module
+
+    attempts: list[int] = []
+    monkeypatch.setattr(module, "job_client", lambda conn: api)
+    monkeypatch.setattr(module, "head_in_progress", lambda path: coming)
+    monkeypatch.setattr(module.time, "sleep", lambda s: None)
+
+    class Conn:
+        class fleet:
+            path = "/nowhere"
+
+    def call(client: Any, attempt: int) -> None:
+        attempts.append(attempt)
+        module.launch(client, attempt, SPEC, RUN, "python", {}, "job.yaml")
+
+    module.through_failover(Conn(), call)  # type: ignore[arg-type]
+    return attempts
+
+
+def test_a_submission_the_dying_head_took_is_not_made_twice(monkeypatch: Any) -> None:
+    api = DroppingJobApi(take_first=True)
+    assert failover(monkeypatch, api, coming=True) == [0, 1]
+    assert [call["submission_id"] for call in api.calls] == ["j-1"]  # once, with the id the user was told
+
+
+def test_a_submission_the_dying_head_lost_is_made_again_on_the_head_that_comes_back(monkeypatch: Any) -> None:
+    api = DroppingJobApi(take_first=False)
+    assert failover(monkeypatch, api, coming=True) == [0, 1]
+    assert [call["submission_id"] for call in api.calls] == ["j-1"]
+
+
+def test_a_dropped_connection_with_no_head_coming_back_fails_at_once(monkeypatch: Any) -> None:
+    import pytest
+    import requests
+
+    api = DroppingJobApi(take_first=True)
+    with pytest.raises(requests.exceptions.ConnectionError):
+        failover(monkeypatch, api, coming=False)

@@ -39,7 +39,7 @@ demo-data: install
 	$(BIN)/rayfleet demo --own-data
 
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30 $(PYTEST_ARGS) tests
 
 # On a machine with a CUDA GPU: the kernels and the compiled model against float64 references.
 test-gpu: install

@@ -118,6 +118,8 @@ def main() -> int:
     args = parser.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
+    if cuda and device.index is None:  # CUDA events, set_device and the Trainer want an index
+        device = torch.device("cuda", 0)
     for name, on_cuda, on_cpu in (("preset", "dense_124m", "tiny"), ("batch", 16, 4), ("seq", 1024, 64),
                                   ("steps", 100, 20), ("warmup", 15, 3)):
         if getattr(args, name) is None:

@@ -35,6 +35,7 @@ from rayfleet.cluster.rayio import gcs  # noqa: E402
 from rayfleet.cluster.rayio.connection import use_token  # noqa: E402
 from rayfleet.cluster.head.processes import Owned, descendants, free_port, process_of, spawn_detached, stop_tree  # noqa: E402
 from rayfleet.cluster.providers.local import node_environment, ray_executable  # noqa: E402
+from rayfleet.cluster.spec.capabilities import capabilities  # noqa: E402
 
 RAYFLEET = str(Path(sys.executable).with_name("rayfleet"))
 JOB = {"name": "recovery", "pool": "h100", "workers": 2, "steps": 400, "model": {"preset": "tiny"},
@@ -167,7 +168,7 @@ class PlainRay:
 
         run = RunInfo(storage=str(storage), device="cpu", gpus_per_worker=1, submission_id=submission_id)
         jobs = JobSubmissionClient(f"http://127.0.0.1:{self.dashboard}")
-        submit_driver(jobs, spec, run, python_for("local"), ray_train_defaults=True)
+        submit_driver(jobs, spec, run, python_for(capabilities("local")), ray_train_defaults=True)
         return jobs
 
     def stop(self) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 
 from rayfleet.cluster.spec.cell_split import Piece, auto_cell_name, pack, share
 from rayfleet.cluster.spec.fleet import CellSpec, FleetSpec
+from rayfleet.errors import BadInput
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,3 +87,13 @@ def _piece(spec: FleetSpec, piece: Piece) -> dict[str, Any]:
     if pool["nodes"] is not None:
         pool["nodes"] = share(pool["nodes"], count, index)
     return pool
+
+
+def require_one_cell(spec: FleetSpec, file: object, command: str) -> None:
+    """BadInput for a spec of several cells given to a command that runs or renders one Ray cluster."""
+    cells = fleet_cells(spec)
+    if len(cells) > 1:
+        names = ", ".join(cell.spec.name for cell in cells[:3]) + (", ..." if len(cells) > 3 else "")
+        raise BadInput(f"{file}: cells: the spec makes {len(cells)} cells ({names}), each its own Ray cluster; "
+                       f"`rayfleet {command}` runs one cluster and does not start a fleet of cells yet: remove "
+                       "cells and max_nodes_per_cell, or keep one cell per spec file")

@@ -231,7 +231,8 @@ def measure(total_nodes: int, cell_count: int, loops: int, job_nodes: int) -> di
     per_cell_loops = max(loops // cell_count, 20)
     row: dict[str, Any] = {
         "cells": cell_count, "nodes_per_cell": total_nodes // cell_count,
-        "gpus_per_cell": total_nodes // cell_count * GPUS_PER_NODE, "cell_fleet_names": [c.controller.spec.name for c in cells][:3],
+        "gpus_per_cell": total_nodes // cell_count * GPUS_PER_NODE,
+        "cell_fleet_names": [cell.controller.spec.name for cell in cells[:3]],
         "bring_up_wall_s": bring_up_s, "placement": placed,
         "steady": steady(cells, per_cell_loops),
         "lost_cell": lose_cell(cells),
@@ -310,7 +311,8 @@ def main() -> None:
     parser.add_argument("--cells", default=",".join(map(str, CELL_COUNTS)))
     parser.add_argument("--nodes", type=int, default=TOTAL_NODES)
     parser.add_argument("--loops", type=int, default=100, help="timed loops per cell count (at least 20 per cell)")
-    parser.add_argument("--quick", action="store_true", help="1,000 nodes as 1, 5 and 10 cells, jobs of 10 nodes; 40 loops")
+    parser.add_argument("--quick", action="store_true",
+                        help="1,000 nodes as 1, 5 and 10 cells, jobs of 10 nodes; 40 loops")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "cells.json"))
     args = parser.parse_args()
     core = pin_to_one_core()

@@ -189,7 +189,8 @@ def _cannot_run(job: JobAsk, current: str, cell: CellView | None, policy: Federa
     if now - since < wait:
         return None  # it may come back: a move restarts the job from its checkpoint
     tolerance = "with" if health.fault_tolerance else "without"
-    return f"cell {current}'s head ({tolerance} fault tolerance) has been lost for {now - since:.0f} s, over the {wait:.0f} s the policy waits"
+    return (f"cell {current}'s head ({tolerance} fault tolerance) has been lost for {now - since:.0f} s, "
+            f"over the {wait:.0f} s the policy waits")
 
 
 def _refusal(job: JobAsk, cell: CellView) -> str:

@@ -6,6 +6,8 @@ import importlib.util
 import json
 from types import ModuleType
 
+import pytest
+
 from tests.conftest import ROOT
 
 
@@ -17,7 +19,7 @@ def bench() -> ModuleType:
     return module
 
 
-def test_the_bench_core_at_a_tiny_size(capsys) -> None:
+def test_the_bench_core_at_a_tiny_size(capsys: pytest.CaptureFixture[str]) -> None:
     cells = bench()
     results = json.loads(json.dumps(cells.run(total_nodes=240, cell_counts=[1, 6], loops=40, job_nodes=4)))
     one, six = results["rows"]

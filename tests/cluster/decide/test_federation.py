@@ -6,14 +6,14 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rayfleet.cluster.decide.federation import (CellView, FederationPolicy, JobAsk, PoolCapacity, Verdict,
-                                                decide_move, place, place_all)
+from rayfleet.cluster.decide.federation import (CellView, FederationPolicy, JobAsk, Placement, PoolCapacity,
+                                                Verdict, decide_move, place, place_all)
 from tests.support.cells import cell
 
 JOB = JobAsk("train", "h100", workers=4)
 
 
-def verdicts(placement) -> dict[str, tuple[Verdict, str]]:
+def verdicts(placement: Placement) -> dict[str, tuple[Verdict, str]]:
     return {r.cell: (r.verdict, r.why) for r in placement.reasons}
 
 
@@ -100,7 +100,8 @@ def test_the_chosen_cell_can_hold_the_gang_and_none_ranks_above_it(cells: list[t
              for i, (free, room, ft, alive) in enumerate(cells)]
     job = JobAsk("j", "h100", workers)
     placement = place(job, views)
-    able = [v for v in views if v.health.head_alive and v.pools["h100"].free_nodes + v.pools["h100"].room_to_grow >= workers]
+    able = [v for v in views
+            if v.health.head_alive and v.pools["h100"].free_nodes + v.pools["h100"].room_to_grow >= workers]
     assert (placement.cell is None) == (not able)
     assert len(placement.reasons) == len(views)
     if placement.cell is not None:

@@ -244,6 +244,10 @@ class SimulatedCloud:
                            launch_errors=dict(launch_errors or {}), busy_nodes=demand.busy_nodes, demand=demand,
                            health=self.reports, probes=self.probes())
 
+    def free_nodes(self, pool: str) -> int:
+        """Nodes of `pool` a job could be placed on now: joined, admitted, idle, not draining."""
+        return len(self._free.get(pool, ()))
+
     def probes(self) -> dict[str, Probe]:
         """What the raylet health check of each joined node answers (the controller probes them)."""
         return {node.name: Probe.HUNG if node.hung else Probe.OK if node.ray_alive else Probe.GONE

@@ -27,6 +27,7 @@ from pydantic import (
 from rayfleet.errors import BadInput
 from rayfleet.names import RESERVED_LABEL_PREFIXES
 from rayfleet.cluster.spec.capabilities import Capabilities, ProviderKind, capabilities
+from rayfleet.cluster.spec.cell_split import auto_cell_name, pack
 from rayfleet.cluster.spec.reading import describe_validation_error, load_yaml_mapping
 
 NAME_PATTERN = r"^[a-z0-9]([a-z0-9-]{0,30}[a-z0-9])?$"
@@ -420,6 +421,38 @@ class KubernetesFleet(Strict):
         return self.token_secret or f"{fleet}-ray-token"
 
 
+class CellSpec(Strict):
+    """One cell of a fleet: its own Ray cluster (head, controller, health agents) running some of
+    the fleet's pools. Its fleet is named `<fleet>-<cell>`; the provider fields say where it runs."""
+
+    name: str = Field(pattern=NAME_PATTERN, description="the cell's name; its Ray cluster is <fleet>-<name>")
+    pools: list[Annotated[str, Field(pattern=NAME_PATTERN)]] = Field(
+        min_length=1, description="names of the fleet's pools this cell runs; each pool is in exactly one cell")
+    head_address: str | None = Field(
+        default=None, description="host:port of this cell's existing head (replaces head.address in the cell)")
+    region: str | None = Field(default=None, pattern=r"^[a-z]{2}(-gov)?-[a-z]+-\d$",
+                               description="aws: the cell's region (replaces aws.region)")
+    subnet_ids: list[Annotated[str, Field(pattern=r"^subnet-[0-9a-f]{8,17}$")]] | None = Field(
+        default=None, description="aws: the cell's subnets, which fix its availability zone "
+                                  "(replace the pools' provider.aws.subnet_ids)")
+    context: str | None = Field(default=None, description="kubernetes: kubeconfig context of the cell's cluster "
+                                                          "(replaces kubernetes.context)")
+    namespace: str | None = Field(default=None, pattern=NAME_PATTERN,
+                                  description="kubernetes: the cell's namespace (replaces kubernetes.namespace)")
+
+    PROVIDER_FIELDS: ClassVar[dict[str, tuple[str, ...]]] = {
+        "aws": ("region", "subnet_ids"), "kubernetes": ("context", "namespace")}
+
+    @field_validator("head_address")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        return HeadSpec._host_port(value)
+
+
+MAX_NAME_LENGTH = 32
+"""NAME_PATTERN's limit: a cell's fleet name `<fleet>-<cell>` must keep within it too."""
+
+
 class FleetSpec(Strict):
     name: str = Field(pattern=NAME_PATTERN, description="lower-case letters, digits and '-'")
     provider: ProviderKind = "local"
@@ -431,6 +464,14 @@ class FleetSpec(Strict):
     scaling: ScalingPolicy = ScalingPolicy()
     aws: AwsFleet | None = None
     kubernetes: KubernetesFleet | None = None
+    cells: list[CellSpec] | None = Field(
+        default=None, min_length=1,
+        description="the fleet as several Ray clusters (cells), each with its own head and controller; every "
+                    "pool in exactly one cell; empty: one cell (or max_nodes_per_cell's split)")
+    max_nodes_per_cell: int | None = Field(
+        default=None, ge=1,
+        description="cut the fleet into cells of at most this many nodes (max_nodes + hot_spares of their "
+                    "pools), splitting large pools across cells; with cells: the cap each cell must keep")
 
     @model_validator(mode="after")
     def _consistent(self) -> FleetSpec:
@@ -465,6 +506,76 @@ class FleetSpec(Strict):
             raise ValueError(f"head.fault_tolerance.redis_address is required on {self.provider}: rayfleet starts "
                              "a Redis only for local fleets; give the address of an HA Redis (e.g. ElastiCache)")
         return self
+
+    @model_validator(mode="after")
+    def _cells_consistent(self) -> FleetSpec:
+        if self.cells is not None:
+            self._check_explicit_cells(self.cells)
+            names = [cell.name for cell in self.cells]
+        elif self.max_nodes_per_cell is not None:
+            split = pack([(p.name, p.max_nodes, p.hot_spares) for p in self.pools], self.max_nodes_per_cell)
+            names = [auto_cell_name(index) for index in range(len(split))]
+            if len(names) > 1 and len(f"{self.name}-{names[-1]}") > MAX_NAME_LENGTH:
+                raise ValueError(f"name: max_nodes_per_cell makes {len(names)} cells named {self.name}-c1.."
+                                 f"{self.name}-{names[-1]}, longer than {MAX_NAME_LENGTH} characters; "
+                                 f"shorten the fleet's name to {MAX_NAME_LENGTH - len(names[-1]) - 1} characters")
+        else:
+            return self
+        if len(names) > 1:
+            self._check_heads_per_cell(len(names))
+        return self
+
+    def _check_explicit_cells(self, cells: list[CellSpec]) -> None:
+        owner: dict[str, str] = {}
+        for index, cell in enumerate(cells):
+            if cell.name in [other.name for other in cells[:index]]:
+                raise ValueError(f"cells[{index}].name: names two cells; give each cell its own name")
+            if len(f"{self.name}-{cell.name}") > MAX_NAME_LENGTH:
+                raise ValueError(f"cells[{index}].name: the cell's fleet name {self.name}-{cell.name} is longer than "
+                                 f"{MAX_NAME_LENGTH} characters; shorten the cell's or the fleet's name")
+            for field, value in ((f, getattr(cell, f)) for fields in CellSpec.PROVIDER_FIELDS.values() for f in fields):
+                if value is not None and field not in CellSpec.PROVIDER_FIELDS.get(self.provider, ()):
+                    wanted = next(kind for kind, names in CellSpec.PROVIDER_FIELDS.items() if field in names)
+                    raise ValueError(f"cells[{index}].{field}: is for provider {wanted}, and the fleet's provider is "
+                                     f"{self.provider}; remove it")
+            for position, pool in enumerate(cell.pools):
+                where = f"cells[{index}].pools[{position}]"
+                if pool not in self.pool_names:
+                    raise ValueError(f"{where}: is not a pool of this fleet; use one of "
+                                     f"{', '.join(self.pool_names)}")
+                if pool in owner:
+                    raise ValueError(f"{where}: the pool is already in cell {owner[pool]!r}; a pool belongs to "
+                                     "one cell (max_nodes_per_cell splits a large pool across cells)")
+                owner[pool] = cell.name
+            if self.max_nodes_per_cell is not None:
+                self._check_cell_fits(index, cell, self.max_nodes_per_cell)
+        missing = [pool for pool in self.pool_names if pool not in owner]
+        if missing:
+            raise ValueError(f"cells: pool {missing[0]!r} is in no cell; add it to one cell's pools")
+
+    def _check_cell_fits(self, index: int, cell: CellSpec, cap: int) -> None:
+        pools = [self.pool(name) for name in cell.pools]
+        floor = sum(pool.min_nodes + pool.hot_spares for pool in pools)
+        ceiling = sum(pool.max_nodes + pool.hot_spares for pool in pools)
+        if floor > cap:
+            raise ValueError(f"cells[{index}].pools: the min_nodes and hot_spares of {', '.join(cell.pools)} "
+                             f"({floor} nodes) cannot fit in max_nodes_per_cell ({cap}); lower min_nodes, move a "
+                             "pool to another cell or raise max_nodes_per_cell")
+        if ceiling > cap:
+            raise ValueError(f"cells[{index}].pools: the max_nodes and hot_spares of {', '.join(cell.pools)} "
+                             f"({ceiling} nodes) exceed max_nodes_per_cell ({cap}); lower max_nodes, move a pool "
+                             "to another cell, or drop cells and let max_nodes_per_cell split the pools")
+
+    def _check_heads_per_cell(self, count: int) -> None:
+        """Each cell is its own Ray cluster: one fixed head port or address cannot serve them all."""
+        if self.head.address and not (self.cells and all(cell.head_address for cell in self.cells)):
+            raise ValueError(f"head.address: names one head, and the fleet has {count} cells, each with its own "
+                             "head; give every cell its head_address under cells")
+        if self.capabilities.nodes_on_this_machine:
+            for field in ("port", "dashboard_port"):
+                if getattr(self.head, field) is not None:
+                    raise ValueError(f"head.{field}: the fleet's {count} cells are Ray clusters on this machine and "
+                                     "cannot share one port; leave it empty (each cell's head takes a free port)")
 
     @property
     def capabilities(self) -> Capabilities:

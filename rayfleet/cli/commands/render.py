@@ -17,6 +17,7 @@ import typer
 from rayfleet.cli.app import app
 from rayfleet.cli.output import console
 from rayfleet.errors import BadInput
+from rayfleet.cluster.spec.cells import require_one_cell
 from rayfleet.cluster.spec.fleet import FleetSpec, load_fleet_spec
 from rayfleet.cluster.spec.reading import load_yaml_mapping
 
@@ -72,6 +73,7 @@ def _emit_job(file: Path, fleet_file: Path | None, output: Path | None) -> None:
 
 def _fleet(file: Path, target: Target) -> FleetSpec:
     spec = load_fleet_spec(file)
+    require_one_cell(spec, file, f"render {target.value}")
     wanted = "kubernetes" if target is Target.k8s else "aws"
     if spec.provider != wanted:
         raise BadInput(f"{file}: provider: got {spec.provider!r}: `rayfleet render {target.value}` renders "

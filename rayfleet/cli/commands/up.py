@@ -21,6 +21,7 @@ from rayfleet.cluster.head.head import SUPERVISOR_GONE, adopt_head, running_head
 from rayfleet.cluster.head.local_capacity import check_local_capacity
 from rayfleet.cluster.head.processes import write_json_atomic
 from rayfleet.cluster.providers import make_provider
+from rayfleet.cluster.spec.cells import require_one_cell
 from rayfleet.cluster.spec.fleet import FleetSpec, load_fleet_spec
 from rayfleet.cluster.loop.store import FleetStore
 from rayfleet.cluster.head.supervisor import head_in_progress, supervisor_process
@@ -41,6 +42,7 @@ def up(
     manual `rayfleet scale` target unless the spec's own `nodes` for it changed.
     """
     spec = load_fleet_spec(file)
+    require_one_cell(spec, file, "up")
     from rayfleet.cluster.providers import require_sdk
 
     require_sdk(spec, str(file))  # before anything starts

@@ -10,7 +10,7 @@ from typing import Any, Optional
 from rayfleet.cluster.decide.federation import CellView, JobAsk, Placement, cell_view, place
 from rayfleet.cluster.head.federation_record import FederationRecord, placement_of, placements, read_federation
 from rayfleet.cluster.head.fleetdir import FleetDir, resolve_fleet
-from rayfleet.errors import FleetNotRunning
+from rayfleet.errors import FleetNotRunning, NotFound
 
 
 def federation(fleet_name: Optional[str]) -> FederationRecord | None:
@@ -26,7 +26,7 @@ def job_fleet(fleet_name: Optional[str], ident: str) -> Optional[str]:
         return fleet_name
     placement = placement_of(fleet, ident)
     if placement is None:
-        raise FleetNotRunning(f"job {ident!r}: fleet {fleet.name} placed no such job on any of its cells; "
+        raise NotFound(f"job {ident!r}: fleet {fleet.name} placed no such job on any of its cells; "
                               f"`rayfleet jobs` lists them")
     return placement["cell_fleet"]
 

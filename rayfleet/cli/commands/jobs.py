@@ -77,6 +77,8 @@ def federated_jobs(record: Any, all_jobs: bool, output: Format) -> None:
             cells.append({"name": cell.name, "fleet": cell.fleet, "jobs": job_rows(connect(cell.fleet), all_jobs)})
         except FleetNotRunning as error:
             cells.append({"name": cell.name, "fleet": cell.fleet, "jobs": [], "error": str(error)})
+    if all("error" in cell for cell in cells):
+        raise FleetNotRunning(f"fleet {record.fleet}: no cell answers ({'; '.join(c['error'] for c in cells)})")
     if emit({"fleet": record.fleet, "cells": cells}, output):
         return
     for doc in cells:

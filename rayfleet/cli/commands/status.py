@@ -68,6 +68,8 @@ def cell_status(fleet_name: str) -> dict[str, Any]:
 
 def federated_status(record: FederationRecord, output: Format) -> None:
     cells = [{"name": cell.name, **cell_status(cell.fleet)} for cell in record.cells]
+    if all("error" in cell for cell in cells):
+        raise FleetNotRunning(f"fleet {record.fleet}: no cell answers ({'; '.join(c['error'] for c in cells)})")
     if emit({"fleet": record.fleet, "cells": cells}, output):
         return
     console.print(f"fleet [bold]{record.fleet}[/]: {len(cells)} cells")

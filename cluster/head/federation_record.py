@@ -48,6 +48,11 @@ def write_federation(fleet: FleetDir, record: FederationRecord) -> None:
         "fleet": record.fleet, "cells": [{"name": c.name, "fleet": c.fleet} for c in record.cells]})
 
 
+def forget_federation(fleet: FleetDir) -> None:
+    """The fleet no longer runs as cells (after `down` stopped each): its name is free for either."""
+    (fleet.path / FEDERATION).unlink(missing_ok=True)
+
+
 def record_placement(fleet: FleetDir, entry: dict[str, Any]) -> None:
     """Append one placement (job, submission, cell, reasons); a line is written whole or not at all
     as far as readers go: `placements` skips a torn last line."""

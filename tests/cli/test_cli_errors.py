@@ -103,3 +103,12 @@ def test_a_job_no_cell_was_given_is_not_looked_for_in_the_cells(tmp_path: Path) 
     _federation_folder(tmp_path)
     line = one_line_error(rayfleet("logs", "nope", home=tmp_path, timeout=60), 2)
     assert "placed no such job" in line
+
+
+def test_up_of_one_cluster_refuses_the_name_of_a_fleet_of_cells(tmp_path: Path) -> None:
+    _federation_folder(tmp_path)
+    spec = tmp_path / "one.yaml"
+    spec.write_text("name: fed\npools: [{name: h100, accelerator: H100, gpus_per_node: 8, nodes: 1}]\n")
+    line = one_line_error(rayfleet("up", "-f", str(spec), home=tmp_path, timeout=60), 2)
+    assert "runs as cells" in line and "rayfleet down --fleet fed" in line
+    assert not (tmp_path / "fleets" / "fed" / "head.json").exists()

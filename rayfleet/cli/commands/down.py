@@ -12,7 +12,7 @@ from rayfleet.cli.app import app
 from rayfleet.cli.output import console
 from rayfleet.cluster.rayio.connection import ray_driver, use_token
 from rayfleet.cluster.loop.controller import stop_controller
-from rayfleet.cluster.head.federation_record import read_federation
+from rayfleet.cluster.head.federation_record import forget_federation, read_federation
 from rayfleet.cluster.head.fleetdir import FleetDir, current_fleet_name, resolve_fleet, set_current_fleet
 from rayfleet.cluster.head.head import stop_head
 from rayfleet.cluster.providers import make_provider
@@ -34,6 +34,7 @@ def down(fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet n
             if cell_fleet.exists():
                 console.print(f"[bold]cell {cell.name}[/] (fleet {cell.fleet})")
                 down_fleet(cell_fleet)
+        forget_federation(fleet)  # its cells are down; placements.jsonl stays, as a cell's storage does
         if current_fleet_name() == fleet.name:
             set_current_fleet(None)
     console.print(f"fleet {fleet.name} is down: {len(record.cells)} cells")

@@ -23,7 +23,7 @@ from rayfleet.cluster.head.head import SUPERVISOR_GONE, adopt_head, running_head
 from rayfleet.cluster.head.local_capacity import check_local_capacity
 from rayfleet.cluster.head.processes import write_json_atomic
 from rayfleet.cluster.providers import make_provider
-from rayfleet.cluster.head.federation_record import CellRecord, FederationRecord, write_federation
+from rayfleet.cluster.head.federation_record import CellRecord, FederationRecord, read_federation, write_federation
 from rayfleet.cluster.spec.cells import Cell, fleet_cells, require_one_cell
 from rayfleet.cluster.spec.fleet import FleetSpec, load_fleet_spec
 from rayfleet.cluster.loop.store import FleetStore
@@ -71,6 +71,9 @@ def up_cells(spec: FleetSpec, cells: tuple[Cell, ...], file: Path, wait: bool, t
         check_local_capacity(nodes + 4 * (len(starting) - 1),
                              f"{file}: pools[*].nodes + hot_spares, and a head per cell")
     federation = FleetDir(spec.name)
+    if federation.read_head() is not None:
+        raise BadInput(f"{file}: cells: fleet {spec.name} runs as one Ray cluster; `rayfleet down --fleet {spec.name}` "
+                       "first, then `up` starts it as cells")
     with federation.lock():
         record = FederationRecord(spec.name, tuple(CellRecord(c.name, c.spec.name) for c in cells))
         write_federation(federation, record)  # first: a crash halfway leaves what `down` must stop
@@ -104,6 +107,9 @@ def up_fleet(spec: FleetSpec, file: Path, spec_text: str | None = None,
         raise BadInput(f"{file}: head.address: a kubernetes fleet's head is KubeRay's; give its host:port "
                        f"(the manifests of `rayfleet render k8s -f {file}` run `up` inside the head pod)")
     fleet = FleetDir(spec.name)
+    if read_federation(fleet) is not None:
+        raise BadInput(f"{file}: fleet {spec.name} runs as cells; `rayfleet down --fleet {spec.name}` first, "
+                       "then `up` starts it as one Ray cluster")
     with fleet.lock():
         head, adopted = running_head(fleet), False
         if head is None and spec.head.address is None and head_in_progress(fleet.path):

@@ -42,7 +42,8 @@ def up(
     """Start the fleet's head and controller, or re-apply the spec to a running fleet.
 
     Running it again is harmless: a running head and controller are reused, and a pool keeps a
-    manual `rayfleet scale` target unless the spec's own `nodes` for it changed.
+    manual `rayfleet scale` target unless the spec's own `nodes` for it changed. A spec of cells
+    starts each cell as a fleet of its own, `<fleet>-<cell>`, under the federation `<fleet>`.
     """
     spec = load_fleet_spec(file)
     cells = fleet_cells(spec)
@@ -58,8 +59,9 @@ def up(
 
 
 def up_cells(spec: FleetSpec, cells: tuple[Cell, ...], file: Path, wait: bool, timeout: float) -> None:
-    """Each cell up as a fleet of its own (today's `up`, one after another), then the federation's
-    record naming them; the current fleet is the federation. Repeating it adopts cells already up."""
+    """The federation's record naming the cells, then each cell up as a fleet of its own (today's
+    `up`, one after another); the current fleet is the federation. Repeating it adopts the cells
+    already up, and after a crash halfway `down` finds every cell the record names."""
     from rayfleet.cluster.providers import require_sdk
 
     for cell in cells:
@@ -67,7 +69,7 @@ def up_cells(spec: FleetSpec, cells: tuple[Cell, ...], file: Path, wait: bool, t
     starting = [cell for cell in cells if FleetDir(cell.spec.name).read_head() is None]
     if spec.capabilities.nodes_on_this_machine and starting:
         nodes = sum(pool.desired + pool.hot_spares for cell in starting for pool in cell.spec.pools)
-        # each further head takes about what three nodes do (cluster/head/local_capacity.py)
+        # each further head takes HEAD_BYTES, 3.5 nodes' NODE_BYTES: counted as 4 (cluster/head/local_capacity.py)
         check_local_capacity(nodes + 4 * (len(starting) - 1),
                              f"{file}: pools[*].nodes + hot_spares, and a head per cell")
     federation = FleetDir(spec.name)

@@ -20,7 +20,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 from enum import Enum
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,3 +231,32 @@ def _rule(first: tuple[object, ...], second: tuple[object, ...], prefix: str) ->
     rules = ("it fits on free nodes now", "more free nodes", "head fault tolerance", "name order (a tie)")
     index = next((i for i, (a, b) in enumerate(zip(first, second)) if a != b), len(rules) - 1)
     return prefix + rules[index]
+
+
+def cell_view(name: str, status: Mapping[str, Any] | None, head: Mapping[str, Any] | None,
+              busy: Mapping[str, int]) -> CellView:
+    """A cell as placement sees it, from its controller's status document (`rayfleet status -o
+    json`; None when its head does not answer), its supervisor's head state (None for a head
+    rayfleet did not start) and the nodes its unfinished jobs hold, per pool (`busy`).
+
+    A pool's free nodes are its ready, non-spare nodes less those held: a job just submitted holds
+    its nodes before its workers reach them, so counting jobs rather than Ray's idle resources
+    keeps two submissions in a row from landing on the same node."""
+    fault_tolerance = bool(head and head.get("fault_tolerant"))
+    if status is None or (head is not None and not head.get("alive", True)):
+        lost = head.get("lost_at") if head else None
+        return CellView(name, {}, CellHealth(False, fault_tolerance, lost))
+    pools = {}
+    for pool in status["pools"]:
+        ready = sum(1 for n in status["nodes"]
+                    if n["pool"] == pool["name"] and n["state"] == "ready" and not n["spare"])
+        pools[pool["name"]] = PoolCapacity(free_nodes=max(0, ready - busy.get(pool["name"], 0)),
+                                           nodes=max(pool["desired"], ready), max_nodes=pool["max"],
+                                           gpus_per_node=pool.get("gpus_per_node") or 0)
+    return CellView(name, pools, CellHealth(True, fault_tolerance))
+
+
+def placement_json(placement: Placement) -> dict[str, Any]:
+    """A placement as the federation's folder keeps it and `rayfleet explain` reads it."""
+    return {"job": placement.job, "cell": placement.cell, "nodes": placement.nodes, "grow_by": placement.grow_by,
+            "reasons": [{"cell": r.cell, "verdict": r.verdict.value, "why": r.why} for r in placement.reasons]}

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from rayfleet.cluster.rayio import gcs
-from rayfleet.errors import FleetNotRunning
+from rayfleet.errors import BadInput, FleetNotRunning
 from rayfleet.names import NAMESPACE
+from rayfleet.cluster.head.federation_record import read_federation
 from rayfleet.cluster.head.fleetdir import FleetDir, resolve_fleet
 from rayfleet.cluster.loop.store import FleetStore
 from rayfleet.cluster.head.supervisor import head_in_progress
@@ -71,6 +72,11 @@ def connect(fleet_name: str | None = None) -> Connection:
     """Reach the named (or current) fleet; FleetNotRunning if its head is down."""
     fleet = resolve_fleet(fleet_name)
     head = fleet.read_head()
+    record = read_federation(fleet) if head is None else None
+    if record is not None:
+        cells = ", ".join(cell.fleet for cell in record.cells)
+        raise BadInput(f"fleet {fleet.name} is {len(record.cells)} cells, each its own Ray cluster ({cells}); "
+                       f"this command addresses one: pass --fleet with a cell's fleet")
     if head is None:
         raise FleetNotRunning(f"fleet {fleet.name} is down; start it with `rayfleet up -f {fleet.spec_file}`")
     if not await_head(fleet, lambda: gcs.reachable((fleet.read_head() or head)["gcs_address"]), "its Ray head"):

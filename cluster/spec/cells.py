@@ -95,5 +95,5 @@ def require_one_cell(spec: FleetSpec, file: object, command: str) -> None:
     if len(cells) > 1:
         names = ", ".join(cell.spec.name for cell in cells[:3]) + (", ..." if len(cells) > 3 else "")
         raise BadInput(f"{file}: cells: the spec makes {len(cells)} cells ({names}), each its own Ray cluster; "
-                       f"`rayfleet {command}` runs one cluster and does not start a fleet of cells yet: remove "
+                       f"`rayfleet {command}` handles one cluster, not a fleet of cells: remove "
                        "cells and max_nodes_per_cell, or keep one cell per spec file")

@@ -72,3 +72,43 @@ def test_version_names_rayfleet_ray_and_torch_as_installed(tmp_path: Path) -> No
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (f"rayfleet {version('rayfleet')} (ray {version('ray')}, "
                                      f"torch {version('torch')})")
+
+
+def _federation_folder(home: Path) -> None:
+    """A fleet of two cells that is down: the federation's record and each cell's folder."""
+    import json
+
+    for cell in ("fed-c1", "fed-c2"):
+        fleet_folder(home, cell)
+    fleet_folder(home, "fed")
+    (home / "fleets" / "fed" / "federation.json").write_text(json.dumps(
+        {"fleet": "fed", "cells": [{"name": "c1", "fleet": "fed-c1"}, {"name": "c2", "fleet": "fed-c2"}]}))
+
+
+@pytest.mark.parametrize("command", [["status"], ["jobs"]])
+def test_a_fleet_of_cells_that_is_down_names_each_cell(tmp_path: Path, command: list[str]) -> None:
+    _federation_folder(tmp_path)
+    line = one_line_error(rayfleet(*command, home=tmp_path, timeout=60), 1)
+    assert "no cell answers" in line and "fleet fed-c1 is down" in line and "fleet fed-c2 is down" in line
+
+
+@pytest.mark.parametrize("command", [["events"], ["scale", "h100", "--nodes", "1"]])
+def test_a_command_of_one_cluster_given_a_fleet_of_cells_asks_for_a_cell(tmp_path: Path, command: list[str]) -> None:
+    _federation_folder(tmp_path)
+    line = one_line_error(rayfleet(*command, home=tmp_path, timeout=60), 2)
+    assert "is 2 cells" in line and "fed-c1, fed-c2" in line and "--fleet" in line
+
+
+def test_a_job_no_cell_was_given_is_not_looked_for_in_the_cells(tmp_path: Path) -> None:
+    _federation_folder(tmp_path)
+    line = one_line_error(rayfleet("logs", "nope", home=tmp_path, timeout=60), 2)
+    assert "placed no such job" in line
+
+
+def test_up_of_one_cluster_refuses_the_name_of_a_fleet_of_cells(tmp_path: Path) -> None:
+    _federation_folder(tmp_path)
+    spec = tmp_path / "one.yaml"
+    spec.write_text("name: fed\npools: [{name: h100, accelerator: H100, gpus_per_node: 8, nodes: 1}]\n")
+    line = one_line_error(rayfleet("up", "-f", str(spec), home=tmp_path, timeout=60), 2)
+    assert "runs as cells" in line and "rayfleet down --fleet fed" in line
+    assert not (tmp_path / "fleets" / "fed" / "head.json").exists()

@@ -12,7 +12,8 @@ from rayfleet.cli.app import app
 from rayfleet.cli.output import console
 from rayfleet.cluster.rayio.connection import ray_driver, use_token
 from rayfleet.cluster.loop.controller import stop_controller
-from rayfleet.cluster.head.fleetdir import current_fleet_name, resolve_fleet, set_current_fleet
+from rayfleet.cluster.head.federation_record import forget_federation, read_federation
+from rayfleet.cluster.head.fleetdir import FleetDir, current_fleet_name, resolve_fleet, set_current_fleet
 from rayfleet.cluster.head.head import stop_head
 from rayfleet.cluster.providers import make_provider
 from rayfleet.cluster.spec.fleet import load_fleet_spec
@@ -23,6 +24,24 @@ def down(fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet n
                                              autocompletion=complete_fleet)) -> None:
     """Stop the controller, every node, and the head. Safe to repeat."""
     fleet = resolve_fleet(fleet_name)
+    record = read_federation(fleet)
+    if record is None:
+        down_fleet(fleet)
+        return
+    with fleet.lock():
+        for cell in record.cells:
+            cell_fleet = FleetDir(cell.fleet)
+            if cell_fleet.exists():
+                console.print(f"[bold]cell {cell.name}[/] (fleet {cell.fleet})")
+                down_fleet(cell_fleet)
+        forget_federation(fleet)  # its cells are down; placements.jsonl stays, as a cell's storage does
+        if current_fleet_name() == fleet.name:
+            set_current_fleet(None)
+    console.print(f"fleet {fleet.name} is down: {len(record.cells)} cells")
+
+
+def down_fleet(fleet: FleetDir) -> None:
+    """Today's `down` of one Ray cluster: its controller, the nodes it started, then its head."""
     with fleet.lock():
         head = fleet.read_head()
         if head is not None and gcs.reachable(head["gcs_address"]):

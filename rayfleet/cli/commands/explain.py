@@ -4,13 +4,16 @@ node was drained, quarantined or replaced. The answers come from the controller'
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
 from rayfleet.cli.completion import complete_fleet
 from rayfleet.cli.app import app
 from rayfleet.cli.output import Format, console, emit
+from rayfleet.cli.cells import federation
+from rayfleet.cluster.head.federation_record import placement_of
+from rayfleet.cluster.head.fleetdir import FleetDir
 from rayfleet.cluster.rayio.connection import connect
 from rayfleet.errors import BadInput, FleetNotRunning
 
@@ -29,7 +32,25 @@ def explain(
     from rayfleet.jobs.client.spec import JobSpec
     from rayfleet.jobs.client.submit import storage_of
 
-    conn = connect(fleet_name)
+    placed = None
+    record = federation(fleet_name)
+    if record is not None:
+        placed = placement_of(FleetDir(record.fleet), subject)
+        if placed is None:
+            cells = ", ".join(c.fleet for c in record.cells)
+            raise BadInput(f"explain {subject!r}: not a job fleet {record.fleet} placed on one of its cells; for a "
+                           f"pool or a node, name its cell's fleet with --fleet ({cells})")
+        try:
+            conn = connect(placed["cell_fleet"])
+        except FleetNotRunning as error:  # the placement still says why it went there
+            answer = {"subject": subject, "kind": "job", "placement": placed,
+                      "answer": placement_lines(placed) + [str(error)]}
+            if not emit(answer, output):
+                for line in answer["answer"]:
+                    console.print(line, markup=False)
+            return
+    else:
+        conn = connect(fleet_name)
     status = conn.store.status()
     if status is None:
         raise FleetNotRunning(f"fleet {conn.fleet.name}: the controller has not published a status yet; "
@@ -67,7 +88,17 @@ def explain(
     else:
         health = next((n for n in (conn.store.health() or {"nodes": []})["nodes"] if n["instance"] == instance), None)
         answer = why.explain_node(instance, nodes.get(instance), health, events)
+    if placed is not None:
+        answer = {**answer, "placement": placed, "answer": placement_lines(placed) + list(answer["answer"])}
     if emit(answer, output):
         return
     for line in answer["answer"]:
         console.print(line, markup=False)
+
+
+def placement_lines(placed: dict[str, Any]) -> list[str]:
+    """Why the federation put the job on its cell, and why not on each other cell."""
+    lines = [f"{placed['job']} was placed on cell {placed['cell']} (fleet {placed['cell_fleet']}), "
+             f"submission {placed['submission_id']}:"]
+    lines += [f"  cell {r['cell']}: {r['verdict']}: {r['why']}" for r in placed["reasons"]]
+    return lines

@@ -9,6 +9,7 @@ import typer
 from rayfleet.cli.completion import complete_fleet, complete_job
 from rayfleet.cli.app import app
 from rayfleet.cli.output import Format, age, console, emit, table
+from rayfleet.cli.cells import job_fleet
 from rayfleet.cluster.rayio.connection import connect
 from rayfleet.errors import BadInput
 
@@ -36,7 +37,7 @@ def job(
     from rayfleet.jobs.supervision import history
     from rayfleet.jobs.client.submit import storage_of
 
-    conn = connect(fleet_name)
+    conn = connect(job_fleet(fleet_name, name))
     storage = storage_of(conn)
     read = history.events(storage, name)
     if not read:

@@ -20,12 +20,30 @@ def jobs(
     fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)",
                                              autocompletion=complete_fleet),
 ) -> None:
-    """List jobs: state, step, loss, tokens/s, MFU, validation loss, ETTR, restarts (submission ids with -o json)."""
+    """List jobs: state, step, loss, tokens/s, MFU, validation loss, ETTR, restarts (submission ids with -o json).
+    A fleet of cells lists each cell's jobs (`-o json`: `cells`, each with its `jobs`)."""
+    from rayfleet.cluster.head.federation_record import read_federation
+    from rayfleet.cluster.head.fleetdir import resolve_fleet
+
+    record = read_federation(resolve_fleet(fleet_name))
+    if record is not None:
+        federated_jobs(record, all_jobs, output)
+        return
+    rows = job_rows(connect(fleet_name), all_jobs)
+    if emit(rows, output):
+        return
+    if not rows:
+        console.print("no jobs yet: `rayfleet submit -f JOB.yaml` starts one")
+        return
+    console.print(jobs_table(rows, time.time()))
+
+
+def job_rows(conn: Any, all_jobs: bool) -> list[dict[str, Any]]:
+    """One row per job of one Ray cluster (its newest submission), with its history's figures."""
     from rayfleet.jobs.supervision import goodput
     from rayfleet.jobs.supervision import history
     from rayfleet.jobs.client.submit import job_client, progress, rayfleet_jobs, storage_of
 
-    conn = connect(fleet_name)
     storage = storage_of(conn)
     rows: list[dict[str, Any]] = []
     seen = set()
@@ -46,12 +64,31 @@ def jobs(
                                   "strategy": summary.get("strategy"), "steps": summary.get("steps"),
                                   "start_time": summary.get("submitted_at")}, None, summary,
                                  goodput.account(read, time.time())))
-    if emit(rows, output):
+    return rows
+
+
+def federated_jobs(record: Any, all_jobs: bool, output: Format) -> None:
+    """Each cell's jobs; a cell whose head does not answer shows its error instead."""
+    from rayfleet.errors import FleetNotRunning
+
+    cells: list[dict[str, Any]] = []
+    for cell in record.cells:
+        try:
+            cells.append({"name": cell.name, "fleet": cell.fleet, "jobs": job_rows(connect(cell.fleet), all_jobs)})
+        except FleetNotRunning as error:
+            cells.append({"name": cell.name, "fleet": cell.fleet, "jobs": [], "error": str(error)})
+    if all("error" in cell for cell in cells):
+        raise FleetNotRunning(f"fleet {record.fleet}: no cell answers ({'; '.join(c['error'] for c in cells)})")
+    if emit({"fleet": record.fleet, "cells": cells}, output):
         return
-    if not rows:
-        console.print("no jobs yet: `rayfleet submit -f JOB.yaml` starts one")
-        return
-    console.print(jobs_table(rows, time.time()))
+    for doc in cells:
+        console.print(f"[bold]cell {doc['name']}[/] (fleet {doc['fleet']})")
+        if "error" in doc:
+            console.print(f"[red]{doc['error']}[/]")
+        elif doc["jobs"]:
+            console.print(jobs_table(doc["jobs"], time.time()))
+        else:
+            console.print("no jobs")
 
 
 def jobs_table(rows: list[dict[str, Any]], now: float) -> Table:

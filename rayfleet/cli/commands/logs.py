@@ -10,6 +10,7 @@ import typer
 from rayfleet.cli.completion import complete_fleet, complete_job
 from rayfleet.cli.app import app
 from rayfleet.cli.output import Format, emit
+from rayfleet.cli.cells import job_fleet
 from rayfleet.cluster.rayio.connection import connect
 from rayfleet.errors import BadInput
 
@@ -30,7 +31,7 @@ def logs(
     if follow and output is not Format.table:
         raise BadInput(f"logs --follow -o {output.value}: a followed log is printed as it comes; "
                        f"drop --follow to get the whole log as {output.value}")
-    client = job_client(connect(fleet_name))
+    client = job_client(connect(job_fleet(fleet_name, ident)))
     job = resolve_submission(client, ident)
     if not follow:
         text = client.get_job_logs(job["submission_id"])

@@ -11,7 +11,8 @@ from rayfleet.cli.completion import complete_fleet
 from rayfleet.cli.app import app
 from rayfleet.cli.output import Format, age, console, emit, short_instance, table
 from rayfleet.cluster.rayio.connection import connect
-from rayfleet.cluster.head.fleetdir import resolve_fleet
+from rayfleet.cluster.head.federation_record import FederationRecord, read_federation
+from rayfleet.cluster.head.fleetdir import FleetDir, resolve_fleet
 from rayfleet.errors import FleetNotRunning
 
 STALE_AFTER_S = 10.0
@@ -23,7 +24,23 @@ def status(
     fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)",
                                              autocompletion=complete_fleet),
 ) -> None:
-    """Per pool: desired / ready / starting / unhealthy / min / max; per node: pool, state, address."""
+    """Per pool: desired / ready / starting / unhealthy / min / max; per node: pool, state, address.
+    A fleet of cells shows each cell (`-o json`: the same document per cell, under `cells`)."""
+    fleet = resolve_fleet(fleet_name)
+    record = read_federation(fleet)
+    if record is not None:
+        federated_status(record, output)
+        return
+    doc, head = fleet_status(fleet_name)
+    if emit(doc, output):
+        return
+    _print_table(doc)
+    if head and head.get("message"):
+        console.print(head["message"])
+
+
+def fleet_status(fleet_name: str | None) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One Ray cluster's status document (what `status -o json` prints for it) and its head's state."""
     fleet = resolve_fleet(fleet_name)
     head = head_state(fleet.path)
     try:
@@ -37,11 +54,34 @@ def status(
     doc["age_s"] = round(max(0.0, time.time() - doc["observed_at"]), 2)
     doc["dashboard_url"] = conn.dashboard_url
     doc["head"] = head
-    if emit(doc, output):
+    return doc, head
+
+
+def cell_status(fleet_name: str) -> dict[str, Any]:
+    """A cell's status document; a cell that cannot answer gives `error` (and its head's state)."""
+    try:
+        doc, _ = fleet_status(fleet_name)
+        return doc
+    except FleetNotRunning as error:
+        return {"fleet": fleet_name, "error": str(error), "head": head_state(FleetDir(fleet_name).path)}
+
+
+def federated_status(record: FederationRecord, output: Format) -> None:
+    cells = [{"name": cell.name, **cell_status(cell.fleet)} for cell in record.cells]
+    if all("error" in cell for cell in cells):
+        raise FleetNotRunning(f"fleet {record.fleet}: no cell answers ({'; '.join(c['error'] for c in cells)})")
+    if emit({"fleet": record.fleet, "cells": cells}, output):
         return
-    _print_table(doc)
-    if head and head.get("message"):
-        console.print(head["message"])
+    console.print(f"fleet [bold]{record.fleet}[/]: {len(cells)} cells")
+    for doc in cells:
+        console.print()
+        console.print(f"[bold]cell {doc['name']}[/] (fleet {doc['fleet']})")
+        if "error" in doc:
+            console.print(f"[red]{doc['error']}[/]")
+            continue
+        _print_table(doc)
+        if doc["head"] and doc["head"].get("message"):
+            console.print(doc["head"]["message"])
 
 
 def head_state(fleet_dir: Any) -> dict[str, Any] | None:

@@ -8,6 +8,7 @@ import typer
 from rayfleet.cli.completion import complete_fleet, complete_job
 from rayfleet.cli.app import app
 from rayfleet.cli.output import console
+from rayfleet.cli.cells import job_fleet
 from rayfleet.cluster.rayio.connection import connect
 
 
@@ -21,7 +22,7 @@ def stop(
     """Stop a running job."""
     from rayfleet.jobs.client.submit import stop as stop_job
 
-    job = stop_job(connect(fleet_name), ident)
+    job = stop_job(connect(job_fleet(fleet_name, ident)), ident)
     if job.get("ended"):
         console.print(f"{job['job']} ({job['submission_id']}) had already ended: {job['status']}; nothing stopped")
         return

@@ -11,6 +11,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rayfleet.cli.completion import complete_fleet
 from rayfleet.cli.app import app
 from rayfleet.cli.output import console
+from rayfleet.cli.cells import federation, place_job
+from rayfleet.cluster.head.federation_record import FederationRecord, record_placement
+from rayfleet.cluster.head.fleetdir import FleetDir
 from rayfleet.cluster.rayio.connection import Connection, connect
 from rayfleet.errors import Failed
 
@@ -29,12 +32,37 @@ def submit(
     spec = load_job_spec(file)
     # the model and the corpus need no fleet: a bad one is refused before anything is contacted
     validate_data(spec, file, validate_model(spec, file).vocab_size)
-    conn = connect(fleet_name)
-    submission_id = submit_job(conn, spec, file)
+    record = federation(fleet_name)
+    if record is None:
+        conn = connect(fleet_name)
+        submission_id = submit_job(conn, spec, file)
+    else:
+        conn, submission_id = submit_to_cell(record, spec, file)
     console.print(f"submitted {spec.name} as {submission_id} to pool {spec.pool} "
                   f"({spec.parallelism.strategy}); dashboard: {conn.dashboard_url}/#/jobs")
     if follow:
         follow_job(conn, spec.name, submission_id)
+
+
+def submit_to_cell(record: FederationRecord, spec: Any, file: Path) -> tuple[Connection, str]:
+    """Place the job on one cell, submit it there through today's path, and record the placement
+    and its reasons in the federation's folder (`rayfleet explain JOB` reads them)."""
+    from rayfleet.cluster.decide.federation import placement_json
+    from rayfleet.jobs.client.submit import submit as submit_job
+
+    placement = place_job(record, spec)
+    reasons = "; ".join(f"{r.cell}: {r.verdict.value}, {r.why}" for r in placement.reasons)
+    if placement.cell is None:
+        raise Failed(f"job {spec.name}: no cell of fleet {record.fleet} can run it now ({reasons})")
+    cell = record.cell(placement.cell)
+    assert cell is not None
+    conn = connect(cell.fleet)
+    submission_id = submit_job(conn, spec, file)
+    entry = {**placement_json(placement), "cell_fleet": cell.fleet, "pool": spec.pool,
+             "submission_id": submission_id, "at": time.time()}
+    record_placement(FleetDir(record.fleet), entry)
+    console.print(f"placed {spec.name} on cell {cell.name} (fleet {cell.fleet}): {placement.reasons[0].why}")
+    return conn, submission_id
 
 
 def follow_job(conn: Connection, name: str, submission_id: str) -> dict[str, Any]:

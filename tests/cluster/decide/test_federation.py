@@ -6,8 +6,8 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rayfleet.cluster.decide.federation import (CellView, FederationPolicy, JobAsk, Placement, PoolCapacity,
-                                                Verdict, decide_move, place, place_all)
+from rayfleet.cluster.decide.federation import (CellHealth, CellView, FederationPolicy, JobAsk, Placement, PoolCapacity,
+                                                Verdict, cell_view, decide_move, place, place_all)
 from tests.support.cells import cell
 
 JOB = JobAsk("train", "h100", workers=4)
@@ -151,3 +151,27 @@ def test_views_are_values_placement_does_not_change_them() -> None:
     views = (CellView("a", {"h100": PoolCapacity(8, 8, 8, 8)}),)
     place_all([JOB, JOB], views)
     assert views[0].pools["h100"].free_nodes == 8
+
+
+def _status(ready: int, spares: int = 0, desired: int = 2, max_nodes: int = 4) -> dict:
+    nodes = [{"pool": "h100", "state": "ready", "spare": i >= ready} for i in range(ready + spares)]
+    nodes.append({"pool": "h100", "state": "starting", "spare": False})
+    return {"pools": [{"name": "h100", "desired": desired, "max": max_nodes, "gpus_per_node": 8}], "nodes": nodes}
+
+
+def test_a_cells_view_counts_ready_nodes_less_those_its_unfinished_jobs_hold() -> None:
+    view = cell_view("a", _status(ready=2, spares=1), {"alive": True, "fault_tolerant": True}, {"h100": 1})
+    assert view.pools["h100"] == PoolCapacity(free_nodes=1, nodes=2, max_nodes=4, gpus_per_node=8)
+    assert view.health == CellHealth(True, True)
+    assert cell_view("a", _status(ready=1), None, {"h100": 3}).pools["h100"].free_nodes == 0
+
+
+def test_a_cell_without_status_or_with_a_lost_head_is_refused() -> None:
+    job = JobAsk("j", "h100", 1)
+    lost = cell_view("a", _status(ready=2), {"alive": False, "fault_tolerant": False, "lost_at": 5.0}, {})
+    silent = cell_view("b", None, None, {})
+    placement = place(job, [lost, silent, cell_view("c", _status(ready=1), None, {})])
+    assert placement.cell == "c"
+    assert {r.cell: r.verdict for r in placement.reasons} == {"a": Verdict.REFUSED, "b": Verdict.REFUSED,
+                                                              "c": Verdict.CHOSEN}
+    assert lost.health.lost_since == 5.0

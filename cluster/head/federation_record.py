@@ -1,0 +1,81 @@
+"""A fleet of cells on the machine that runs `rayfleet up`: its federation folder.
+
+Each cell is a fleet of its own (`RAYFLEET_HOME/fleets/<fleet>-<cell>`, with its head, supervisor,
+nodes and storage). The federation's folder, `RAYFLEET_HOME/fleets/<fleet>`, holds only what names
+the cells (`federation.json`), the spec as given (`fleet.yaml`) and where each job was placed and
+why (`placements.jsonl`, one line per submission). Everything else is read from the cells.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from rayfleet.cluster.head.fleetdir import FleetDir
+from rayfleet.cluster.head.processes import write_json_atomic
+
+FEDERATION = "federation.json"
+PLACEMENTS = "placements.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class CellRecord:
+    name: str    # the cell's name in the fleet
+    fleet: str   # its own fleet's name, `<fleet>-<cell>`
+
+
+@dataclass(frozen=True, slots=True)
+class FederationRecord:
+    fleet: str
+    cells: tuple[CellRecord, ...]
+
+    def cell(self, name: str) -> CellRecord | None:
+        return next((c for c in self.cells if name in (c.name, c.fleet)), None)
+
+
+def read_federation(fleet: FleetDir) -> FederationRecord | None:
+    """The fleet's cells, or None for a fleet of one cell (no federation record)."""
+    try:
+        data = json.loads((fleet.path / FEDERATION).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    return FederationRecord(data["fleet"], tuple(CellRecord(c["name"], c["fleet"]) for c in data["cells"]))
+
+
+def write_federation(fleet: FleetDir, record: FederationRecord) -> None:
+    fleet.ensure()
+    write_json_atomic(fleet.path / FEDERATION, {
+        "fleet": record.fleet, "cells": [{"name": c.name, "fleet": c.fleet} for c in record.cells]})
+
+
+def forget_federation(fleet: FleetDir) -> None:
+    """The fleet no longer runs as cells (after `down` stopped each): its name is free for either."""
+    (fleet.path / FEDERATION).unlink(missing_ok=True)
+
+
+def record_placement(fleet: FleetDir, entry: dict[str, Any]) -> None:
+    """Append one placement (job, submission, cell, reasons); a line is written whole or not at all
+    as far as readers go: `placements` skips a torn last line."""
+    fleet.ensure()
+    with open(fleet.path / PLACEMENTS, "a") as handle:
+        handle.write(json.dumps(entry, sort_keys=True) + "\n")
+
+
+def placements(fleet: FleetDir) -> list[dict[str, Any]]:
+    """Every placement recorded, oldest first."""
+    try:
+        lines = (fleet.path / PLACEMENTS).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue  # a write cut short by a crash
+    return out
+
+
+def placement_of(fleet: FleetDir, ident: str) -> dict[str, Any] | None:
+    """The newest placement of a job name or a submission id."""
+    return next((p for p in reversed(placements(fleet)) if ident in (p["job"], p.get("submission_id"))), None)

@@ -1,0 +1,82 @@
+"""A fleet of cells as commands reach it: which cell a job goes to, and which cell a job is on.
+
+The decisions are cluster/decide/federation.py's; this reads what they need from each cell (its
+status, its head, its unfinished jobs) and finds a job's cell in the federation's placements.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from rayfleet.cluster.decide.federation import CellView, JobAsk, Placement, cell_view, place
+from rayfleet.cluster.head.federation_record import FederationRecord, placement_of, placements, read_federation
+from rayfleet.cluster.head.fleetdir import FleetDir, resolve_fleet
+from rayfleet.errors import FleetNotRunning, NotFound
+
+
+def federation(fleet_name: Optional[str]) -> FederationRecord | None:
+    """The addressed fleet's cells; None for a fleet of one cell."""
+    return read_federation(resolve_fleet(fleet_name))
+
+
+def job_fleet(fleet_name: Optional[str], ident: str) -> Optional[str]:
+    """The fleet a command about job `ident` (a name or a submission id) talks to: on a fleet of
+    cells, the cell the job was placed on (its newest placement); otherwise the fleet itself."""
+    fleet = resolve_fleet(fleet_name)
+    if read_federation(fleet) is None:
+        return fleet_name
+    placement = placement_of(fleet, ident)
+    if placement is None:
+        raise NotFound(f"job {ident!r}: fleet {fleet.name} placed no such job on any of its cells; "
+                              f"`rayfleet jobs` lists them")
+    return placement["cell_fleet"]
+
+
+def views(record: FederationRecord, job_pool: str) -> tuple[list[CellView], dict[str, Any]]:
+    """Each cell as placement sees it, and the cell fleets' specs (for workers per node)."""
+    from rayfleet.cli.commands.status import cell_status
+    from rayfleet.cluster.spec.fleet import load_fleet_spec
+
+    held = _held_nodes(record, job_pool)
+    out, specs = [], {}
+    for cell in record.cells:
+        doc = cell_status(cell.fleet)
+        status = None if "error" in doc else doc
+        out.append(cell_view(cell.name, status, doc.get("head"), {job_pool: held.get(cell.fleet, 0)}
+                             if status is not None else {}))
+        spec_file = FleetDir(cell.fleet).spec_file
+        if spec_file.exists():
+            specs[cell.name] = load_fleet_spec(spec_file)
+    return out, specs
+
+
+def _held_nodes(record: FederationRecord, pool: str) -> dict[str, int]:
+    """Nodes of the job's pool that each cell's unfinished jobs hold: a placed job's nodes as its
+    placement counted them, one for a job submitted to the cell directly."""
+    from rayfleet.cluster.rayio.connection import connect
+    from rayfleet.jobs.client.submit import TERMINAL, job_client, rayfleet_jobs
+
+    fleet = FleetDir(record.fleet)
+    nodes_of = {p.get("submission_id"): p["nodes"] for p in placements(fleet)}
+    held: dict[str, int] = {}
+    for cell in record.cells:
+        try:
+            jobs = rayfleet_jobs(job_client(connect(cell.fleet)))
+        except FleetNotRunning:
+            continue
+        seen = set()
+        for job in jobs:
+            if job["job"] in seen:
+                continue
+            seen.add(job["job"])
+            if job["status"] not in TERMINAL and job.get("pool") == pool:
+                held[cell.fleet] = held.get(cell.fleet, 0) + nodes_of.get(job["submission_id"], 1)
+    return held
+
+
+def place_job(record: FederationRecord, spec: Any) -> Placement:
+    """Where the job goes, with a reason for every cell (cluster/decide/federation.py's `place`)."""
+    from rayfleet.jobs.client.spec import workers_per_node
+
+    cell_views, specs = views(record, spec.pool)
+    per_node = next((workers_per_node(spec, s) for s in specs.values() if spec.pool in s.pool_names), 1)
+    return place(JobAsk(spec.name, spec.pool, spec.worker_range[0], max(1, per_node)), cell_views)

@@ -45,7 +45,8 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 
 from rayfleet.jobs.worker.legacy_checkpoint import is_legacy, load_legacy
 from rayfleet.jobs.worker.parallelize import Parallel
-from rayfleet.jobs.worker.sharded_state import SafeLoadPlanner, SafeReader, describe_experts, local_experts
+from rayfleet.jobs.worker.sharded_state import (SafeLoadPlanner, SafeReader, StagingWriter, describe_experts,
+                                                 local_experts)
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,9 @@ class Checkpointer:
         # writer's never interleave with training's, and NCCL-only default groups are fine
         self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
         self._pending: _Pending | None = None
+        # background: one writer for every save, which keeps its host-memory copy of the state
+        # between saves (sharded_state.StagingWriter)
+        self._writer: StagingWriter | None = None
 
     def save(self, folder: Path, step: int, meta: dict[str, Any]) -> None:
         """Collective: start writing the checkpoint of `step` into `folder`. Synchronous: returns
@@ -121,11 +125,16 @@ class Checkpointer:
         # sync_files: DCP fsyncs each rank's files before it reports them written to rank 0
         writer = FileSystemWriter(tmp, sync_files=True)
         if self.background:
-            response = dcp.async_save(state, storage_writer=writer, process_group=self.group,
-                                      no_dist=self.group is None)
+            if self._writer is None:
+                self._writer = StagingWriter(tmp, sync_files=True)
+            response = dcp.async_save(state, checkpoint_id=tmp, storage_writer=self._writer,
+                                      process_group=self.group, no_dist=self.group is None)
             written: Future = getattr(response, "upload_completion", response)
         else:
-            dcp.save(state, storage_writer=writer, process_group=self.group, no_dist=self.group is None)
+            try:
+                dcp.save(state, storage_writer=writer, process_group=self.group, no_dist=self.group is None)
+            except CheckpointException as error:
+                raise _failure(f"checkpoint {path} could not be written", error) from error
             written = Future()
             written.set_result(None)
         commit = _Commit(tmp, path, {**meta, "step": step, "world": self.par.world}, self.par.rank == 0)
@@ -139,7 +148,10 @@ class Checkpointer:
         if pending is None:
             return None
         started = time.perf_counter()
-        pending.written.result()
+        try:
+            pending.written.result()
+        except CheckpointException as error:
+            raise _failure(f"checkpoint {pending.commit.path} could not be written", error) from error
         pending.commit.now()  # no-op unless the callback failed (then it raises here)
         self._barrier()  # every rank returns only once rank 0 has committed
         return Saved(pending.commit.path, pending.step, pending.stall_s + time.perf_counter() - started)
@@ -156,10 +168,8 @@ class Checkpointer:
         try:
             dcp.load(state, storage_reader=SafeReader(path), planner=SafeLoadPlanner(),
                      process_group=self.group, no_dist=self.group is None)
-        except CheckpointException as error:  # its own message names only the ranks
-            causes = "; ".join(f"rank {rank}: {cause[0] if isinstance(cause, tuple) else cause}"
-                               for rank, cause in error.failures.items())
-            raise RuntimeError(f"checkpoint {path} could not be loaded: {causes}") from error
+        except CheckpointException as error:
+            raise _failure(f"checkpoint {path} could not be loaded", error) from error
         state = local_experts(self.par, state)
         set_state_dict(self.par.model, self.optimizer, model_state_dict=state["model"],
                        optim_state_dict=state["optim"])
@@ -221,6 +231,14 @@ class _Commit:
             _write_durably(self.path / MARKER, str(self.meta["step"]).encode())
             _fsync_folder(self.path.parent)
             self._done = True
+
+
+def _failure(what: str, error: CheckpointException) -> RuntimeError:
+    """DCP's CheckpointException (a BaseException, whose message names only the ranks) as an
+    ordinary error naming each rank's cause."""
+    causes = "; ".join(f"rank {rank}: {cause[0] if isinstance(cause, tuple) else cause}"
+                       for rank, cause in error.failures.items())
+    return RuntimeError(f"{what}: {causes}")
 
 
 def _write_durably(path: Path, content: bytes | torch.Tensor) -> None:

@@ -123,7 +123,6 @@ class Checkpointer:
         model_state, optim_state = get_state_dict(self.par.model, self.optimizer)
         state = describe_experts(self.par, {"model": model_state, "optim": optim_state})
         # sync_files: DCP fsyncs each rank's files before it reports them written to rank 0
-        writer = FileSystemWriter(tmp, sync_files=True)
         if self.background:
             if self._writer is None:
                 self._writer = StagingWriter(tmp, sync_files=True)
@@ -132,7 +131,8 @@ class Checkpointer:
             written: Future = getattr(response, "upload_completion", response)
         else:
             try:
-                dcp.save(state, storage_writer=writer, process_group=self.group, no_dist=self.group is None)
+                dcp.save(state, storage_writer=FileSystemWriter(tmp, sync_files=True), process_group=self.group,
+                         no_dist=self.group is None)
             except CheckpointException as error:
                 raise _failure(f"checkpoint {path} could not be written", error) from error
             written = Future()

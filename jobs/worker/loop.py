@@ -321,6 +321,7 @@ class Trainer:
     def save(self, report: Any = None, wait: bool = False) -> None:
         """Checkpoint this step (a collective), after committing and reporting the one before;
         with `checkpoint.mode: sync` or `wait`, commit and report this one too before returning."""
+        stalled = time.perf_counter()
         self.finish_checkpoint(report)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_metrics = {"step": self.step, "loss": self.losses[-1][1] if self.losses else None}
@@ -330,21 +331,24 @@ class Trainer:
                                 "data": self.batches.position(self.step)})
         if wait or not self.checkpointer.background:
             self.finish_checkpoint(report)
+        if self.rank == 0:
+            if self.steplog is not None:
+                self.steplog.flush()  # the steps before it, in order
+            # recorded when training goes on: goodput gives the wall time up to it to "checkpoint",
+            # so an async save counts its copy and any wait for the one before, not its write
+            history.record(self.run.storage, self.spec.name, "checkpoint", submission_id=self.run.submission_id,
+                           step=self.step, duration_s=round(time.perf_counter() - stalled, 4),
+                           mode=self.spec.checkpoint.mode)
 
     def finish_checkpoint(self, report: Any = None) -> Path | None:
         """Wait for the checkpoint being written, if any (a collective); once it is committed,
-        record it, prune older ones and report it to Ray Train. Returns its folder."""
+        prune older ones and report it to Ray Train. Returns its folder."""
         saved = self.checkpointer.finish()
         if saved is None:
             return None
         self.checkpoint_step = saved.step
         if self.rank == 0:
-            if self.steplog is not None:
-                self.steplog.flush()  # the steps before it, in order
             checkpoint.prune(self.job_dir, self.spec.checkpoint.keep, self.run_dir)
-            # duration: the time training stood still for it (goodput's "checkpoint" part)
-            history.record(self.run.storage, self.spec.name, "checkpoint", submission_id=self.run.submission_id,
-                           step=saved.step, duration_s=round(saved.stall_s, 4))
         if report is not None:
             report(self.checkpoint_metrics, saved.path)
         return saved.path

@@ -4,6 +4,7 @@ a rank killed mid-write leaves the previous checkpoint the newest; an asynchrono
 training go on and writes what a synchronous one writes; the unsharded layout of before loads."""
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import threading
@@ -212,9 +213,15 @@ def train_and_record_reports(rank: int, world: int, spec: JobSpec, storage: str)
 
 
 def test_async_checkpoints_are_reported_only_once_committed_and_the_last_before_the_end(tmp_path: Path) -> None:
+    """Each asynchronous checkpoint is reported, committed, at the next checkpoint or the end; its
+    history event (goodput's "checkpoint" time) comes when training goes on, before the next step."""
     reports = on_ranks(2, train_and_record_reports, job(workers=2, steps=6, mode="async"), str(tmp_path))
     assert reports == [(2, True), (4, True), (6, True)]
     assert checkpoint.latest_checkpoint(tmp_path / "jobs" / "t").name == "rayfleet-step-00000006"
+    events = [json.loads(line) for line in (tmp_path / "jobs" / "t" / "history.jsonl").read_text().splitlines()]
+    order = [(e["event"], e["step"]) for e in sorted(events, key=lambda e: e["time"]) if e["event"] in ("step", "checkpoint")]
+    assert order == [("step", 1), ("step", 2), ("checkpoint", 2), ("step", 3), ("step", 4), ("checkpoint", 4),
+                     ("step", 5), ("step", 6), ("checkpoint", 6)]
 
 
 def test_a_checkpoint_of_the_unsharded_layout_resumes(tmp_path: Path) -> None:

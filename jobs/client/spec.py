@@ -122,6 +122,11 @@ class OptimizerSection(Strict):
 class CheckpointSection(Strict):
     every: int = Field(default=50, ge=1, description="steps between checkpoints")
     keep: int = Field(default=2, ge=1, description="newest checkpoints kept")
+    mode: Literal["async", "sync"] = Field(
+        default="async",
+        description="async: training goes on while a checkpoint is written (its state copied to host memory, a "
+                    "background thread writes every rank's shards); it is committed, and reported, once every shard is "
+                    "durable, and the next checkpoint and the job's end wait for it. sync: training waits for the write")
 
 
 class FailureSection(Strict):

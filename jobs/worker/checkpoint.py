@@ -1,44 +1,60 @@
-"""Checkpoints: model, optimizer, data position (the step) and RNG state, in one layout for every
-strategy, committed atomically.
+"""Checkpoints: model, optimizer, data position (the step) and RNG state, sharded, written
+synchronously or in the background, committed atomically.
 
 A job's folder (`<storage>/jobs/<name>`) holds one Ray Train run folder per submission
-(`runs/<submission id>`); checkpoints are written into the current one.
-The state is saved unsharded and keyed by parameter name, whatever the strategy (DDP, FSDP2 or
-expert parallel): a checkpoint written by 4 FSDP ranks loads into 2 DDP ranks or 1 process, which
-is what elastic runs and the equivalence tests need. Rank 0 writes into a temporary folder,
-renames it into place and then writes `COMMITTED`; a reader only ever takes a committed one. A
-run resumes from the newest committed checkpoint in its run folder: Ray Train's own record of
-checkpoints is not needed (it commits a reported checkpoint only after its controller's next
-poll, so a crash right after a report could otherwise lose it).
+(`runs/<submission id>`); checkpoints are written into the current one. Every rank writes its own
+shards through torch.distributed.checkpoint (DCP): FSDP2 parameters and moments as the DTensor
+shards they are, expert-parallel stacks as shards along the expert dimension
+(jobs/worker/sharded_state.py), replicated tensors once; nothing is gathered to one rank. DCP
+reads them into any placement: a checkpoint written by 4 FSDP ranks loads into 2 DDP ranks, or
+into one process without a process group (evaluation).
+
+Commit: all ranks write into `.tmp-rayfleet-step-N`; DCP's coordinator (rank 0) learns that every
+rank's files are written and fsynced before it writes `.metadata`; only then rank 0 writes
+`meta.json`, renames the folder into place and writes `COMMITTED`. A reader only ever takes a
+committed one, so a crash mid-write leaves the previous checkpoint the newest. A run resumes from
+the newest committed checkpoint in its job folder: Ray Train's own record of checkpoints is not
+needed (it commits a reported checkpoint only after its controller's next poll, so a crash right
+after a report could otherwise lose it), and a checkpoint is reported only once committed.
+
+In the background mode a save copies the state to host memory and returns; a thread writes it
+(DCP's async_save, on a gloo group of its own, so its collectives never interleave with
+training's) and rank 0 commits when it is written. The next save, and the end of training, wait
+for it first. Checkpoints of the earlier unsharded layout still load (jobs/worker/legacy_checkpoint.py).
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (
-    StateDictOptions,
-    get_model_state_dict,
-    get_optimizer_state_dict,
-    set_model_state_dict,
-    set_optimizer_state_dict,
-)
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint import FileSystemWriter
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from rayfleet.jobs.worker.legacy_checkpoint import is_legacy, load_legacy
 from rayfleet.jobs.worker.parallelize import Parallel
-from rayfleet.model import expert_parameter_names, gather_full_state_dict, load_full_state_dict
-from rayfleet.model.moe import stack_w1_w3
+from rayfleet.jobs.worker.sharded_state import (SafeLoadPlanner, SafeReader, StagingWriter, describe_experts,
+                                                 local_experts)
+
+log = logging.getLogger(__name__)
 
 PREFIX = "rayfleet-step-"  # not Ray Train's "checkpoint_*", which shares the run folder
 RUNS = "runs"
 MARKER = "COMMITTED"
+META = "meta.json"
 _NAME = re.compile(rf"^{PREFIX}(\d+)$")
-FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def _step_of(path: Path) -> int | None:
@@ -65,76 +81,182 @@ def run_dir(job_dir: Path, submission_id: str) -> Path:
 
 
 def read_meta(path: Path) -> dict[str, Any]:
-    return json.loads((path / "meta.json").read_text())
+    return json.loads((path / META).read_text())
+
+
+@dataclass(frozen=True)
+class Saved:
+    """A committed checkpoint; `stall_s`: how long its save stopped the caller's training."""
+
+    path: Path
+    step: int
+    stall_s: float
+
+
+class Checkpointer:
+    """Saves and loads the checkpoints of one placed model and its optimizer. Every rank makes
+    one, at the same point (it creates a process group when torch.distributed is initialised)."""
+
+    def __init__(self, par: Parallel, optimizer: torch.optim.Optimizer, background: bool = False) -> None:
+        self.par, self.optimizer, self.background = par, optimizer, background
+        # DCP's collectives (plans, write results) on a gloo group of their own: the background
+        # writer's never interleave with training's, and NCCL-only default groups are fine
+        self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
+        self._pending: _Pending | None = None
+        # background: one writer for every save, which keeps its host-memory copy of the state
+        # between saves (sharded_state.StagingWriter)
+        self._writer: StagingWriter | None = None
+
+    def save(self, folder: Path, step: int, meta: dict[str, Any]) -> None:
+        """Collective: start writing the checkpoint of `step` into `folder`. Synchronous: returns
+        once every rank's shards are written (rank 0 has committed it). Background: returns once
+        the state is copied to host memory. `finish` returns it, committed."""
+        if self._pending is not None:
+            raise RuntimeError("the previous checkpoint was not finished")
+        started = time.perf_counter()
+        path, tmp = folder / f"{PREFIX}{step:08d}", folder / f".tmp-{PREFIX}{step:08d}"
+        if self.par.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-write
+            tmp.mkdir(parents=True)
+        self._barrier()
+        _write_durably(tmp / f"rng-{self.par.rank:05d}.pt", torch.get_rng_state())
+        model_state, optim_state = get_state_dict(self.par.model, self.optimizer)
+        state = describe_experts(self.par, {"model": model_state, "optim": optim_state})
+        # sync_files: DCP fsyncs each rank's files before it reports them written to rank 0
+        if self.background:
+            if self._writer is None:
+                self._writer = StagingWriter(tmp, sync_files=True)
+            response = dcp.async_save(state, checkpoint_id=tmp, storage_writer=self._writer,
+                                      process_group=self.group, no_dist=self.group is None)
+            written: Future = getattr(response, "upload_completion", response)
+        else:
+            try:
+                dcp.save(state, storage_writer=FileSystemWriter(tmp, sync_files=True), process_group=self.group,
+                         no_dist=self.group is None)
+            except CheckpointException as error:
+                raise _failure(f"checkpoint {path} could not be written", error) from error
+            written = Future()
+            written.set_result(None)
+        commit = _Commit(tmp, path, {**meta, "step": step, "world": self.par.world}, self.par.rank == 0)
+        written.add_done_callback(commit.when_written)  # rank 0 commits as soon as all is written
+        self._pending = _Pending(step, written, commit, time.perf_counter() - started)
+
+    def finish(self) -> Saved | None:
+        """Collective: wait for the checkpoint being written (None if none) and return it, committed.
+        Raises what the write raised on any rank; the checkpoint is then never committed."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        started = time.perf_counter()
+        try:
+            pending.written.result()
+        except CheckpointException as error:
+            raise _failure(f"checkpoint {pending.commit.path} could not be written", error) from error
+        pending.commit.now()  # no-op unless the callback failed (then it raises here)
+        self._barrier()  # every rank returns only once rank 0 has committed
+        return Saved(pending.commit.path, pending.step, pending.stall_s + time.perf_counter() - started)
+
+    def load(self, path: Path) -> dict[str, Any]:
+        """Collective: load a committed checkpoint, written on any world size and strategy (or in
+        the legacy layout), into this model and optimizer; returns its meta."""
+        meta = read_meta(path)
+        if is_legacy(path):
+            load_legacy(path, self.par, self.optimizer, meta.get("world"))
+            return meta
+        model_state, optim_state = get_state_dict(self.par.model, self.optimizer)
+        state = describe_experts(self.par, {"model": model_state, "optim": optim_state})
+        try:
+            dcp.load(state, storage_reader=SafeReader(path), planner=SafeLoadPlanner(),
+                     process_group=self.group, no_dist=self.group is None)
+        except CheckpointException as error:
+            raise _failure(f"checkpoint {path} could not be loaded", error) from error
+        state = local_experts(self.par, state)
+        set_state_dict(self.par.model, self.optimizer, model_state_dict=state["model"],
+                       optim_state_dict=state["optim"])
+        if meta.get("world") == self.par.world:  # the same ranks' generators continue
+            torch.set_rng_state(torch.load(path / f"rng-{self.par.rank:05d}.pt", weights_only=True))
+        return meta
+
+    def _barrier(self) -> None:
+        if self.group is not None:
+            dist.barrier(group=self.group)
 
 
 def save_checkpoint(folder: Path, step: int, par: Parallel, optimizer: torch.optim.Optimizer,
                     meta: dict[str, Any]) -> Path:
-    """Collective: every rank calls it; rank 0 writes. Returns the committed folder."""
-    model_state, optim_state = _full_state(par, optimizer)
-    rng = [None] * par.world
-    if par.world > 1:
-        dist.all_gather_object(rng, torch.get_rng_state())
-    else:
-        rng = [torch.get_rng_state()]
-    path = folder / f"{PREFIX}{step:08d}"
-    if par.rank == 0:
-        tmp = folder / f".tmp-{PREFIX}{step:08d}-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        torch.save(model_state, tmp / "model.pt")
-        torch.save(optim_state, tmp / "optim.pt")
-        torch.save(rng, tmp / "rng.pt")
-        (tmp / "meta.json").write_text(json.dumps({**meta, "step": step, "world": par.world}, indent=1))
-        shutil.rmtree(path, ignore_errors=True)
-        os.replace(tmp, path)
-        with open(path / MARKER, "w") as handle:
-            handle.write(str(step))
-            handle.flush()
-            os.fsync(handle.fileno())
-    if par.world > 1:
-        dist.barrier()
-    return path
+    """Collective: write and commit one checkpoint synchronously; returns its folder."""
+    saver = Checkpointer(par, optimizer)
+    saver.save(folder, step, meta)
+    saved = saver.finish()
+    assert saved is not None
+    return saved.path
 
 
 def load_checkpoint(path: Path, par: Parallel, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
-    """Load a committed checkpoint into a model placed for any strategy; returns its meta."""
-    # weights_only everywhere: loading never unpickles an arbitrary object, so whoever can write the
-    # storage cannot run code on the ranks (the optimizer state and the RNG states are tensors,
-    # numbers and containers, which it allows; checkpoints of 0.1.0 load the same way)
-    model_state = torch.load(path / "model.pt", map_location="cpu", weights_only=True)
-    optim_state = torch.load(path / "optim.pt", map_location="cpu", weights_only=True)
-    _stack_separate_expert_weights(model_state, optim_state)
-    if par.strategy == "moe" and par.world > 1:
-        load_full_state_dict(par.model, model_state)
-        set_optimizer_state_dict(par.model, optimizer, _local_expert_optim(par, optim_state))
-    else:
-        options = StateDictOptions(full_state_dict=True) if par.strategy == "fsdp" else StateDictOptions()
-        set_model_state_dict(par.model, model_state, options=options)
-        set_optimizer_state_dict(par.model, optimizer, optim_state, options=options)
-    meta = read_meta(path)
-    rng = torch.load(path / "rng.pt", weights_only=True)
-    if meta.get("world") == par.world:
-        torch.set_rng_state(rng[par.rank])
-    return meta
+    """Collective: load a committed checkpoint into a model placed for any strategy; returns its meta."""
+    return Checkpointer(par, optimizer).load(path)
 
 
-def _stack_separate_expert_weights(model_state: dict[str, Any], optim_state: dict[str, Any]) -> None:
-    """A checkpoint written while the experts kept w1 and w3 apart, in the layout of today's
-    stacked w13 (model/moe.py): the weights and their Adam moments concatenated along the hidden
-    dimension, the optimizer's parameter list naming w13 where it named w1 and w3. A job that
-    was checkpointed before an upgrade resumes after it."""
-    for prefix in [key[:-2] for key in model_state if key.endswith(".experts.w1")]:
-        stack_w1_w3(model_state, prefix)
-        moments = optim_state["state"]
-        if prefix + "w1" in moments and prefix + "w3" in moments:
-            w1, w3 = moments.pop(prefix + "w1"), moments.pop(prefix + "w3")
-            moments[prefix + "w13"] = {key: torch.cat((value, w3[key]), dim=1)
-                                       if torch.is_tensor(value) and value.dim() > 1 else value
-                                       for key, value in w1.items()}
-        for group in optim_state["param_groups"]:
-            group["params"] = [prefix + "w13" if name == prefix + "w1" else name
-                               for name in group["params"] if name != prefix + "w3"]
+@dataclass
+class _Pending:
+    step: int
+    written: Future
+    commit: _Commit
+    stall_s: float  # the caller's time in `save`
+
+
+class _Commit:
+    """Rank 0's commit of one checkpoint, once: meta.json, the rename into place, the marker."""
+
+    def __init__(self, tmp: Path, path: Path, meta: dict[str, Any], committer: bool) -> None:
+        self.tmp, self.path, self.meta, self.committer = tmp, path, meta, committer
+        self._lock = threading.Lock()
+        self._done = not committer
+
+    def when_written(self, written: Future) -> None:
+        if written.exception() is not None:
+            return  # never committed; `finish` raises the writer's error
+        try:
+            self.now()
+        except Exception:  # raised again by `finish`, which calls `now` once more
+            log.exception("committing checkpoint %s failed", self.path)
+
+    def now(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            _write_durably(self.tmp / META, json.dumps(self.meta, indent=1).encode())
+            shutil.rmtree(self.path, ignore_errors=True)
+            os.replace(self.tmp, self.path)
+            _write_durably(self.path / MARKER, str(self.meta["step"]).encode())
+            _fsync_folder(self.path.parent)
+            self._done = True
+
+
+def _failure(what: str, error: CheckpointException) -> RuntimeError:
+    """DCP's CheckpointException (a BaseException, whose message names only the ranks) as an
+    ordinary error naming each rank's cause."""
+    causes = "; ".join(f"rank {rank}: {cause[0] if isinstance(cause, tuple) else cause}"
+                       for rank, cause in error.failures.items())
+    return RuntimeError(f"{what}: {causes}")
+
+
+def _write_durably(path: Path, content: bytes | torch.Tensor) -> None:
+    with open(path, "wb") as handle:
+        if isinstance(content, torch.Tensor):
+            torch.save(content, handle)
+        else:
+            handle.write(content)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _fsync_folder(folder: Path) -> None:
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
 
 
 def prune(job_dir: Path, keep: int, current_run: Path) -> None:
@@ -149,53 +271,10 @@ def prune(job_dir: Path, keep: int, current_run: Path) -> None:
     for old in committed[:-keep] if keep else committed:
         if old.parent != current_run:
             shutil.rmtree(old, ignore_errors=True)
-    # Only rank 0 writes, and it prunes right after its own commit: anything uncommitted now was
-    # left by a crash between the rename and the marker, and can never be resumed from.
+    # Rank 0 prunes right after its own commit, with no save in flight: anything uncommitted now
+    # was left by a crash before the marker, and can never be resumed from.
     for stale in job_dir.glob(f"{RUNS}/*/.tmp-{PREFIX}*"):
         shutil.rmtree(stale, ignore_errors=True)
     for folder in checkpoint_dirs(job_dir, committed=False):
         if not (folder / MARKER).exists():
             shutil.rmtree(folder, ignore_errors=True)
-
-
-def _full_state(par: Parallel, optimizer: torch.optim.Optimizer) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Unsharded model and optimizer state keyed by parameter name (collective)."""
-    if par.strategy == "moe" and par.world > 1:
-        model_state = {k: v.cpu() for k, v in gather_full_state_dict(par.model).items()}
-        optim_state = get_optimizer_state_dict(par.model, optimizer)
-        return model_state, _gather_expert_optim(par, optim_state)
-    options = FULL if par.strategy == "fsdp" else StateDictOptions(cpu_offload=True)
-    return (get_model_state_dict(par.model, options=options),
-            get_optimizer_state_dict(par.model, optimizer, options=options))
-
-
-def _gather_expert_optim(par: Parallel, state: dict[str, Any]) -> dict[str, Any]:
-    """Expert shards' Adam moments gathered along the expert dimension, like their weights."""
-    experts = set(expert_parameter_names(par.model))
-    out = {"state": {}, "param_groups": state["param_groups"]}
-    for name, entry in state["state"].items():
-        full = {}
-        for key, value in entry.items():
-            if name in experts and torch.is_tensor(value) and value.dim() > 0:
-                parts = [torch.empty_like(value) for _ in range(par.expert_ranks)]
-                dist.all_gather(parts, value.contiguous(), group=par.ep_group)
-                value = torch.cat(parts)
-            full[key] = value.cpu() if torch.is_tensor(value) else value
-        out["state"][name] = full
-    return out
-
-
-def _local_expert_optim(par: Parallel, state: dict[str, Any]) -> dict[str, Any]:
-    """The inverse of `_gather_expert_optim`: this rank's slice of each expert moment."""
-    experts = set(expert_parameter_names(par.model))
-    rank = dist.get_rank(par.ep_group)
-    out = {"state": {}, "param_groups": state["param_groups"]}
-    for name, entry in state["state"].items():
-        local = {}
-        for key, value in entry.items():
-            if name in experts and torch.is_tensor(value) and value.dim() > 0:
-                size = value.shape[0] // par.expert_ranks
-                value = value[rank * size:(rank + 1) * size].clone()
-            local[key] = value
-        out["state"][name] = local
-    return out

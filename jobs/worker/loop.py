@@ -4,8 +4,10 @@ Build the model from `model/`, place it for the strategy (jobs/worker/paralleliz
 the newest committed checkpoint if any, then train: the batch of step s is a pure function of
 (seed, s), so a resumed run continues the same loss curve. Rank 0 publishes progress every
 `log_every` steps; all ranks checkpoint together every `checkpoint.every` steps and at the end, and
-report to Ray Train only then (a report is a barrier with Ray Train's controller; see
-jobs/worker/progress.py).
+report to Ray Train only when a checkpoint is committed (a report is a barrier with Ray Train's
+controller; see jobs/worker/progress.py). With `checkpoint.mode: async` a checkpoint is written
+while training goes on and reported at the next checkpoint, a notice or the end, whichever
+comes first, after waiting for it (jobs/worker/checkpoint.py).
 """
 from __future__ import annotations
 
@@ -118,6 +120,8 @@ class Trainer:
         self.graphs = compilation.cuda_graphs(spec.compile, device, world)
         self.forward = compilation.forward_of(self.par.module, spec.compile, device, world)
         self.optimizer = build_optimizer(spec, self.par, device)
+        self.checkpointer = checkpoint.Checkpointer(self.par, self.optimizer, background=spec.checkpoint.mode == "async")
+        self.checkpoint_metrics: dict[str, Any] = {}  # reported with the checkpoint being written
         self.data = build_data(spec.data, spec.seed)
         self.batches = self.data.train
         self.window_crcs = torch.zeros(0, dtype=torch.int64)  # of this rank's windows in the last step
@@ -146,7 +150,7 @@ class Trainer:
     def resume(self) -> None:
         latest = checkpoint.latest_checkpoint(self.job_dir)
         if latest is not None:
-            meta = checkpoint.load_checkpoint(latest, self.par, self.optimizer)
+            meta = self.checkpointer.load(latest)
             self.step = self.checkpoint_step = int(meta["step"])
         attempts = [e for e in history.events(self.run.storage, self.spec.name)
                     if e["event"] == "started" and e.get("submission_id") == self.run.submission_id]
@@ -212,9 +216,8 @@ class Trainer:
             self.publish_losses()
             if self.step % self.spec.checkpoint.every == 0 or self.step == self.spec.steps:
                 self.publish_losses(wait=True)
-                path = self.save()
-                if report is not None:
-                    report({"step": self.step, "loss": self.losses[-1][1] if self.losses else None}, path)
+                self.save(report)
+        self.finish_checkpoint(report)  # the job ends only with its last checkpoint committed
         self.publish_losses(wait=True)
         if self.agreement is not None:
             self.agreement.wait()  # no collective left in flight
@@ -238,10 +241,9 @@ class Trainer:
         if self.steplog is not None:
             self.steplog.flush()
         self.publish_losses(wait=True)
+        self.finish_checkpoint(report)
         if self.checkpoint_step != self.step:
-            path = self.save()
-            if report is not None:
-                report({"step": self.step, "loss": self.losses[-1][1] if self.losses else None}, path)
+            self.save(report, wait=True)
         if self.rank == 0:
             acknowledge(self.spec.name, self.run.submission_id, self.step, deadline)
             history.record(self.run.storage, self.spec.name, "notice", submission_id=self.run.submission_id,
@@ -316,21 +318,40 @@ class Trainer:
             value /= self.world
         return value
 
-    def save(self) -> Path:
-        saving = time.perf_counter()
+    def save(self, report: Any = None, wait: bool = False) -> None:
+        """Checkpoint this step (a collective), after committing and reporting the one before;
+        with `checkpoint.mode: sync` or `wait`, commit and report this one too before returning."""
+        stalled = time.perf_counter()
+        self.finish_checkpoint(report)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        path = checkpoint.save_checkpoint(self.run_dir, self.step, self.par, self.optimizer,
-                                          {"job": self.spec.name, "submission_id": self.run.submission_id,
-                                           "strategy": self.spec.parallelism.strategy,
-                                           "data": self.batches.position(self.step)})
-        self.checkpoint_step = self.step
+        self.checkpoint_metrics = {"step": self.step, "loss": self.losses[-1][1] if self.losses else None}
+        self.checkpointer.save(self.run_dir, self.step,
+                               {"job": self.spec.name, "submission_id": self.run.submission_id,
+                                "strategy": self.spec.parallelism.strategy,
+                                "data": self.batches.position(self.step)})
+        if wait or not self.checkpointer.background:
+            self.finish_checkpoint(report)
         if self.rank == 0:
             if self.steplog is not None:
                 self.steplog.flush()  # the steps before it, in order
-            checkpoint.prune(self.job_dir, self.spec.checkpoint.keep, self.run_dir)
+            # recorded when training goes on: goodput gives the wall time up to it to "checkpoint",
+            # so an async save counts its copy and any wait for the one before, not its write
             history.record(self.run.storage, self.spec.name, "checkpoint", submission_id=self.run.submission_id,
-                           step=self.step, duration_s=round(time.perf_counter() - saving, 4))
-        return path
+                           step=self.step, duration_s=round(time.perf_counter() - stalled, 4),
+                           mode=self.spec.checkpoint.mode)
+
+    def finish_checkpoint(self, report: Any = None) -> Path | None:
+        """Wait for the checkpoint being written, if any (a collective); once it is committed,
+        prune older ones and report it to Ray Train. Returns its folder."""
+        saved = self.checkpointer.finish()
+        if saved is None:
+            return None
+        self.checkpoint_step = saved.step
+        if self.rank == 0:
+            checkpoint.prune(self.job_dir, self.spec.checkpoint.keep, self.run_dir)
+        if report is not None:
+            report(self.checkpoint_metrics, saved.path)
+        return saved.path
 
 
 def _ray_report() -> Any:

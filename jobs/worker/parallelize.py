@@ -34,6 +34,9 @@ class Parallel:
     ep_group: dist.ProcessGroup | None = None
     replica_group: dist.ProcessGroup | None = None
     expert_ranks: int = 1
+    # moe on several ranks: the (replica, expert) mesh whose expert dim is each EP group, for
+    # describing the expert shards to torch.distributed.checkpoint (jobs/worker/sharded_state.py)
+    expert_mesh: Any = None
 
     def after_backward(self) -> None:
         """Finish gradient reduction that the wrapper does not do during backward."""
@@ -100,7 +103,12 @@ def parallelize(model: nn.Module, strategy: str, expert_parallel: int, device: t
         model.to(device)
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, expert_parameter_names(model))
         module = DistributedDataParallel(model, device_ids=ids)
-        return Parallel(strategy, model, module, rank, world, ep_group, replica_group, expert_parallel)
+        from torch.distributed.device_mesh import init_device_mesh
+
+        # rank = replica * expert_parallel + expert: the EP groups of expert_parallel_groups
+        mesh = init_device_mesh(device.type, (world // expert_parallel, expert_parallel),
+                                mesh_dim_names=("replica", "expert"))
+        return Parallel(strategy, model, module, rank, world, ep_group, replica_group, expert_parallel, mesh)
     raise ValueError(f"unknown strategy {strategy!r}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from rayfleet.jobs.contract import RunInfo
 from rayfleet.jobs.worker import checkpoint
 from rayfleet.jobs.worker.loop import METRICS, Trainer, lr_at
 from rayfleet.jobs.client.spec import JobSpec
+from tests.support.checkpoints import rewrite_in_legacy_layout, trainer
 from tests.support.distributed import on_ranks
 
 
@@ -71,13 +73,14 @@ def test_checkpoints_of_sharded_runs_resume_in_one_process(tmp_path: Path, strat
 
 
 def test_a_checkpoint_with_separate_expert_w1_w3_resumes_the_same_curve(tmp_path: Path) -> None:
-    """A MoE job checkpointed before the experts stacked w1|w3 into one parameter resumes after
-    the upgrade: weights and Adam moments carry over, so the loss curve is the uninterrupted one."""
+    """A MoE job checkpointed (in the unsharded layout) before the experts stacked w1|w3 into one
+    parameter resumes after the upgrade: weights and Adam moments carry over, so the loss curve is the uninterrupted one."""
     straight = on_ranks(1, train, job("moe", preset="tiny_moe", steps=6, every=3), str(tmp_path / "a"))
     storage = tmp_path / "b"
     on_ranks(1, train, job("moe", preset="tiny_moe", steps=3, every=3), str(storage), "s1")
     saved = checkpoint.latest_checkpoint(storage / "jobs" / "t")
     assert saved is not None
+    rewrite_in_legacy_layout(saved, job("moe", preset="tiny_moe", steps=3, every=3), storage)
     model_state = torch.load(saved / "model.pt", weights_only=True)
     optim_state = torch.load(saved / "optim.pt", weights_only=False)
     stacked = [key for key in model_state if key.endswith(".experts.w13")]
@@ -124,18 +127,27 @@ class Planted:
         return (Path.touch, (self.ran,))
 
 
-def test_a_checkpoint_that_would_run_code_when_loaded_is_refused(tmp_path: Path) -> None:
-    """Whoever can write the storage cannot run code on the ranks: every file of a checkpoint loads
-    with weights_only (the optimizer and RNG state too), so a planted object is refused unrun."""
+@pytest.mark.parametrize("layout", ["sharded", "legacy"])
+def test_a_checkpoint_that_would_run_code_when_loaded_is_refused(tmp_path: Path, layout: str) -> None:
+    """Whoever can write the storage cannot run code on the ranks: DCP's metadata is unpickled
+    through an allow-list, every other file of a checkpoint (RNG state; the legacy layout's
+    optimizer state too) loads with weights_only, so a planted object is refused unrun."""
     storage = tmp_path / "s"
     on_ranks(1, train, job(steps=2, every=2), str(storage))
     latest = checkpoint.latest_checkpoint(storage / "jobs" / "t")
+    names = (".metadata", "rng-00000.pt")
+    if layout == "legacy":
+        rewrite_in_legacy_layout(latest, job(steps=2, every=2), storage)
+        names = ("optim.pt", "rng.pt")
     ran = tmp_path / "code-ran"
-    for name in ("optim.pt", "rng.pt"):
+    for name in names:
         saved = (latest / name).read_bytes()
-        torch.save({"state": Planted(ran)}, latest / name)
-        with pytest.raises(Exception, match="Weights only load failed"):
-            on_ranks(1, train, job(steps=4, every=2), str(storage), "s2")
+        if name == ".metadata":
+            (latest / name).write_bytes(pickle.dumps(Planted(ran)))
+        else:
+            torch.save({"state": Planted(ran)}, latest / name)
+        with pytest.raises(Exception, match="Weights only load failed|refused to unpickle pathlib.Path.touch"):
+            trainer(job(steps=4, every=2), storage, submission="s2").resume()
         assert not ran.exists()
         (latest / name).write_bytes(saved)
     on_ranks(1, train, job(steps=4, every=2), str(storage), "s3")  # the real files resume fine

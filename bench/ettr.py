@@ -14,7 +14,7 @@ accounts: ETTR = kept training time / wall time, and per fault the time to detec
 first step after it, and the steps redone. Ray alone has no detection events: its detection is
 the whole gap until its workers restarted.
 
-    python bench/ettr.py [--skip-alone]     -> a table, and bench/results/ettr.json
+    python bench/ettr.py [--skip-alone] [--checkpoint-mode sync]     -> a table, and bench/results/ettr.json
 """
 from __future__ import annotations
 
@@ -157,7 +157,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-alone", action="store_true", help="rayfleet only (Ray alone takes ~10 minutes)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "ettr.json"))
+    parser.add_argument("--checkpoint-mode", choices=("async", "sync"), default="async",
+                        help="the job's checkpoint.mode (async, the default, or sync: training waits for the write)")
     args = parser.parse_args()
+    JOB["checkpoint"] = {**JOB["checkpoint"], "mode": args.checkpoint_mode}
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory(prefix="rf-ettr-") as tmp:
         if not args.skip_alone:
@@ -180,6 +183,7 @@ def main() -> None:
             print(f"ETTR {run} / Ray alone: {results[run]['ettr'] / results['ray_alone']['ettr']:.1f}x")
     out = {"benchmark": "ettr", "date": time.strftime("%Y-%m-%d"), "machine": platform.node(),
            "cpus": os.cpu_count(), "ideal_s": ideal, "schedule": "kill@15, SIGSTOP@35, kill@55 (notice@55)",
+           "checkpoint_mode": args.checkpoint_mode,
            **results}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2))

@@ -18,8 +18,8 @@ from rayfleet.errors import RayfleetError
 def _register() -> None:
     # Each command's module adds it to `app` on import; this list is the CLI's table of contents.
     from rayfleet.cli.commands import (  # noqa: F401
-        chaos, completion_script, dashboard, data, demo, down, events, explain, health, job, jobs, logs, quarantine, render,
-        scale, schema, status, stop, submit, up,
+        chaos, completion_script, dashboard, data, demo, down, events, explain, export, health, job, jobs, logs,
+        quarantine, render, scale, schema, status, stop, submit, up,
     )
 
 

@@ -35,19 +35,12 @@ def explain(
     placed = None
     record = federation(fleet_name)
     if record is not None:
-        placed = placement_of(FleetDir(record.fleet), subject)
-        if placed is None:
-            cells = ", ".join(c.fleet for c in record.cells)
-            raise BadInput(f"explain {subject!r}: not a job fleet {record.fleet} placed on one of its cells; for a "
-                           f"pool or a node, name its cell's fleet with --fleet ({cells})")
+        placed = placed_job(record, subject)
         try:
             conn = connect(placed["cell_fleet"])
         except FleetNotRunning as error:  # the placement still says why it went there
-            answer = {"subject": subject, "kind": "job", "placement": placed,
-                      "answer": placement_lines(placed) + [str(error)]}
-            if not emit(answer, output):
-                for line in answer["answer"]:
-                    console.print(line, markup=False)
+            show({"subject": subject, "kind": "job", "placement": placed,
+                  "answer": placement_lines(placed) + [str(error)]}, output)
             return
     else:
         conn = connect(fleet_name)
@@ -90,10 +83,24 @@ def explain(
         answer = why.explain_node(instance, nodes.get(instance), health, events)
     if placed is not None:
         answer = {**answer, "placement": placed, "answer": placement_lines(placed) + list(answer["answer"])}
+    show(answer, output)
+
+
+def show(answer: dict[str, Any], output: Format) -> None:
     if emit(answer, output):
         return
     for line in answer["answer"]:
         console.print(line, markup=False)
+
+
+def placed_job(record: Any, subject: str) -> dict[str, Any]:
+    """The newest placement of job `subject` on the federation's cells; BadInput if it has none."""
+    placed = placement_of(FleetDir(record.fleet), subject)
+    if placed is None:
+        cells = ", ".join(c.fleet for c in record.cells)
+        raise BadInput(f"explain {subject!r}: not a job fleet {record.fleet} placed on one of its cells; for a "
+                       f"pool or a node, name its cell's fleet with --fleet ({cells})")
+    return placed
 
 
 def placement_lines(placed: dict[str, Any]) -> list[str]:

@@ -50,7 +50,7 @@ KINDS = {"dense": ("dense_124m", 16), "moe": ("moe_8x", 8)}
 CPU_OVERRIDES = {"dim": 64, "n_layers": 2, "n_heads": 4, "n_kv_heads": 2, "mlp_hidden": 128, "expert_hidden": 64}
 """--device cpu: the presets shrunk so the flow runs in seconds (vocabulary and shapes otherwise kept)."""
 LR, WARMUP_STEPS = 6e-4, 20  # gpu_throughput's lr and lr_at warm-up, given to the job's optimizer too
-BENCH_PRECISION = {"bf16-mixed": "mixed", "bf16": "bf16"}
+BENCH_PRECISION = {"bf16-mixed": "master", "bf16": "bf16"}  # a one-worker job's bf16-mixed is the working copy
 
 
 def options(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
@@ -126,6 +126,7 @@ def job_runs(kinds: list[str], args: argparse.Namespace, overrides: dict[str, An
             except json.JSONDecodeError:
                 goodput = {"error": (shown.stdout + shown.stderr)[-500:]}
             entry = {"spec": spec, "rc": rc, "wall_s": round(time.perf_counter() - began, 1), "goodput": goodput,
+                     "waiting_parts": waiting_parts(home, spec["name"]),
                      **gpu_scaling.summary(gpu_scaling.curve(home, spec["name"]), args.warmup)}
             if rc != 0:
                 entry["output"] = tail
@@ -135,6 +136,37 @@ def job_runs(kinds: list[str], args: argparse.Namespace, overrides: dict[str, An
         down = gpu_scaling.cli("down", env=env, timeout=300)
         print(f"fleet down: rc {down.returncode}", flush=True)
     return out
+
+
+WAITING_MARKS = (("driver", "submit -> driver runs"), ("fit", "driver -> Ray Train starts"),
+                 ("process", "Ray Train -> worker process"), ("worker", "worker process -> training function"),
+                 ("started", "training function -> model built"), ("step", "model built -> first step ends"))
+
+
+def waiting_parts(home: Path, name: str) -> dict[str, float]:
+    """The time from submit to the first step's end, cut at the job history's marks of its
+    last submission (the driver, Ray Train's start, the worker's process, its training function,
+    the model built and resumed, the first step's end)."""
+    files = sorted(home.glob(f"fleets/*/storage/jobs/{name}/history.jsonl"))
+    if not files:
+        return {}
+    events = [json.loads(line) for line in files[-1].read_text().splitlines() if line.strip()]
+    submitted = [e for e in events if e["event"] == "submitted"]
+    if not submitted:
+        return {}
+    run = [e for e in events if e["time"] >= submitted[-1]["time"]]
+    times = {"submitted": submitted[-1]["time"]}
+    for event in run:
+        kind = event["event"]
+        if kind == "worker" and event.get("process_started"):
+            times.setdefault("process", float(event["process_started"]))
+        times.setdefault(kind, float(event["time"]))
+    parts, previous = {}, times["submitted"]
+    for mark, label in WAITING_MARKS:
+        if mark in times:
+            parts[label] = round(times[mark] - previous, 3)
+            previous = times[mark]
+    return parts
 
 
 def submit(path: Path, name: str, env: dict[str, str], timeout: float) -> tuple[int, str]:
@@ -180,6 +212,7 @@ def compare(doc: dict[str, Any]) -> list[dict[str, Any]]:
             parts = (job.get("goodput") or {}).get("parts", {})
             row["submit_to_first_step"] = {k: parts.get(k) for k in ("waiting", "startup", "compile")}
             row["job_rc"] = job.get("rc")
+            row["waiting_parts"] = job.get("waiting_parts", {})
         rows.append(row)
     return rows
 
@@ -197,6 +230,10 @@ def table(rows: list[dict[str, Any]]) -> str:
                      f"{num(r.get('loss_max_abs_diff'), '.4f'):>11} {num(r.get('bench_spread_max_abs_diff'), '.4f'):>12} "
                      f"{num(first.get('waiting'), '.1f'):>8} {num(first.get('startup'), '.1f'):>8} "
                      f"{num(first.get('compile'), '.1f'):>8}")
+    for r in rows:
+        if r.get("waiting_parts"):
+            lines.append(f"{r['kind']}: submit to first step: "
+                         + ", ".join(f"{k} {v:.1f} s" for k, v in r["waiting_parts"].items()))
     return "\n".join(lines)
 
 
@@ -221,7 +258,7 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=None, help="steps left out of tok/s; default 20 on cuda, 1 on cpu")
     parser.add_argument("--seq", type=int, default=None, help="default 1024 on cuda, 64 on cpu")
     parser.add_argument("--bench-setups", default=None,
-                        help="impl/precision/mode list; default on cuda ours/bf16/cudagraphs,ours/mixed/compile,"
+                        help="impl/precision/mode list; default on cuda ours/bf16/cudagraphs,ours/master/cudagraphs,"
                              "ours/mixed/cudagraphs (add hf/bf16/compile for transformers' row), on cpu ours/mixed/eager")
     parser.add_argument("--no-spread", dest="spread", action="store_false",
                         help="skip running the job's precision row twice (the bench's run-to-run spread)")
@@ -234,7 +271,7 @@ def main() -> int:
     args = parser.parse_args()
     cuda = args.device == "cuda"
     for name, on_cuda, on_cpu in (("steps", 500, 5), ("warmup", 20, 1), ("seq", 1024, 64),
-                                  ("bench_setups", "ours/bf16/cudagraphs,ours/mixed/compile,ours/mixed/cudagraphs",
+                                  ("bench_setups", "ours/bf16/cudagraphs,ours/master/cudagraphs,ours/mixed/cudagraphs",
                                    "ours/mixed/eager"), ("cpus_per_worker", 4, 1)):
         if getattr(args, name) is None:
             setattr(args, name, on_cuda if cuda else on_cpu)

@@ -8,6 +8,8 @@ and the same learning-rate schedule, and records the loss of every step. A setup
     kind       dense (dense_124m, batch 16) | moe (moe_8x, batch 8)
     impl       ours | hf
     precision  mixed: fp32 weights, bf16 autocast | bf16: bf16 weights, no autocast
+               | master: a bf16 working copy runs forward and backward, AdamW steps fp32 master
+                 weights (jobs/worker/precision.py's WorkingCopy: a one-worker job's bf16-mixed)
     mode       eager | compile (torch.compile) | cudagraphs (torch.compile, mode="reduce-overhead")
                | autotune (torch.compile, mode="max-autotune": GEMM autotuning and CUDA graphs)
 Throughput is taken over the steps after the warm-up (compilation, CUDA-graph recording) with
@@ -45,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from rayfleet.jobs.worker.data import StepBatches, corpus_tokens  # noqa: E402
+from rayfleet.jobs.worker.precision import WorkingCopy  # noqa: E402
 from rayfleet.model import Transformer, flops_per_token, get_preset  # noqa: E402
 
 PEAK_TFLOPS = 989.0  # H100 SXM dense bf16, NVIDIA datasheet (the MFU denominator)
@@ -91,13 +94,19 @@ def build(setup: Setup, opts: Options, device: torch.device) -> tuple[Any, Calla
     if setup.precision == "bf16":
         model.to(torch.bfloat16)
     model.train()
-    forward = model
+    runner = model
+    if setup.precision == "master":
+        runner = WorkingCopy(model, torch.bfloat16)
+    module = runner.module if isinstance(runner, WorkingCopy) else model
+    forward: Any = module
     if setup.mode == "compile":
-        forward = torch.compile(model)
+        forward = torch.compile(module)
     elif setup.mode == "cudagraphs":
-        forward = torch.compile(model, mode="reduce-overhead")
+        forward = torch.compile(module, mode="reduce-overhead")
     elif setup.mode == "autotune":
-        forward = torch.compile(model, mode="max-autotune")
+        forward = torch.compile(module, mode="max-autotune")
+    if isinstance(runner, WorkingCopy):
+        forward.working = runner  # type: ignore[union-attr]  (run_setup's step copies through it)
     return model, forward, config
 
 
@@ -139,6 +148,7 @@ def run_setup(setup: Setup, opts: Options, device: torch.device, profile_dir: Pa
     model, forward, config = build(setup, opts, device)
     optimizer = optimizer_for(model, opts.lr)
     params = [p for p in model.parameters()]
+    working = getattr(forward, "working", None)
     losses = torch.zeros(steps, device=device)
     clock = Clock(device, steps + 1)
     autocast = torch.autocast(device.type, torch.bfloat16, enabled=setup.precision == "mixed")
@@ -153,9 +163,14 @@ def run_setup(setup: Setup, opts: Options, device: torch.device, profile_dir: Pa
         with autocast:
             loss, lm = loss_of(setup, forward, inputs[i], targets[i])
         loss.backward()
+        if working is not None:
+            working.gradients_to_master()
         torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
         optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        if working is not None:
+            working.weights_from_master()
+        else:
+            optimizer.zero_grad(set_to_none=True)
         losses[i].copy_(lm.detach())
 
     started = time.perf_counter()

@@ -1,5 +1,6 @@
 """The job's training loop on one GPU with the default policy (bf16-mixed, compile auto: compiled
-with CUDA graphs): fp32 master weights, one compilation, and the eager fp32-master loss."""
+with CUDA graphs): fp32 master weights under a bf16 working copy, one compilation, and the eager
+fp32-master loss."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -29,7 +30,8 @@ def test_the_default_job_compiles_once_and_matches_eager(tmp_path: Path) -> None
     compiled, curve = run(tmp_path, "auto")
     assert compiled.compiled and compiled.graphs
     assert compiled.precision.name == "bf16-mixed"
-    assert {p.dtype for p in compiled.par.model.parameters()} == {torch.float32}
+    assert {p.dtype for p in compiled.par.model.parameters()} == {torch.float32}  # the master weights
+    assert {p.dtype for p in compiled.runner.parameters()} == {torch.bfloat16}    # what the graph runs on
     assert dynamo_utils.counters["stats"]["unique_graphs"] == 1, dict(dynamo_utils.counters["stats"])
     events = history.events(compiled.run.storage, "g")
     assert [e["step"] for e in events if e["event"] == "compiled"] == [1]

@@ -120,7 +120,11 @@ def main() -> int:
     ray.init(logging_level="WARNING", _temp_dir=own_node_temp_dir())
     keeper = standby_keeper(spec, run)
     try:
-        result = build_trainer(spec, run).fit()
+        trainer = build_trainer(spec, run)
+        # the driver is connected and has imported Ray Train: what is left of `waiting` is Ray
+        # Train's (its controller, the placement of the gang, the workers' processes)
+        history.record(run.storage, spec.name, "fit", submission_id=run.submission_id)
+        result = trainer.fit()
     except Exception as error:  # the job failed for good: record why, exit non-zero
         history.record(run.storage, spec.name, "finished", submission_id=run.submission_id,
                        state="FAILED", error=f"{type(error).__name__}: {error}"[:2000])

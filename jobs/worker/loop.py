@@ -11,6 +11,7 @@ comes first, after waiting for it (jobs/worker/checkpoint.py).
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import time
@@ -29,7 +30,7 @@ from rayfleet.jobs.worker.data import batch_digest, build_data, window_crcs
 from rayfleet.jobs.worker.losslog import LossLog
 from rayfleet.jobs.worker.parallelize import Parallel, parallelize
 from rayfleet.jobs.worker.notices import NoticeAgreement, NoticeReader
-from rayfleet.jobs.worker.precision import resolve as resolve_precision
+from rayfleet.jobs.worker.precision import resolve as resolve_precision, working_copy
 from rayfleet.jobs.worker.steplog import StepLog
 from rayfleet.jobs.worker.progress import Progress, StepBeats
 from rayfleet.jobs.client.spec import JobSpec
@@ -83,7 +84,7 @@ def train_worker(config: dict[str, Any]) -> None:
         torch.set_num_threads(max(1, int(spec.resources.cpus)))
     if rank == 0:  # the gang was placed and its processes run (goodput: the end of waiting)
         history.record(run.storage, spec.name, "worker", submission_id=run.submission_id, world=world,
-                       standby=standby.was_standby())
+                       standby=standby.was_standby(), process_started=_process_started())
         if spec.failure.warm_standby:  # what the driver's keeper prestarts standby processes with
             standby.publish_env(spec.name, run.submission_id)
     trainer = Trainer(spec, run, rank, world, device, history.job_dir(run.storage, spec.name))
@@ -116,9 +117,12 @@ class Trainer:
         model.to(self.precision.param_dtype)
         self.par = parallelize(model, spec.parallelism.strategy, spec.parallelism.expert_parallel, device,
                                fsdp_policy=self.precision.fsdp_policy())
+        # bf16-mixed on one worker: forward and backward on a bf16 copy (jobs/worker/precision.py)
+        self.working = working_copy(self.precision, self.par.model, world)
+        self.runner = self.working.module if self.working is not None else self.par.module
         self.compiled = compilation.enabled(spec.compile, device)
         self.graphs = compilation.cuda_graphs(spec.compile, device, world)
-        self.forward = compilation.forward_of(self.par.module, spec.compile, device, world)
+        self.forward = compilation.forward_of(self.runner, spec.compile, device, world)
         self.optimizer = build_optimizer(spec, self.par, device)
         self.checkpointer = checkpoint.Checkpointer(self.par, self.optimizer, background=spec.checkpoint.mode == "async")
         self.checkpoint_metrics: dict[str, Any] = {}  # reported with the checkpoint being written
@@ -152,6 +156,8 @@ class Trainer:
         if latest is not None:
             meta = self.checkpointer.load(latest)
             self.step = self.checkpoint_step = int(meta["step"])
+            if self.working is not None:
+                self.working.weights_from_master()
         attempts = [e for e in history.events(self.run.storage, self.spec.name)
                     if e["event"] == "started" and e.get("submission_id") == self.run.submission_id]
         self.restarts = len(attempts)  # attempts before this one
@@ -261,15 +267,24 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = lr_at(self.spec, self.step)
         compilation.step_begins(self.graphs)
-        with self.precision.context(self.device):
+        with self.compute_context():
             out = self.forward(inputs, targets)
             loss = out.loss + out.aux_loss
         loss.backward()
+        if self.working is not None:
+            self.working.gradients_to_master()
         self.par.after_backward()
         self.par.clip_grad_norm(self.spec.optimizer.grad_clip)
         self.optimizer.step()
-        self.optimizer.zero_grad(set_to_none=True)
+        if self.working is not None:  # the master's gradients are overwritten by the next step's
+            self.working.weights_from_master()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
         return out.loss.detach()
+
+    def compute_context(self) -> Any:
+        """Where forward runs: under the policy's autocast, or none on a bf16 working copy."""
+        return self.precision.context(self.device) if self.working is None else contextlib.nullcontext()
 
     def evaluation_due(self) -> bool:
         """Whether to evaluate now: every `eval_every` steps and at the last step."""
@@ -283,16 +298,16 @@ class Trainer:
         """The language-model loss on the validation batches, every rank its slice, averaged over
         all ranks (a collective)."""
         assert self.data.validation is not None
-        self.par.module.eval()
+        self.runner.eval()
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         try:
             for index in range(self.data.validation.batches):
                 inputs, targets = self.data.validation.batch(index, self.rank, self.world)
-                with self.precision.context(self.device):
+                with self.compute_context():
                     out = self.forward(inputs.to(self.device), targets.to(self.device))
                 total += out.loss.detach().double()
         finally:
-            self.par.module.train()
+            self.runner.train()
         return float(self.mean(total / self.data.validation.batches))
 
     def batch_digest(self) -> str | None:
@@ -352,6 +367,17 @@ class Trainer:
         if report is not None:
             report(self.checkpoint_metrics, saved.path)
         return saved.path
+
+
+def _process_started() -> float | None:
+    """When this worker's process started (epoch seconds): splits `waiting` into Ray Train
+    placing the gang and starting processes, and the process importing and joining its group."""
+    try:
+        import psutil
+
+        return psutil.Process().create_time()
+    except Exception:  # psutil comes with ray[default]; a worker without it records no split
+        return None
 
 
 def _ray_report() -> Any:

@@ -72,6 +72,52 @@ def test_bf16_mixed_keeps_fp32_master_weights_and_computes_in_bf16(tmp_path: Pat
     assert torch.allclose(torch.tensor(curve), torch.tensor(exact["losses"]), rtol=2e-2), (curve, exact["losses"])
 
 
+def train_one_worker(rank: int, world: int, spec: JobSpec, storage: str) -> dict[str, Any]:
+    """bf16-mixed on one worker: what the forward ran on, what AdamW updated and saved, and
+    whether the bf16 copy follows the fp32 master after the last step and after a resume."""
+    run = RunInfo(storage=storage, device="cpu", gpus_per_worker=0, submission_id="s1")
+    trainer = Trainer(spec, run, rank, world, torch.device("cpu"), Path(storage) / "jobs" / spec.name)
+    assert trainer.working is not None
+    computed: set[torch.dtype] = set()
+    for linear in (m for m in trainer.runner.modules() if isinstance(m, nn.Linear)):
+        linear.register_forward_hook(lambda _m, _i, out: computed.add(out.dtype))
+    grads: set[torch.dtype] = set()
+    trainer.optimizer.register_step_pre_hook(
+        lambda opt, *_: grads.update(p.grad.dtype for g in opt.param_groups for p in g["params"] if p.grad is not None))
+    losses = [loss for _, loss in trainer.train()]
+
+    def follows(made: Trainer) -> bool:
+        return all(torch.equal(w, m.to(torch.bfloat16))
+                   for w, m in zip(made.runner.parameters(), made.par.model.parameters()))
+
+    state = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
+    resumed = Trainer(spec.model_copy(update={"steps": spec.steps + 2}), run, rank, world, torch.device("cpu"),
+                      Path(storage) / "jobs" / spec.name)
+    resumed.resume()
+    return {"losses": losses, "computed": computed, "grads": grads,
+            "masters": {p.dtype for p in trainer.par.model.parameters()},
+            "copies": {p.dtype for p in trainer.runner.parameters()},
+            "optimizer_params": {p.dtype for g in trainer.optimizer.param_groups for p in g["params"]},
+            "optimizer_state": {v.dtype for v in state}, "follows": follows(trainer),
+            "resumed_step": resumed.step, "resumed_follows": follows(resumed),
+            "resumed_equal": all(torch.equal(a, b) for a, b in zip(resumed.par.model.parameters(),
+                                                                     trainer.par.model.parameters()))}
+
+
+@pytest.mark.parametrize("preset", ["tiny", "tiny_moe"])
+def test_bf16_mixed_on_one_worker_runs_a_bf16_copy_of_fp32_master_weights(tmp_path: Path, preset: str) -> None:
+    seen = on_ranks(1, train_one_worker, job("ddp" if preset == "tiny" else "moe", 1, 1, preset, "bf16-mixed"),
+                    str(tmp_path / "m"))
+    assert seen["computed"] == seen["copies"] == {torch.bfloat16}    # forward and backward as pure bf16
+    assert seen["masters"] == seen["optimizer_params"] == seen["optimizer_state"] == seen["grads"] == {torch.float32}
+    assert seen["follows"]                      # the copy holds the updated master weights
+    assert seen["resumed_step"] == 8 and seen["resumed_equal"] and seen["resumed_follows"]
+    exact = on_ranks(1, train_and_inspect, job("ddp" if preset == "tiny" else "moe", 1, 1, preset, "fp32"),
+                     str(tmp_path / "f"))
+    assert seen["losses"][-1] < seen["losses"][0] - 0.3, seen["losses"]
+    assert torch.allclose(torch.tensor(seen["losses"]), torch.tensor(exact["losses"]), rtol=2e-2)
+
+
 def test_bf16_keeps_no_master_copy(tmp_path: Path) -> None:
     pure = on_ranks(1, train_and_inspect, job("ddp", 1, 1, "tiny", "bf16"), str(tmp_path))
     assert pure["params"] == pure["optimizer_state"] == pure["computed"] == {torch.bfloat16}

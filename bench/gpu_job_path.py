@@ -100,6 +100,9 @@ def job_runs(kinds: list[str], args: argparse.Namespace, overrides: dict[str, An
     home = Path(tempfile.mkdtemp(prefix="rayfleet-job-path-"))
     env = {**os.environ, "RAYFLEET_HOME": str(home),
            "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)])),
+           # the checkout beside an installed wheel (the GPU machine): no process may put its cwd, the
+           # checkout whose rayfleet/ folder is not the whole package, first on its path
+           "PYTHONSAFEPATH": "1",
            "NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
     fleet = gpu_scaling.fleet_spec(1, args.cpus_per_worker)  # on a CPU machine the GPU is simulated: the job runs on cpu
     fleet["name"] = "job-path"
@@ -112,6 +115,8 @@ def job_runs(kinds: list[str], args: argparse.Namespace, overrides: dict[str, An
     print(f"fleet up: rc {up.returncode} in {out['fleet_up_s']} s", flush=True)
     if up.returncode != 0:
         out["error"] = (up.stdout + up.stderr)[-3000:]
+        for log in sorted(home.glob("fleets/*/logs/*.log")):
+            out["error"] += f"\n--- {log.name}\n" + log.read_text(errors="replace")[-2000:]
         return out
     try:
         for kind in kinds:

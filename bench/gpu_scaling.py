@@ -37,7 +37,7 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CLI = [sys.executable, "-m", "rayfleet.cli.main"]
+CLI = [sys.executable, "-P", "-m", "rayfleet.cli.main"]  # -P: the checkout (cwd) must not shadow the installed package
 
 
 def fleet_spec(gpus: int, cpus_per_worker: int) -> dict[str, Any]:
@@ -60,7 +60,10 @@ def job_spec(name: str, workers: int, strategy: str, preset: str, global_batch: 
 
 
 def cli(*args: str, env: dict[str, str], timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+    # not in the checkout: Ray puts a driver's working folder first on its workers' path, where the
+    # checkout's rayfleet/ folder (not the whole package) would shadow the installed wheel
+    return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env,
+                          cwd=tempfile.gettempdir())
 
 
 def curve(home: Path, name: str) -> list[dict[str, Any]]:

@@ -163,13 +163,11 @@ def run_setup(setup: Setup, opts: Options, device: torch.device, profile_dir: Pa
         with autocast:
             loss, lm = loss_of(setup, forward, inputs[i], targets[i])
         loss.backward()
-        if working is not None:
-            working.gradients_to_master()
-        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
-        optimizer.step()
-        if working is not None:
-            working.weights_from_master()
+        if working is not None:  # the job's one-pass clip, AdamW on the master, copy-back
+            working.step(optimizer, 1.0)
         else:
+            torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
+            optimizer.step()
             optimizer.zero_grad(set_to_none=True)
         losses[i].copy_(lm.detach())
 

@@ -271,15 +271,13 @@ class Trainer:
             out = self.forward(inputs, targets)
             loss = out.loss + out.aux_loss
         loss.backward()
-        if self.working is not None:
-            self.working.gradients_to_master()
+        if self.working is not None:  # clipping, AdamW on the master and the copy-back in one pass
+            self.working.step(self.optimizer, self.spec.optimizer.grad_clip)
+            return out.loss.detach()
         self.par.after_backward()
         self.par.clip_grad_norm(self.spec.optimizer.grad_clip)
         self.optimizer.step()
-        if self.working is not None:  # the master's gradients are overwritten by the next step's
-            self.working.weights_from_master()
-        else:
-            self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad(set_to_none=True)
         return out.loss.detach()
 
     def compute_context(self) -> Any:

@@ -5,13 +5,13 @@ torchtitan): matmuls and activations in bf16, the weights the optimizer updates 
 their gradients and AdamW's moments in fp32, gradients reduced across ranks in fp32.
 
 - one worker (any strategy): forward and backward run on a bf16 working copy of the model
-  (`WorkingCopy`), exactly as a pure-bf16 model runs; after backward its gradients are copied
-  into the fp32 model's `.grad`, which is clipped, stepped by AdamW and checkpointed as before,
-  and the updated fp32 weights are copied back into the bf16 copy. Measured on one H200
-  (bench/gpu_job_path.py, 2026-12-03): autocast over fp32 weights ran at 0.93x (dense_124m) and
-  0.86x (moe_8x) of the pure-bf16 step, because every forward re-casts every weight and every
-  backward casts every weight gradient; the copy costs two element-wise passes over the weights
-  per step instead.
+  (`WorkingCopy`), exactly as a pure-bf16 model runs; then one pass per parameter (compiled on
+  CUDA) clips the bf16 gradient by the global norm, steps AdamW on the fp32 master weight and its
+  fp32 moments (the optimizer's own state, so checkpoints hold the fp32 model as before) and
+  writes the updated weight into the copy. Measured on one H200 (bench/gpu_job_path.py,
+  2026-12-03): autocast over fp32 weights ran at 0.93x (dense_124m) and 0.86x (moe_8x) of the
+  pure-bf16 step, because every forward re-casts every weight and every backward casts every
+  weight gradient.
 - ddp and moe (expert parallel) on several workers: the parameters stay fp32 and the forward runs
   under bf16 autocast. The fp32 parameters are the master weights, so the optimizer, gradient
   clipping, the expert-gradient reduction and checkpoints need nothing extra; DDP reduces the
@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,28 +94,84 @@ class WorkingCopy:
         self.module = copy.deepcopy(master).to(dtype)
         self._masters = [p for p in master.parameters() if p.requires_grad]
         self._copies = [p for p in self.module.parameters() if p.requires_grad]
+        self._lrs: dict[int, torch.Tensor] = {}
 
     @torch.no_grad()
-    def gradients_to_master(self) -> None:
-        """After backward: the copy's gradients, in fp32, as the master's `.grad` (reusing the
-        master's gradient tensors from step to step); the copy's are dropped."""
-        masters, grads = [], []
-        for master, working in zip(self._masters, self._copies):
-            if working.grad is None:
-                master.grad = None
+    def step(self, optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
+        """After backward: clip the copy's gradients by their global norm, step AdamW on the
+        master weights from them and write the updated weights into the copy, in one pass over
+        each parameter (compiled on CUDA: read the bf16 gradient, the fp32 weight and moments,
+        write them and the bf16 weight) instead of a gradient cast, a clipping pass, AdamW and a
+        copy-back. The optimizer's own state (`step`, `exp_avg`, `exp_avg_sq`) is what is updated,
+        so checkpoints and `optimizer.step()` elsewhere see torch's AdamW exactly. Returns the norm."""
+        pairs = [(m, c) for m, c in zip(self._masters, self._copies) if c.grad is not None]
+        grads = [c.grad for _, c in pairs]
+        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, dtype=torch.float32)))
+        coef = (max_norm / (norm + 1e-6)).clamp(max=1.0) if max_norm > 0 else torch.ones_like(norm)
+        by_master = {id(m): c for m, c in pairs}
+        for group in optimizer.param_groups:
+            members = [p for p in group["params"] if id(p) in by_master]
+            if not members:
                 continue
-            if master.grad is None:
-                master.grad = torch.empty_like(master)
-            masters.append(master.grad)
-            grads.append(working.grad)
+            states = [self._state(optimizer, p) for p in members]
+            beta1, beta2 = group["betas"]
+            self._update(members, [by_master[id(p)].grad for p in members],
+                         [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
+                         [by_master[id(p)] for p in members], [s["step"] for s in states],
+                         self._lr(group, norm.device), coef, beta1, beta2, group["eps"], group["weight_decay"])
+        for _, working in pairs:
             working.grad = None
-        if masters:
-            torch._foreach_copy_(masters, grads)
+        return norm
+
+    @staticmethod
+    def _state(optimizer: torch.optim.Optimizer, param: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The parameter's AdamW state, created as torch's fused AdamW creates it on first use."""
+        state = optimizer.state[param]
+        if not state:
+            state["step"] = torch.zeros((), dtype=torch.float32, device=param.device)
+            state["exp_avg"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+            state["exp_avg_sq"] = torch.zeros_like(param, memory_format=torch.preserve_format)
+        elif state["step"].device != param.device:  # loaded from a CPU-side checkpoint
+            state["step"] = state["step"].to(param.device, torch.float32)
+        return state
+
+    def _lr(self, group: dict[str, Any], device: torch.device) -> torch.Tensor:
+        """The group's learning rate as a device tensor, refilled each step (a kernel, no host
+        sync): a new value as a Python float would recompile the update."""
+        held = self._lrs.get(id(group))
+        if held is None:
+            held = self._lrs[id(group)] = torch.zeros((), dtype=torch.float32, device=device)
+        return held.fill_(group["lr"])
+
+    @functools.cached_property
+    def _update(self) -> Any:
+        if self._masters and self._masters[0].is_cuda:
+            return torch.compile(_adamw_into_copy, fullgraph=True, dynamic=False)
+        return _adamw_into_copy
 
     @torch.no_grad()
     def weights_from_master(self) -> None:
         """After the optimizer step, or loading a checkpoint: the master weights into the copy."""
         torch._foreach_copy_(self._copies, [m.detach() for m in self._masters])
+
+
+def _adamw_into_copy(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
+                     exp_avg_sqs: list[torch.Tensor], copies: list[torch.Tensor], steps: list[torch.Tensor],
+                     lr: torch.Tensor, coef: torch.Tensor, beta1: float, beta2: float, eps: float,
+                     weight_decay: float) -> None:
+    """torch's AdamW (decoupled weight decay, bias-corrected moments) on fp32 `params` from the
+    low-precision `grads` scaled by `coef`; the updated weights are written into `copies` too."""
+    for param, grad, exp_avg, exp_avg_sq, working, step in zip(params, grads, exp_avgs, exp_avg_sqs, copies, steps):
+        step.add_(1)
+        g = grad.float() * coef
+        param.mul_(1 - lr * weight_decay)
+        exp_avg.lerp_(g, 1 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(g, g, value=1 - beta2)
+        bias1 = 1 - beta1 ** step
+        bias2 = 1 - beta2 ** step
+        denom = (exp_avg_sq.sqrt() / bias2.sqrt()).add_(eps)
+        param.sub_(exp_avg / denom * (lr / bias1))
+        working.copy_(param)
 
 
 def working_copy(precision: Precision, model: nn.Module, world: int) -> WorkingCopy | None:

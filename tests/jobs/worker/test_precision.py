@@ -81,9 +81,6 @@ def train_one_worker(rank: int, world: int, spec: JobSpec, storage: str) -> dict
     computed: set[torch.dtype] = set()
     for linear in (m for m in trainer.runner.modules() if isinstance(m, nn.Linear)):
         linear.register_forward_hook(lambda _m, _i, out: computed.add(out.dtype))
-    grads: set[torch.dtype] = set()
-    trainer.optimizer.register_step_pre_hook(
-        lambda opt, *_: grads.update(p.grad.dtype for g in opt.param_groups for p in g["params"] if p.grad is not None))
     losses = [loss for _, loss in trainer.train()]
 
     def follows(made: Trainer) -> bool:
@@ -94,7 +91,7 @@ def train_one_worker(rank: int, world: int, spec: JobSpec, storage: str) -> dict
     resumed = Trainer(spec.model_copy(update={"steps": spec.steps + 2}), run, rank, world, torch.device("cpu"),
                       Path(storage) / "jobs" / spec.name)
     resumed.resume()
-    return {"losses": losses, "computed": computed, "grads": grads,
+    return {"losses": losses, "computed": computed,
             "masters": {p.dtype for p in trainer.par.model.parameters()},
             "copies": {p.dtype for p in trainer.runner.parameters()},
             "optimizer_params": {p.dtype for g in trainer.optimizer.param_groups for p in g["params"]},
@@ -109,7 +106,7 @@ def test_bf16_mixed_on_one_worker_runs_a_bf16_copy_of_fp32_master_weights(tmp_pa
     seen = on_ranks(1, train_one_worker, job("ddp" if preset == "tiny" else "moe", 1, 1, preset, "bf16-mixed"),
                     str(tmp_path / "m"))
     assert seen["computed"] == seen["copies"] == {torch.bfloat16}    # forward and backward as pure bf16
-    assert seen["masters"] == seen["optimizer_params"] == seen["optimizer_state"] == seen["grads"] == {torch.float32}
+    assert seen["masters"] == seen["optimizer_params"] == seen["optimizer_state"] == {torch.float32}
     assert seen["follows"]                      # the copy holds the updated master weights
     assert seen["resumed_step"] == 8 and seen["resumed_equal"] and seen["resumed_follows"]
     exact = on_ranks(1, train_and_inspect, job("ddp" if preset == "tiny" else "moe", 1, 1, preset, "fp32"),
@@ -130,3 +127,44 @@ def test_auto_is_bf16_mixed_on_cuda_and_fp32_on_cpu() -> None:
     assert resolve("auto", torch.device("cpu")).name == "fp32"
     assert resolve("bf16-mixed", torch.device("cpu")).fsdp_policy().param_dtype == torch.bfloat16
     assert resolve("fp32", torch.device("cpu")).fsdp_policy() is None
+
+
+def test_the_working_copys_step_is_torchs_clipped_adamw_on_the_master_weights() -> None:
+    """WorkingCopy.step (one pass: clip, AdamW on fp32 masters from bf16 gradients, copy back)
+    against torch: the same gradients cast to fp32, clip_grad_norm_, AdamW.step."""
+    from rayfleet.jobs.worker.precision import WorkingCopy
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.Linear(32, 8))
+    reference = nn.Sequential(nn.Linear(16, 32), nn.LayerNorm(32), nn.Linear(32, 8))
+    reference.load_state_dict(model.state_dict())
+    working = WorkingCopy(model, torch.bfloat16)
+
+    def adamw(params: Any) -> torch.optim.AdamW:
+        params = list(params)
+        return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": 0.1},
+                                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                                 lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
+
+    ours, theirs = adamw(model.parameters()), adamw(reference.parameters())
+    for step in range(4):
+        for optimizer in (ours, theirs):
+            for group in optimizer.param_groups:
+                group["lr"] = 1e-2 * (step + 1) / 4
+        x = torch.randn(64, 16).bfloat16()
+        working.module(x).float().pow(2).mean().mul(50).backward()
+        for mine, copy in zip(reference.parameters(), working.module.parameters()):
+            mine.grad = copy.grad.float()
+        norm = torch.nn.utils.clip_grad_norm_(reference.parameters(), 1.0)
+        assert norm > 1.0  # the clipping is exercised
+        assert torch.allclose(working.step(ours, 1.0), norm, rtol=1e-5)
+        theirs.step()
+        theirs.zero_grad()
+        for mine, exact, copy in zip(model.parameters(), reference.parameters(), working.module.parameters()):
+            assert torch.allclose(mine, exact, rtol=1e-5, atol=1e-7)
+            assert torch.equal(copy, mine.detach().bfloat16())
+            assert copy.grad is None
+    assert [float(ours.state[p]["step"]) for p in model.parameters()] == [4.0] * 6
+    for mine, exact in zip(model.parameters(), reference.parameters()):
+        for key in ("exp_avg", "exp_avg_sq"):
+            assert torch.allclose(ours.state[mine][key], theirs.state[exact][key], rtol=1e-5, atol=1e-9)

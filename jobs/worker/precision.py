@@ -109,16 +109,19 @@ class WorkingCopy:
         norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, dtype=torch.float32)))
         coef = (max_norm / (norm + 1e-6)).clamp(max=1.0) if max_norm > 0 else torch.ones_like(norm)
         by_master = {id(m): c for m, c in pairs}
+        members, groups = [], []
         for group in optimizer.param_groups:
-            members = [p for p in group["params"] if id(p) in by_master]
-            if not members:
-                continue
+            for param in group["params"]:
+                if id(param) in by_master:
+                    members.append(param)
+                    groups.append(group)
+        if members:  # one call for every group: one compiled graph
             states = [self._state(optimizer, p) for p in members]
-            beta1, beta2 = group["betas"]
             self._update(members, [by_master[id(p)].grad for p in members],
                          [s["exp_avg"] for s in states], [s["exp_avg_sq"] for s in states],
                          [by_master[id(p)] for p in members], [s["step"] for s in states],
-                         self._lr(group, norm.device), coef, beta1, beta2, group["eps"], group["weight_decay"])
+                         [self._lr(g, norm.device) for g in groups], coef,
+                         [(g["betas"][0], g["betas"][1], g["eps"], g["weight_decay"]) for g in groups])
         for _, working in pairs:
             working.grad = None
         return norm
@@ -157,11 +160,13 @@ class WorkingCopy:
 
 def _adamw_into_copy(params: list[torch.Tensor], grads: list[torch.Tensor], exp_avgs: list[torch.Tensor],
                      exp_avg_sqs: list[torch.Tensor], copies: list[torch.Tensor], steps: list[torch.Tensor],
-                     lr: torch.Tensor, coef: torch.Tensor, beta1: float, beta2: float, eps: float,
-                     weight_decay: float) -> None:
+                     lrs: list[torch.Tensor], coef: torch.Tensor,
+                     hyper: list[tuple[float, float, float, float]]) -> None:
     """torch's AdamW (decoupled weight decay, bias-corrected moments) on fp32 `params` from the
-    low-precision `grads` scaled by `coef`; the updated weights are written into `copies` too."""
-    for param, grad, exp_avg, exp_avg_sq, working, step in zip(params, grads, exp_avgs, exp_avg_sqs, copies, steps):
+    low-precision `grads` scaled by `coef`; the updated weights are written into `copies` too.
+    Per parameter: its group's learning rate and (beta1, beta2, eps, weight_decay)."""
+    for param, grad, exp_avg, exp_avg_sq, working, step, lr, (beta1, beta2, eps, weight_decay) in zip(
+            params, grads, exp_avgs, exp_avg_sqs, copies, steps, lrs, hyper):
         step.add_(1)
         g = grad.float() * coef
         param.mul_(1 - lr * weight_decay)

@@ -5,6 +5,7 @@ previous checkpoint the newest committed one, and a resumed job goes on from it;
 reads a checkpoint on S3."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Iterator
@@ -12,6 +13,7 @@ from typing import Any, Iterator
 import pytest
 
 from rayfleet.jobs.client.spec import JobSpec
+from rayfleet.jobs.contract import RunInfo
 from rayfleet.jobs.supervision import history
 from rayfleet.jobs.worker import checkpoint
 from rayfleet.jobs.worker.checkpoint_s3 import S3Path, staging_root
@@ -111,3 +113,17 @@ def test_export_reads_a_checkpoint_on_s3(tmp_path: Path, proxy: S3Proxy) -> None
     source = json.loads((out / "rayfleet.json").read_text())
     assert (source["step"], source["checkpoint"]) == (2, "s3://exported/ckpt/jobs/t/runs/t/rayfleet-step-00000002")
     assert "testing" not in (out / "rayfleet.json").read_text()  # no credential in what is written
+
+
+def test_a_jobs_checkpoints_go_where_the_job_chose_else_the_fleet_else_its_folder(tmp_path: Path) -> None:
+    spec, job_dir = job(), tmp_path / "jobs" / "t"
+    run = RunInfo(storage=str(tmp_path), device="cpu", gpus_per_worker=0, submission_id="t")
+    assert checkpoint.home(job_dir, spec, run) == job_dir
+    fleets = dataclasses.replace(run, checkpoint_storage="s3://fleet/ckpt", checkpoint_endpoint_url="http://f:9000")
+    home = checkpoint.home(job_dir, spec, fleets)
+    assert isinstance(home, S3Path) and (str(home), home.endpoint_url) == ("s3://fleet/ckpt/jobs/t", "http://f:9000")
+    own = spec.model_copy(update={"checkpoint": spec.checkpoint.model_copy(update={"storage": "s3://own"})})
+    home = checkpoint.home(job_dir, own, fleets)
+    assert isinstance(home, S3Path) and (str(home), home.endpoint_url) == ("s3://own/jobs/t", None)
+    assert RunInfo.from_json(fleets.to_json()) == fleets
+    assert "checkpoint_storage" not in run.to_json()  # run info written before the field reads the same

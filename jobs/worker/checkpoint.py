@@ -136,7 +136,7 @@ def read_meta(path: Location) -> dict[str, Any]:
 class Saved:
     """A committed checkpoint; `stall_s`: how long its save stopped the caller's training."""
 
-    path: Path
+    path: Location
     step: int
     stall_s: float
 
@@ -165,12 +165,7 @@ class Checkpointer:
         started = time.perf_counter()
         path = folder / f"{PREFIX}{step:08d}"
         remote = isinstance(path, S3Path)
-        tmp = self._staging(path) if isinstance(path, S3Path) else Path(folder) / f".tmp-{PREFIX}{step:08d}"
-        if self.par.rank == 0 and isinstance(path, S3Path):
-            checkpoint_s3.delete_prefix(path)  # a crashed attempt's partial upload of this step
-        if self.par.rank == 0 or remote:  # on S3, each rank its own node-local folder
-            shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-write
-            tmp.mkdir(parents=True)
+        tmp = self._empty_folder(path)
         self._barrier()
         _write_durably(tmp / f"rng-{self.par.rank:05d}.pt", torch.get_rng_state())
         model_state, optim_state = get_state_dict(self.par.model, self.optimizer)
@@ -201,13 +196,26 @@ class Checkpointer:
         written.add_done_callback(commit.when_written)  # rank 0 commits as soon as all is written
         self._pending = _Pending(step, written, commit, time.perf_counter() - started)
 
-    def _staging(self, path: S3Path) -> Path:
-        return checkpoint_s3.local_folder(path, "staging", self.par.rank)
+    def _empty_folder(self, path: Location) -> Path:
+        """The folder this rank writes checkpoint `path` into, emptied of what a crash mid-write
+        left: on a shared path, the one temporary folder of all ranks (rank 0 makes it); for S3,
+        a node-local folder of each rank's own (and rank 0 deletes a crashed attempt's partial
+        upload of this step)."""
+        if isinstance(path, S3Path):
+            tmp = checkpoint_s3.local_folder(path, "staging", self.par.rank)
+            if self.par.rank == 0:
+                checkpoint_s3.delete_prefix(path)
+        else:
+            tmp = path.parent / f".tmp-{path.name}"
+        if self.par.rank == 0 or isinstance(path, S3Path):
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        return tmp
 
     def _uploaded(self, written: Future, tmp: Path, path: S3Path) -> Future:
         """A future done once every rank has uploaded its files of `path` (failed if any rank's
-        write or upload failed): synchronously when `written` is done, else on a thread."""
-        if written.done():
+        write or upload failed): at once when saving synchronously, else on a thread of its own."""
+        if not self.background:
             uploaded: Future = Future()
             try:
                 self._upload(written, tmp, path)

@@ -29,7 +29,10 @@ checkpoint's prefix, the ranks agree (an all-reduce on the checkpointer's group)
 succeeded, and only then rank 0 puts `meta.json` and the `COMMITTED` object, which is the commit
 (S3 has no rename). Loading downloads the committed checkpoint to a node-local folder and reads it
 as above. Ray Train keeps no record of checkpoints on S3 (they are reported without one): resuming
-never needed it, and its run folder stays in the fleet's storage with the job's history.
+never needed it, and its run folder stays in the fleet's storage with the job's history. That is a
+choice, not a limit: pyarrow's S3 filesystem, which Ray Train would use, works against moto_server
+too (pyarrow 26.0.1 wrote and listed an object there), but it would only add an S3 round trip per
+report for a record nothing reads.
 """
 from __future__ import annotations
 

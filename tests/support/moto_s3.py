@@ -6,7 +6,7 @@ host, which moto does not check) and adds what a test needs of a store that misb
 - `fail(text)`: requests whose path contains `text` are refused with S3's AccessDenied (403,
   not retried by botocore), never forwarded;
 - `hold(text)`: such requests wait at the proxy (an upload in progress, as long as the test
-  likes); `release()` answers every held one with a 503 and forwards the rest again.
+  likes); `release()` answers every held one with a 503 and forwards every request from then on.
 """
 from __future__ import annotations
 

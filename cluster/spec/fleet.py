@@ -99,8 +99,8 @@ _S3_URL_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
 def parse_s3_url(value: Any) -> str:
     """'s3://bucket' or 's3://bucket/prefix/' -> the URL without a trailing '/'."""
     if not isinstance(value, str) or not re.fullmatch(_S3_URL_PATTERN, value):
-        raise ValueError(f"expected s3://BUCKET or s3://BUCKET/PREFIX (a bucket name of 3-63 lower-case letters, "
-                         f"digits, '.' and '-'), got {value!r}; a shared path for checkpoints is the fleet's storage")
+        raise ValueError("expected s3://BUCKET or s3://BUCKET/PREFIX (a bucket name of 3-63 lower-case letters, "
+                         "digits, '.' and '-'); a shared path for checkpoints is the fleet's storage")
     return value.rstrip("/")
 
 
@@ -500,8 +500,8 @@ class FleetSpec(Strict):
     @classmethod
     def _a_path(cls, value: str | None) -> str | None:
         if value is not None and "://" in value:
-            raise ValueError(f"got {value!r}: storage holds job histories and Ray Train's run folders, which need a "
-                             "path every node can reach; put an s3:// URL in checkpoint_storage for checkpoints on S3")
+            raise ValueError("storage holds job histories and Ray Train's run folders, which need a path every "
+                             "node can reach; put an s3:// URL in checkpoint_storage for checkpoints on S3")
         return value
 
     @model_validator(mode="after")

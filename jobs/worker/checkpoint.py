@@ -242,7 +242,7 @@ class Checkpointer:
             failure = error
             log.warning("rank %d could not upload checkpoint %s: %s", self.par.rank, path, error)
         finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+            checkpoint_s3.discard(tmp)
         failed = _ranks_failed(failure is not None, self.par.rank, self.par.world, self.group)
         if failed:
             cause = f"rank {self.par.rank}: {failure}" if failure is not None else "see that rank's log"
@@ -296,7 +296,7 @@ class Checkpointer:
             checkpoint_s3.download_folder(path, local, lambda name: not name.startswith("rng-") or name == mine)
             return self.load(local)
         finally:
-            shutil.rmtree(local, ignore_errors=True)
+            checkpoint_s3.discard(local)
 
     def _barrier(self) -> None:
         if self.group is not None:

@@ -146,3 +146,19 @@ def staging_root() -> Path:
 def local_folder(path: S3Path, purpose: str, rank: int) -> Path:
     """This rank's own node-local folder for `path` (ranks of one node never share one)."""
     return staging_root() / purpose / path.bucket / path.key / f"rank-{rank:05d}"
+
+
+def discard(folder: Path) -> None:
+    """Remove a rank's local folder, and its parents up to the staging root while they are empty
+    (another rank of the node may still be using one: then it stays)."""
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+    root = staging_root()
+    for parent in folder.parents:
+        if parent == root or root not in parent.parents:
+            break
+        try:
+            parent.rmdir()
+        except OSError:  # not empty, or gone
+            break

@@ -60,11 +60,14 @@ class RunInfo:
     workers_per_node: int = 1         # the job's workers one node of its pool holds
     peak_tflops: float | None = None  # per GPU, for MFU; None on CPU
     submission_id: str | None = None  # None in a RayJob manifest: its driver makes one
+    checkpoint_storage: str | None = None       # the fleet's s3:// for checkpoints (a job's own wins)
+    checkpoint_endpoint_url: str | None = None  # and its S3 endpoint (no credentials: those stay in the env)
 
     def to_json(self) -> str:
         data = dataclasses.asdict(self)
-        if self.submission_id is None:
-            del data["submission_id"]
+        for optional in ("submission_id", "checkpoint_storage", "checkpoint_endpoint_url"):
+            if data[optional] is None:  # absent, as written before these fields existed
+                del data[optional]
         return json.dumps(data)
 
     @classmethod

@@ -91,6 +91,23 @@ Bytes = Annotated[int, BeforeValidator(parse_bytes), WithJsonSchema({
     "description": "bytes, or a Kubernetes quantity: 64Gi, 512Mi, 2G, 1e9"})]
 """A size: written as in Kubernetes (a string with a suffix) or as bytes; validated to bytes."""
 
+# S3's bucket naming rules (3-63 characters: lower-case letters, digits, '.', '-'; a letter or digit
+# at each end): https://docs.aws.amazon.com/AmazonS3/latest/userguide/bucketnamingrules.html
+_S3_URL_PATTERN = r"^s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?$"
+
+
+def parse_s3_url(value: Any) -> str:
+    """'s3://bucket' or 's3://bucket/prefix/' -> the URL without a trailing '/'."""
+    if not isinstance(value, str) or not re.fullmatch(_S3_URL_PATTERN, value):
+        raise ValueError("expected s3://BUCKET or s3://BUCKET/PREFIX (a bucket name of 3-63 lower-case letters, "
+                         "digits, '.' and '-'); a shared path for checkpoints is the fleet's storage")
+    return value.rstrip("/")
+
+
+S3Url = Annotated[str, BeforeValidator(parse_s3_url), WithJsonSchema({
+    "type": "string", "pattern": _S3_URL_PATTERN, "description": "s3://BUCKET or s3://BUCKET/PREFIX"})]
+"""An S3 location (any S3-compatible store): a bucket and an optional key prefix."""
+
 
 class Strict(BaseModel):
     """Unknown keys are errors: a typo in a spec must not be silently ignored."""
@@ -458,7 +475,13 @@ class FleetSpec(Strict):
     provider: ProviderKind = "local"
     head: HeadSpec = HeadSpec()
     storage: str | None = Field(
-        default=None, description="checkpoint storage every node can reach; default: a folder of the fleet")
+        default=None, description="a path every node can reach for checkpoints and job histories; default: a "
+                                  "folder of the fleet")
+    checkpoint_storage: S3Url | None = Field(
+        default=None, description="s3://BUCKET/PREFIX for the checkpoints of every job (a job's checkpoint.storage "
+                                  "wins); histories stay in storage")
+    checkpoint_endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint for checkpoint_storage (default: AWS_ENDPOINT_URL or AWS's own)")
     pools: list[PoolSpec] = Field(min_length=1)
     health: HealthPolicy = HealthPolicy()
     scaling: ScalingPolicy = ScalingPolicy()
@@ -472,6 +495,14 @@ class FleetSpec(Strict):
         default=None, ge=1,
         description="cut the fleet into cells of at most this many nodes (max_nodes + hot_spares of their "
                     "pools), splitting large pools across cells; with cells: the cap each cell must keep")
+
+    @field_validator("storage")
+    @classmethod
+    def _a_path(cls, value: str | None) -> str | None:
+        if value is not None and "://" in value:
+            raise ValueError("storage holds job histories and Ray Train's run folders, which need a path every "
+                             "node can reach; put an s3:// URL in checkpoint_storage for checkpoints on S3")
+        return value
 
     @model_validator(mode="after")
     def _consistent(self) -> FleetSpec:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from rayfleet.errors import BadInput
-from rayfleet.cluster.spec.fleet import NAME_PATTERN, FleetSpec
+from rayfleet.cluster.spec.fleet import NAME_PATTERN, FleetSpec, S3Url
 from rayfleet.cluster.spec.reading import describe_validation_error, load_yaml_mapping
 
 
@@ -127,6 +127,13 @@ class CheckpointSection(Strict):
         description="async: training goes on while a checkpoint is written (its state copied to host memory, a "
                     "background thread writes every rank's shards); it is committed, and reported, once every shard is "
                     "durable, and the next checkpoint and the job's end wait for it. sync: training waits for the write")
+    storage: S3Url | None = Field(
+        default=None, description="s3://BUCKET/PREFIX for this job's checkpoints (any S3-compatible store; credentials "
+                                  "from the nodes' environment or role); default: the fleet's checkpoint_storage, "
+                                  "else the fleet's storage path")
+    endpoint_url: str | None = Field(
+        default=None, description="S3 endpoint for the checkpoints (default: the fleet's checkpoint_endpoint_url "
+                                  "with its storage, else AWS_ENDPOINT_URL or AWS's own)")
 
 
 class FailureSection(Strict):

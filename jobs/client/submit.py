@@ -102,7 +102,8 @@ def run_info(spec: JobSpec, fleet: FleetSpec, storage: str, submission_id: str |
                    workers_per_node=workers_per_node(spec, fleet),
                    peak_tflops=ACCELERATOR_PEAK_TFLOPS.get(fleet.pool(spec.pool).accelerator or "")
                    if device == "cuda" else None,
-                   submission_id=submission_id)
+                   submission_id=submission_id, checkpoint_storage=fleet.checkpoint_storage,
+                   checkpoint_endpoint_url=fleet.checkpoint_endpoint_url)
 
 
 def driver_placement(spec: JobSpec, fleet: FleetSpec) -> dict[str, Any]:

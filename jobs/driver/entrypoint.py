@@ -138,7 +138,7 @@ def main() -> int:
     if step is None:  # Ray Train kept no metrics (e.g. a resumed job already at its last step)
         from rayfleet.jobs.worker import checkpoint
 
-        latest = checkpoint.latest_checkpoint(history.job_dir(run.storage, spec.name))
+        latest = checkpoint.latest_checkpoint(checkpoint.home(history.job_dir(run.storage, spec.name), spec, run))
         step = checkpoint.read_meta(latest)["step"] if latest is not None else None
     history.record(run.storage, spec.name, "finished", submission_id=run.submission_id,
                    state="SUCCEEDED", step=step, loss=metrics.get("loss"))

@@ -21,6 +21,18 @@ In the background mode a save copies the state to host memory and returns; a thr
 (DCP's async_save, on a gloo group of its own, so its collectives never interleave with
 training's) and rank 0 commits when it is written. The next save, and the end of training, wait
 for it first. Checkpoints of the earlier unsharded layout still load (jobs/worker/legacy_checkpoint.py).
+
+On S3 (`checkpoint.storage: s3://...` in the job, or `checkpoint_storage` in the fleet;
+jobs/worker/checkpoint_s3.py) the same writes go to a node-local folder of each rank's own,
+synchronously or in the background as above; each rank then uploads its files under the
+checkpoint's prefix, the ranks agree (an all-reduce on the checkpointer's group) that every upload
+succeeded, and only then rank 0 puts `meta.json` and the `COMMITTED` object, which is the commit
+(S3 has no rename). Loading downloads the committed checkpoint to a node-local folder and reads it
+as above. Ray Train keeps no record of checkpoints on S3 (they are reported without one): resuming
+never needed it, and its run folder stays in the fleet's storage with the job's history. That is a
+choice, not a limit: pyarrow's S3 filesystem, which Ray Train would use, works against moto_server
+too (pyarrow 26.0.1 wrote and listed an object there), but it would only add an S3 round trip per
+report for a record nothing reads.
 """
 from __future__ import annotations
 
@@ -31,10 +43,10 @@ import re
 import shutil
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Union
 
 import torch
 import torch.distributed as dist
@@ -43,6 +55,10 @@ from torch.distributed.checkpoint import FileSystemWriter
 from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
 
+from rayfleet.jobs.client.spec import JobSpec
+from rayfleet.jobs.contract import RunInfo
+from rayfleet.jobs.worker import checkpoint_s3
+from rayfleet.jobs.worker.checkpoint_s3 import S3Path
 from rayfleet.jobs.worker.legacy_checkpoint import is_legacy, load_legacy
 from rayfleet.jobs.worker.parallelize import Parallel
 from rayfleet.jobs.worker.sharded_state import (SafeLoadPlanner, SafeReader, StagingWriter, describe_experts,
@@ -56,31 +72,66 @@ MARKER = "COMMITTED"
 META = "meta.json"
 _NAME = re.compile(rf"^{PREFIX}(\d+)$")
 
+Location = Union[Path, S3Path]
+"""A job's checkpoint folder, a run's or a checkpoint's: on a shared path, or a prefix on S3."""
 
-def _step_of(path: Path) -> int | None:
+
+def _step_of(path: Location) -> int | None:
     match = _NAME.match(path.name)
     return int(match.group(1)) if match else None
 
 
-def checkpoint_dirs(job_dir: Path, committed: bool = True) -> list[Path]:
+def home(job_dir: Path, spec: JobSpec, run: RunInfo) -> Location:
+    """Where a job's checkpoints live: under an `s3://bucket/prefix` when one is chosen (the job's
+    `checkpoint.storage`, else the fleet's `checkpoint_storage`, which its run info carries), else
+    in the job's folder of the fleet's storage (`job_dir`), beside its history."""
+    storage = spec.checkpoint.storage or run.checkpoint_storage
+    if not storage:
+        return job_dir
+    endpoint = spec.checkpoint.endpoint_url or (None if spec.checkpoint.storage else run.checkpoint_endpoint_url)
+    return S3Path.parse(storage, endpoint) / "jobs" / spec.name
+
+
+def checkpoint_dirs(job_dir: Location, committed: bool = True) -> list[Location]:
     """Checkpoints of every run (submission) of a job, oldest step first."""
+    if isinstance(job_dir, S3Path):
+        return [checkpoint for checkpoint, _ in _s3_checkpoints(job_dir, committed)]
     found = [p for p in job_dir.glob(f"{RUNS}/*/{PREFIX}*")
              if _step_of(p) is not None and (not committed or (p / MARKER).exists())]
     return sorted(found, key=lambda p: (_step_of(p) or 0, p.stat().st_mtime))
 
 
-def latest_checkpoint(job_dir: Path) -> Path | None:
+def _s3_checkpoints(job_dir: S3Path, committed: bool) -> list[tuple[S3Path, set[str]]]:
+    """Checkpoints under a job's prefix, oldest step first (the marker's time breaks ties), each
+    with the names of its objects; one paginated LIST for the whole job."""
+    found: dict[str, set[str]] = {}
+    written: dict[str, float] = {}
+    for key, modified in checkpoint_s3.objects(job_dir / RUNS).items():
+        parts = key.split("/")
+        if len(parts) == 3 and _NAME.match(parts[1]):
+            folder = f"{parts[0]}/{parts[1]}"
+            found.setdefault(folder, set()).add(parts[2])
+            if parts[2] == MARKER:
+                written[folder] = modified.timestamp()
+    chosen = [(folder, names) for folder, names in found.items() if not committed or MARKER in names]
+    chosen.sort(key=lambda item: (_step_of(S3Path("", item[0])) or 0, written.get(item[0], 0.0)))
+    return [(job_dir / RUNS / folder, names) for folder, names in chosen]
+
+
+def latest_checkpoint(job_dir: Location) -> Location | None:
     """The newest committed checkpoint of any submission of the job: what a new attempt resumes."""
     found = checkpoint_dirs(job_dir)
     return found[-1] if found else None
 
 
-def run_dir(job_dir: Path, submission_id: str) -> Path:
-    """Ray Train's run folder for one submission; its checkpoints are written here."""
+def run_dir(job_dir: Location, submission_id: str) -> Location:
+    """One submission's run folder (Ray Train's, on a shared path); its checkpoints are written here."""
     return job_dir / RUNS / submission_id
 
 
-def read_meta(path: Path) -> dict[str, Any]:
+def read_meta(path: Location) -> dict[str, Any]:
+    if isinstance(path, S3Path):
+        return json.loads(checkpoint_s3.get(path / META))
     return json.loads((path / META).read_text())
 
 
@@ -88,7 +139,7 @@ def read_meta(path: Path) -> dict[str, Any]:
 class Saved:
     """A committed checkpoint; `stall_s`: how long its save stopped the caller's training."""
 
-    path: Path
+    path: Location
     step: int
     stall_s: float
 
@@ -106,40 +157,96 @@ class Checkpointer:
         # background: one writer for every save, which keeps its host-memory copy of the state
         # between saves (sharded_state.StagingWriter)
         self._writer: StagingWriter | None = None
+        self._uploader: ThreadPoolExecutor | None = None  # S3: uploads after a background write
 
-    def save(self, folder: Path, step: int, meta: dict[str, Any]) -> None:
+    def save(self, folder: Location, step: int, meta: dict[str, Any]) -> None:
         """Collective: start writing the checkpoint of `step` into `folder`. Synchronous: returns
         once every rank's shards are written (rank 0 has committed it). Background: returns once
         the state is copied to host memory. `finish` returns it, committed."""
         if self._pending is not None:
             raise RuntimeError("the previous checkpoint was not finished")
         started = time.perf_counter()
-        path, tmp = folder / f"{PREFIX}{step:08d}", folder / f".tmp-{PREFIX}{step:08d}"
-        if self.par.rank == 0:
-            shutil.rmtree(tmp, ignore_errors=True)  # left by a crash mid-write
-            tmp.mkdir(parents=True)
+        path = folder / f"{PREFIX}{step:08d}"
+        remote = isinstance(path, S3Path)
+        tmp = self._empty_folder(path)
         self._barrier()
         _write_durably(tmp / f"rng-{self.par.rank:05d}.pt", torch.get_rng_state())
         model_state, optim_state = get_state_dict(self.par.model, self.optimizer)
         state = describe_experts(self.par, {"model": model_state, "optim": optim_state})
         # sync_files: DCP fsyncs each rank's files before it reports them written to rank 0
+        # (not needed for a staging folder on S3, whose durability is the upload's)
         if self.background:
             if self._writer is None:
-                self._writer = StagingWriter(tmp, sync_files=True)
+                self._writer = StagingWriter(tmp, sync_files=not remote)
             response = dcp.async_save(state, checkpoint_id=tmp, storage_writer=self._writer,
                                       process_group=self.group, no_dist=self.group is None)
             written: Future = getattr(response, "upload_completion", response)
         else:
             try:
-                dcp.save(state, storage_writer=FileSystemWriter(tmp, sync_files=True), process_group=self.group,
+                dcp.save(state, storage_writer=FileSystemWriter(tmp, sync_files=not remote), process_group=self.group,
                          no_dist=self.group is None)
             except CheckpointException as error:
                 raise _failure(f"checkpoint {path} could not be written", error) from error
             written = Future()
             written.set_result(None)
-        commit = _Commit(tmp, path, {**meta, "step": step, "world": self.par.world}, self.par.rank == 0)
+        full_meta = {**meta, "step": step, "world": self.par.world}
+        commit: _Commit
+        if isinstance(path, S3Path):
+            written = self._uploaded(written, tmp, path)
+            commit = _ObjectCommit(path, full_meta, self.par.rank == 0)
+        else:
+            commit = _FolderCommit(tmp, path, full_meta, self.par.rank == 0)
         written.add_done_callback(commit.when_written)  # rank 0 commits as soon as all is written
         self._pending = _Pending(step, written, commit, time.perf_counter() - started)
+
+    def _empty_folder(self, path: Location) -> Path:
+        """The folder this rank writes checkpoint `path` into, emptied of what a crash mid-write
+        left: on a shared path, the one temporary folder of all ranks (rank 0 makes it); for S3,
+        a node-local folder of each rank's own (and rank 0 deletes a crashed attempt's partial
+        upload of this step)."""
+        if isinstance(path, S3Path):
+            tmp = checkpoint_s3.local_folder(path, "staging", self.par.rank)
+            if self.par.rank == 0:
+                checkpoint_s3.delete_prefix(path)
+        else:
+            tmp = path.parent / f".tmp-{path.name}"
+        if self.par.rank == 0 or isinstance(path, S3Path):
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        return tmp
+
+    def _uploaded(self, written: Future, tmp: Path, path: S3Path) -> Future:
+        """A future done once every rank has uploaded its files of `path` (failed if any rank's
+        write or upload failed): at once when saving synchronously, else on a thread of its own."""
+        if not self.background:
+            uploaded: Future = Future()
+            try:
+                self._upload(written, tmp, path)
+                uploaded.set_result(None)
+            except BaseException as error:  # CheckpointException is a BaseException
+                uploaded.set_exception(error)
+            return uploaded
+        if self._uploader is None:
+            self._uploader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rayfleet-upload")
+        return self._uploader.submit(self._upload, written, tmp, path)
+
+    def _upload(self, written: Future, tmp: Path, path: S3Path) -> None:
+        """Wait for this rank's DCP write, upload its files, and agree with every rank (a
+        collective on the checkpointer's group) that all uploads succeeded; raises if one did not.
+        DCP's own failures are raised on every rank alike, before the agreement."""
+        written.result()
+        failure: BaseException | None = None
+        try:
+            checkpoint_s3.upload_folder(tmp, path)
+        except Exception as error:  # reported to every rank, raised below
+            failure = error
+            log.warning("rank %d could not upload checkpoint %s: %s", self.par.rank, path, error)
+        finally:
+            checkpoint_s3.discard(tmp)
+        failed = _ranks_failed(failure is not None, self.par.rank, self.par.world, self.group)
+        if failed:
+            cause = f"rank {self.par.rank}: {failure}" if failure is not None else "see that rank's log"
+            raise RuntimeError(f"checkpoint {path} could not be uploaded by rank(s) {failed} ({cause})")
 
     def finish(self) -> Saved | None:
         """Collective: wait for the checkpoint being written (None if none) and return it, committed.
@@ -156,9 +263,11 @@ class Checkpointer:
         self._barrier()  # every rank returns only once rank 0 has committed
         return Saved(pending.commit.path, pending.step, pending.stall_s + time.perf_counter() - started)
 
-    def load(self, path: Path) -> dict[str, Any]:
+    def load(self, path: Location) -> dict[str, Any]:
         """Collective: load a committed checkpoint, written on any world size and strategy (or in
         the legacy layout), into this model and optimizer; returns its meta."""
+        if isinstance(path, S3Path):
+            return self._load_from_s3(path)
         meta = read_meta(path)
         if is_legacy(path):
             load_legacy(path, self.par, self.optimizer, meta.get("world"))
@@ -176,6 +285,18 @@ class Checkpointer:
         if meta.get("world") == self.par.world:  # the same ranks' generators continue
             torch.set_rng_state(torch.load(path / f"rng-{self.par.rank:05d}.pt", weights_only=True))
         return meta
+
+    def _load_from_s3(self, path: S3Path) -> dict[str, Any]:
+        """Download the checkpoint (less the other ranks' RNG files) to this rank's node-local
+        folder, load it from there, and delete the copy."""
+        local = checkpoint_s3.local_folder(path, "loading", self.par.rank)
+        shutil.rmtree(local, ignore_errors=True)
+        mine = f"rng-{self.par.rank:05d}.pt"
+        try:
+            checkpoint_s3.download_folder(path, local, lambda name: not name.startswith("rng-") or name == mine)
+            return self.load(local)
+        finally:
+            checkpoint_s3.discard(local)
 
     def _barrier(self) -> None:
         if self.group is not None:
@@ -206,10 +327,10 @@ class _Pending:
 
 
 class _Commit:
-    """Rank 0's commit of one checkpoint, once: meta.json, the rename into place, the marker."""
+    """Rank 0's commit of one checkpoint, once, when every rank's part is written."""
 
-    def __init__(self, tmp: Path, path: Path, meta: dict[str, Any], committer: bool) -> None:
-        self.tmp, self.path, self.meta, self.committer = tmp, path, meta, committer
+    def __init__(self, path: Location, meta: dict[str, Any], committer: bool) -> None:
+        self.path, self.meta, self.committer = path, meta, committer
         self._lock = threading.Lock()
         self._done = not committer
 
@@ -225,12 +346,45 @@ class _Commit:
         with self._lock:
             if self._done:
                 return
-            _write_durably(self.tmp / META, json.dumps(self.meta, indent=1).encode())
-            shutil.rmtree(self.path, ignore_errors=True)
-            os.replace(self.tmp, self.path)
-            _write_durably(self.path / MARKER, str(self.meta["step"]).encode())
-            _fsync_folder(self.path.parent)
+            self._apply()
             self._done = True
+
+    def _apply(self) -> None:
+        raise NotImplementedError
+
+
+class _FolderCommit(_Commit):
+    """On a shared path: meta.json, the rename into place, the marker."""
+
+    def __init__(self, tmp: Path, path: Path, meta: dict[str, Any], committer: bool) -> None:
+        super().__init__(path, meta, committer)
+        self.tmp = tmp
+
+    def _apply(self) -> None:
+        assert isinstance(self.path, Path)
+        _write_durably(self.tmp / META, json.dumps(self.meta, indent=1).encode())
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.replace(self.tmp, self.path)
+        _write_durably(self.path / MARKER, str(self.meta["step"]).encode())
+        _fsync_folder(self.path.parent)
+
+
+class _ObjectCommit(_Commit):
+    """On S3, where every rank's objects are uploaded already: meta.json, then the marker."""
+
+    def _apply(self) -> None:
+        assert isinstance(self.path, S3Path)
+        checkpoint_s3.put(self.path / META, json.dumps(self.meta, indent=1).encode())
+        checkpoint_s3.put(self.path / MARKER, str(self.meta["step"]).encode())
+
+
+def _ranks_failed(failed: bool, rank: int, world: int, group: Any) -> list[int]:
+    """Collective over `group` (none: one process): the ranks whose part failed."""
+    flags = torch.zeros(world, dtype=torch.int32)
+    flags[rank] = int(failed)
+    if group is not None:
+        dist.all_reduce(flags, group=group)
+    return [r for r in range(world) if flags[r]]
 
 
 def _failure(what: str, error: CheckpointException) -> RuntimeError:
@@ -259,14 +413,17 @@ def _fsync_folder(folder: Path) -> None:
         os.close(handle)
 
 
-def prune(job_dir: Path, keep: int, current_run: Path) -> None:
+def prune(job_dir: Location, keep: int, current_run: Location) -> None:
     """Keep the newest `keep` committed checkpoints of the job; drop leftovers.
 
-    Checkpoints inside the current run are Ray Train's to delete (CheckpointConfig.num_to_keep):
-    it records them in its run snapshot and refuses to resume a run whose recorded checkpoints
-    have vanished. So this removes only earlier runs' checkpoints, temporaries and uncommitted
-    folders.
+    On a shared path, checkpoints inside the current run are Ray Train's to delete
+    (CheckpointConfig.num_to_keep): it records them in its run snapshot and refuses to resume a run
+    whose recorded checkpoints have vanished. So this removes only earlier runs' checkpoints,
+    temporaries and uncommitted folders. Ray Train records none on S3: there this keeps `keep` in all.
     """
+    if isinstance(job_dir, S3Path):
+        _prune_s3(job_dir, keep)
+        return
     committed = checkpoint_dirs(job_dir)
     for old in committed[:-keep] if keep else committed:
         if old.parent != current_run:
@@ -278,3 +435,14 @@ def prune(job_dir: Path, keep: int, current_run: Path) -> None:
     for folder in checkpoint_dirs(job_dir, committed=False):
         if not (folder / MARKER).exists():
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _prune_s3(job_dir: S3Path, keep: int) -> None:
+    """Delete all but the newest `keep` committed checkpoints and every uncommitted one (left by a
+    crash mid-upload: rank 0 prunes with no save in flight)."""
+    found = _s3_checkpoints(job_dir, committed=False)
+    committed = [path for path, names in found if MARKER in names]
+    kept = set(committed[-keep:]) if keep else set()
+    for path, names in found:
+        if path not in kept:
+            checkpoint_s3.delete_prefix(path)

@@ -26,12 +26,12 @@ from rayfleet.jobs.worker import checkpoint
 MODEL_FILE, CONFIG_FILE, SOURCE_FILE = "model.safetensors", "config.json", "rayfleet.json"
 
 
-def choose_checkpoint(storage: str | Path, name: str, step: int | None) -> Path:
+def choose_checkpoint(storage: str | Path, name: str, step: int | None) -> checkpoint.Location:
     """The job's newest committed checkpoint, or the one of `step`; NotFound naming what exists."""
-    job_dir = history.job_dir(storage, name)
-    found = checkpoint.checkpoint_dirs(job_dir)
+    where = checkpoint_home(storage, name)
+    found = checkpoint.checkpoint_dirs(where)
     if not found:
-        raise NotFound(f"job {name!r}: no committed checkpoint under {job_dir}; a job writes one every "
+        raise NotFound(f"job {name!r}: no committed checkpoint under {where}; a job writes one every "
                        f"`checkpoint.every` steps (`rayfleet job {name}` shows its progress)")
     if step is None:
         return found[-1]
@@ -42,7 +42,20 @@ def choose_checkpoint(storage: str | Path, name: str, step: int | None) -> Path:
     raise BadInput(f"--step: got {step}: job {name!r} has no committed checkpoint of that step; steps: {steps}")
 
 
-def spec_of(storage: str | Path, name: str, path: Path) -> JobSpec:
+def checkpoint_home(storage: str | Path, name: str) -> checkpoint.Location:
+    """Where the job's checkpoints are, as its newest submission chose (its spec's checkpoint.storage,
+    else the fleet's checkpoint_storage in its run info): the job's folder, or a prefix on S3."""
+    job_dir = history.job_dir(storage, name)
+    submitted = [e for e in history.events(storage, name) if e["event"] == "submitted" and "spec" in e]
+    if not submitted:
+        return job_dir
+    last = submitted[-1]
+    run = RunInfo.from_json(last["run"]) if "run" in last else RunInfo(storage=str(storage), device="cpu",
+                                                                       gpus_per_worker=0)
+    return checkpoint.home(job_dir, JobSpec.model_validate(last["spec"]), run)
+
+
+def spec_of(storage: str | Path, name: str, path: checkpoint.Location) -> JobSpec:
     """The job spec the checkpoint was trained with: its submission's, from the job's history."""
     submission = path.parent.name  # runs/<submission id>/rayfleet-step-N
     submitted = [e for e in history.events(storage, name) if e["event"] == "submitted" and "spec" in e]

@@ -109,7 +109,9 @@ class Trainer:
             device = torch.device("cuda", torch.cuda.current_device())
         self.spec, self.run, self.rank, self.world, self.device = spec, run, rank, world, device
         self.job_dir = job_dir
-        self.run_dir = checkpoint.run_dir(job_dir, run.submission_id)
+        self.run_dir = checkpoint.run_dir(job_dir, run.submission_id)  # Ray Train's, and the metrics'
+        self.checkpoints = checkpoint.home(job_dir, spec, run)  # the job folder, or a prefix on S3
+        self.checkpoint_run = checkpoint.run_dir(self.checkpoints, run.submission_id)
         torch.manual_seed(spec.seed)  # identical initial weights on every rank
         self.config = model_config(spec)
         model = Transformer(self.config)
@@ -152,7 +154,7 @@ class Trainer:
         self.agreement = NoticeAgreement(self.notices, self.world)
 
     def resume(self) -> None:
-        latest = checkpoint.latest_checkpoint(self.job_dir)
+        latest = checkpoint.latest_checkpoint(self.checkpoints)
         if latest is not None:
             meta = self.checkpointer.load(latest)
             self.step = self.checkpoint_step = int(meta["step"])
@@ -338,7 +340,7 @@ class Trainer:
         self.finish_checkpoint(report)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.checkpoint_metrics = {"step": self.step, "loss": self.losses[-1][1] if self.losses else None}
-        self.checkpointer.save(self.run_dir, self.step,
+        self.checkpointer.save(self.checkpoint_run, self.step,
                                {"job": self.spec.name, "submission_id": self.run.submission_id,
                                 "strategy": self.spec.parallelism.strategy,
                                 "data": self.batches.position(self.step)})
@@ -353,7 +355,7 @@ class Trainer:
                            step=self.step, duration_s=round(time.perf_counter() - stalled, 4),
                            mode=self.spec.checkpoint.mode)
 
-    def finish_checkpoint(self, report: Any = None) -> Path | None:
+    def finish_checkpoint(self, report: Any = None) -> checkpoint.Location | None:
         """Wait for the checkpoint being written, if any (a collective); once it is committed,
         prune older ones and report it to Ray Train. Returns its folder."""
         saved = self.checkpointer.finish()
@@ -361,7 +363,7 @@ class Trainer:
             return None
         self.checkpoint_step = saved.step
         if self.rank == 0:
-            checkpoint.prune(self.job_dir, self.spec.checkpoint.keep, self.run_dir)
+            checkpoint.prune(self.checkpoints, self.spec.checkpoint.keep, self.checkpoint_run)
         if report is not None:
             report(self.checkpoint_metrics, saved.path)
         return saved.path
@@ -379,14 +381,16 @@ def _process_started() -> float | None:
 
 
 def _ray_report() -> Any:
-    """A report function registering our committed checkpoint with Ray Train, without copying it."""
+    """A report function registering our committed checkpoint with Ray Train, without copying it
+    (one on S3 is reported without a checkpoint: Ray Train's storage is a local folder)."""
     import ray.train
     from ray.train import Checkpoint
     from ray.train.v2.api.report_config import CheckpointUploadMode
 
-    def report(metrics: dict[str, Any], path: Path) -> None:
+    def report(metrics: dict[str, Any], path: checkpoint.Location) -> None:
         rank = ray.train.get_context().get_world_rank()
-        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(path)) if rank == 0 else None,
+        shared = rank == 0 and isinstance(path, Path)
+        ray.train.report(metrics, checkpoint=Checkpoint.from_directory(str(path)) if shared else None,
                          checkpoint_upload_mode=CheckpointUploadMode.NO_UPLOAD)
 
     return report

@@ -42,6 +42,8 @@ BAD = [
      "pools[0].provider.local.object_store_memory", "at least 80Mi"),
     ("bad head address", GOOD + "head: {address: 'nowhere'}\n", "head.address", "host:port"),
     ("string for a number", GOOD.replace("max_nodes: 4", "max_nodes: four"), "pools[0].max_nodes", "integer"),
+    ("s3 as the storage", GOOD + "storage: s3://bucket/x\n", "storage", "checkpoint_storage"),
+    ("s3 without a bucket", GOOD + "checkpoint_storage: s3:///x\n", "checkpoint_storage", "s3://BUCKET"),
 ]
 
 

@@ -68,6 +68,8 @@ BAD = [
     ("too many workers", {"workers": 64, "data": {"seq_len": 64, "global_batch": 64}}, "workers", "at most 8"),
     ("too many gpus", {"resources": {"gpus": 16}}, "resources.gpus", "at most 8"),
     ("too many cpus", {"resources": {"cpus": 6}}, "resources.cpus", "at most 4"),
+    ("s3 without a bucket", {"checkpoint": {"storage": "s3://"}}, "checkpoint.storage", "s3://BUCKET/PREFIX"),
+    ("checkpoints on a path", {"checkpoint": {"storage": "/mnt/ckpt"}}, "checkpoint.storage", "fleet's storage"),
 ]
 
 

@@ -486,8 +486,14 @@ class FleetSpec(Strict):
         default=None, ge=1,
         description="cut the fleet into cells of at most this many nodes (max_nodes + hot_spares of their "
                     "pools), splitting large pools across cells; with cells: the cap each cell must keep")
-    federation: FederationSpec = Field(
-        default=FederationSpec(), description="a fleet of cells: when a lost cell's jobs move to another cell")
+    federation: FederationSpec | None = Field(
+        default=None, description="a fleet of cells: when a lost cell's jobs move to another cell "
+                                  "(empty: the defaults of its fields)")
+
+    @property
+    def federation_policy(self) -> FederationSpec:
+        """The spec's `federation`, or its defaults (a spec without it renders as before)."""
+        return self.federation or FederationSpec()
 
     @model_validator(mode="after")
     def _consistent(self) -> FleetSpec:

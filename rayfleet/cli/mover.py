@@ -127,7 +127,7 @@ class Mover:
         moved = [p for p in placed.values() if p.get("moved_from") and p["submission_id"] not in self.retired]
         if not watched and not moved:
             return
-        spec = load_fleet_spec(self.fleet.spec_file).federation
+        spec = load_fleet_spec(self.fleet.spec_file).federation_policy
         policy = FederationPolicy(spec.head_lost_wait_s, spec.fault_tolerant_wait_s)
         cells, _ = views(record, held={})  # whether a job leaves does not depend on what others hold
         now = self.clock()

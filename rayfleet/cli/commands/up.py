@@ -92,7 +92,7 @@ def up_cells(spec: FleetSpec, cells: tuple[Cell, ...], file: Path, wait: bool, t
         set_current_fleet(spec.name)
         mover = start_mover(federation)
         console.print(f"federation mover running (pid {mover.pid}): it moves a lost cell's jobs after "
-                      f"{spec.federation.head_lost_wait_s:.0f} s ({spec.federation.fault_tolerant_wait_s:.0f} s "
+                      f"{spec.federation_policy.head_lost_wait_s:.0f} s ({spec.federation_policy.fault_tolerant_wait_s:.0f} s "
                       "with head fault tolerance)")
     if wait:
         begun = time.monotonic()

@@ -214,9 +214,9 @@ def test_the_federation_policy_reaches_no_cell_and_defaults_to_the_decisions_wai
     from rayfleet.cluster.decide.federation import FederationPolicy
 
     spec = FleetSpec.model_validate({**GOOD, "max_nodes_per_cell": 3, "federation": {"head_lost_wait_s": 5}})
-    assert spec.federation.head_lost_wait_s == 5 and spec.federation.fault_tolerant_wait_s == 240
+    assert spec.federation_policy.head_lost_wait_s == 5 and spec.federation_policy.fault_tolerant_wait_s == 240
     assert all(cell.spec.federation == FleetSpec.model_validate(GOOD).federation for cell in fleet_cells(spec))
-    default = FleetSpec.model_validate(GOOD).federation
+    default = FleetSpec.model_validate(GOOD).federation_policy
     policy = FederationPolicy()
     assert (default.head_lost_wait_s, default.fault_tolerant_wait_s) == (policy.head_lost_wait_s,
                                                                         policy.fault_tolerant_wait_s)

@@ -232,11 +232,9 @@ def _cannot_run(job: JobAsk, current: str, cell: CellView | None, policy: Federa
                 now: float) -> str | None:
     if cell is None:
         return f"cell {current} is no longer in the fleet"
-    if job.pool not in cell.pools:
-        return f"cell {current} no longer has pool {job.pool}"
     health = cell.health
-    if health.head_alive:
-        return None
+    if health.head_alive:  # only a head that answers says which pools its cell has
+        return f"cell {current} no longer has pool {job.pool}" if job.pool not in cell.pools else None
     since = now if health.lost_since is None else health.lost_since
     wait = policy.fault_tolerant_wait_s if health.fault_tolerance else policy.head_lost_wait_s
     if now - since < wait:

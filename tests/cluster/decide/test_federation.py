@@ -192,6 +192,15 @@ def test_the_jobs_of_a_lost_cell_move_after_the_wait_each_to_the_room_the_moves_
     assert {r.verdict for r in moves[2].placement.reasons} == {Verdict.REFUSED}  # it waits, saying why
 
 
+def test_a_lost_cell_whose_view_has_no_pools_waits_out_the_policy_like_any_lost_head() -> None:
+    lost = cell_view("a", None, {"alive": False, "fault_tolerant": False, "lost_at": 100.0}, {})
+    assert lost.pools == {}  # its head does not answer: nothing says which pools it has
+    job = [WatchedJob(JobAsk("j", "h100", 1), "a")]
+    assert moves_due(job, [lost, cell("b", free=1)], POLICY, now=159.0) == []
+    [move] = moves_due(job, [lost, cell("b", free=1)], POLICY, now=160.0)
+    assert "head (without fault tolerance) has been lost for 60 s" in move.why
+
+
 def test_a_job_on_a_cell_that_runs_it_or_still_stepping_does_not_move() -> None:
     stays = WatchedJob(JobAsk("b-job", "h100", 1), "b")
     stepping = WatchedJob(JobAsk("fresh", "h100", 1), "a", last_step_at=500.0 - STEPPING_S + 1)

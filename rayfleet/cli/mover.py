@@ -101,6 +101,7 @@ class Mover:
         self.clock = clock
         self.lost_seen: dict[str, float] = {}   # cell -> when this process first saw its head lost
         self.waiting: dict[str, str] = {}       # job -> why no cell takes it (logged when it changes)
+        self.leaving: dict[str, str] = {}       # job -> why it leaves its cell (logged when it changes)
         self.retired: set[str] = set()          # old submissions found ended or stopped
 
     def run(self, stopping: Callable[[], bool]) -> None:
@@ -132,6 +133,7 @@ class Mover:
         cells, _ = views(record, held={})  # whether a job leaves does not depend on what others hold
         now = self.clock()
         cells, self.lost_seen = note_lost(cells, self.lost_seen, now)
+        self.note_leaving(watched, cells, policy, now)
         if moves_due(watched, cells, policy, now):  # where it goes does: read that only when needed
             cells, _ = views(record, held=held_nodes(record))
             cells, self.lost_seen = note_lost(cells, self.lost_seen, now)
@@ -141,6 +143,23 @@ class Mover:
         for entry in moved:
             if entry["moved_from"]["cell"] in alive:
                 self.retire(entry)
+
+    def note_leaving(self, watched: list[Any], cells: Any, policy: Any, now: float) -> None:
+        """Log, once per change, each job whose cell cannot run it, and what its move waits for."""
+        from rayfleet.cluster.decide.federation import STEPPING_S, decide_move
+
+        for job in watched:
+            move = decide_move(job.ask, job.cell, cells, policy, now)
+            if not move.leaves:
+                self.leaving.pop(job.ask.name, None)
+                continue
+            stepping = job.last_step_at is not None and now - job.last_step_at < STEPPING_S
+            note = move.why.split(" has been lost")[0] + ("; its old copy still logs steps" if stepping else "")
+            if self.leaving.get(job.ask.name) != note:
+                self.leaving[job.ask.name] = note
+                log.warning("job %s leaves cell %s: %s", job.ask.name, job.cell, move.why + (
+                    f"; it waits until its old copy stops stepping (last step {now - job.last_step_at:.0f} s ago)"
+                    if stepping else ""))
 
     def watched(self, record: Any) -> tuple[dict[str, dict[str, Any]], list[Any]]:
         """The newest placement of every job, and the unfinished ones as the decisions see them."""

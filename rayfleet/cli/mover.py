@@ -100,7 +100,7 @@ class Mover:
         self.fleet = FleetDir(federation_dir.name, home=federation_dir.parent.parent)
         self.clock = clock
         self.lost_seen: dict[str, float] = {}   # cell -> when this process first saw its head lost
-        self.waiting: dict[str, str] = {}       # job -> why no cell takes it (logged when it changes)
+        self.waiting: dict[str, str] = {}       # job -> why no cell takes it (logged when that changes)
         self.leaving: dict[str, str] = {}       # job -> why it leaves its cell (logged when it changes)
         self.retired: set[str] = set()          # old submissions found ended or stopped
 
@@ -195,10 +195,9 @@ class Mover:
         placement = move.placement
         if placement is None or placement.cell is None:
             reasons = "; ".join(f"{r.cell}: {r.why}" for r in (placement.reasons if placement else ()))
-            why = f"{move.why}; no cell can take it now ({reasons})"
-            if self.waiting.get(move.job) != why:
-                log.warning("job %s waits: %s", move.job, why)
-                self.waiting[move.job] = why
+            if self.waiting.get(move.job) != reasons:  # logged when the cells' reasons change
+                log.warning("job %s waits: %s; no cell can take it now (%s)", move.job, move.why, reasons)
+                self.waiting[move.job] = reasons
             return
         self.waiting.pop(move.job, None)
         cell = record.cell(placement.cell)

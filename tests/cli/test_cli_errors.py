@@ -140,3 +140,12 @@ def test_up_of_one_cluster_refuses_the_name_of_a_fleet_of_cells(tmp_path: Path) 
     line = one_line_error(rayfleet("up", "-f", str(spec), home=tmp_path, timeout=60), 2)
     assert "runs as cells" in line and "rayfleet down --fleet fed" in line
     assert not (tmp_path / "fleets" / "fed" / "head.json").exists()
+
+
+def test_a_bad_federation_wait_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    spec = tmp_path / "cells.yaml"
+    spec.write_text("name: fed\nmax_nodes_per_cell: 1\nfederation: {head_lost_wait_s: -5}\n"
+                    "pools: [{name: h100, accelerator: H100, gpus_per_node: 8, nodes: 2, max_nodes: 2}]\n")
+    line = one_line_error(rayfleet("up", "-f", str(spec), home=tmp_path / "home", timeout=60), 2)
+    assert str(spec) in line and "federation.head_lost_wait_s: got -5" in line and "more than 0" in line, line
+    assert not (tmp_path / "home" / "fleets").exists()

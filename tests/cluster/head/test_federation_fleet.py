@@ -113,6 +113,8 @@ def test_jobs_land_on_different_cells_and_a_lost_cell_costs_the_other_nothing(fe
     words = " ".join(explained.stdout.split())
     assert explained.returncode == 0 and "moved from cell c1" in words and "to cell c2" in words, words
     assert f"over the {WAIT_S:.0f} s the policy waits" in words
+    followed = fed.json("job", "first")  # reaches the cell the job moved to
+    assert followed["submission_id"] == moved["submission_id"] and followed["state"] == "SUCCEEDED", followed
     events = fed.json("events", "--kind", "move")
     assert [(e["kind"], e["reason"]) for e in events] == [("move", moved["why"])]
 

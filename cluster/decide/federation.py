@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, Mapping, Sequence
 
+from rayfleet.cluster.decide.events import Event
+
 
 @dataclass(frozen=True, slots=True)
 class CellHealth:
@@ -175,15 +177,64 @@ def decide_move(job: JobAsk, current: str, cells: Sequence[CellView], policy: Fe
     return Move(job.name, current, True, why, place(job, others))
 
 
+STEPPING_S = 15.0
+"""A job whose rank 0 logged a step this recently is alive wherever it runs, and is never moved: its
+old workers may train on for a while after their head is lost (until their raylet gives up on the
+GCS), and two copies of one job must never train at once. The same window as the controller's own
+resubmission of a lost driver (jobs/supervision/resubmit.py)."""
+
+
+@dataclass(frozen=True, slots=True)
+class WatchedJob:
+    """An unfinished job of the federation: where its newest placement put it, and when its rank 0
+    last logged a step (None: never, or not known)."""
+
+    ask: JobAsk
+    cell: str
+    last_step_at: float | None = None
+
+
+def moves_due(jobs: Sequence[WatchedJob], cells: Sequence[CellView], policy: FederationPolicy,
+              now: float) -> list[Move]:
+    """The moves to make now, in the jobs' order: each job whose cell cannot run it and whose old
+    copy has stopped stepping, placed on the capacity the moves before it left. A move whose
+    placement has no cell waits (its reasons say why each cell refused)."""
+    moves, current = [], tuple(cells)
+    for job in jobs:
+        move = decide_move(job.ask, job.cell, current, policy, now)
+        if not move.leaves:
+            continue
+        if job.last_step_at is not None and now - job.last_step_at < STEPPING_S:
+            continue  # its old workers still train; moving now would run it twice
+        moves.append(move)
+        if move.placement is not None and move.placement.cell is not None:
+            current = reserve(current, job.ask.pool, move.placement)
+    return moves
+
+
+def note_lost(cells: Sequence[CellView], seen: Mapping[str, float], now: float
+              ) -> tuple[tuple[CellView, ...], dict[str, float]]:
+    """The views with a lost head's `lost_since` filled in from when the watcher first saw it lost
+    (`seen`: cell -> that time), for a head whose supervisor recorded no time (gone with it, or a
+    head rayfleet did not start); and the new `seen`, which forgets cells that answer again. A
+    watcher that restarts starts these clocks again: it waits longer, never less."""
+    out, lost = [], {}
+    for cell in cells:
+        if not cell.health.head_alive:
+            lost[cell.name] = seen.get(cell.name, now)
+            if cell.health.lost_since is None:
+                cell = dataclasses.replace(cell, health=dataclasses.replace(cell.health, lost_since=lost[cell.name]))
+        out.append(cell)
+    return tuple(out), lost
+
+
 def _cannot_run(job: JobAsk, current: str, cell: CellView | None, policy: FederationPolicy,
                 now: float) -> str | None:
     if cell is None:
         return f"cell {current} is no longer in the fleet"
-    if job.pool not in cell.pools:
-        return f"cell {current} no longer has pool {job.pool}"
     health = cell.health
-    if health.head_alive:
-        return None
+    if health.head_alive:  # only a head that answers says which pools its cell has
+        return f"cell {current} no longer has pool {job.pool}" if job.pool not in cell.pools else None
     since = now if health.lost_since is None else health.lost_since
     wait = policy.fault_tolerant_wait_s if health.fault_tolerance else policy.head_lost_wait_s
     if now - since < wait:
@@ -260,3 +311,16 @@ def placement_json(placement: Placement) -> dict[str, Any]:
     """A placement as the federation's folder keeps it and `rayfleet explain` reads it."""
     return {"job": placement.job, "cell": placement.cell, "nodes": placement.nodes, "grow_by": placement.grow_by,
             "reasons": [{"cell": r.cell, "verdict": r.verdict.value, "why": r.why} for r in placement.reasons]}
+
+
+def placement_event(entry: Mapping[str, Any]) -> Event:
+    """A placement or a move, as read back from the federation's folder, as `rayfleet events`
+    lists it: a move's reason is the cell it left and why; a placement's, why its cell ranked first."""
+    chosen = next((r["why"] for r in entry.get("reasons", ()) if r["verdict"] == Verdict.CHOSEN.value), "")
+    moved = entry.get("moved_from")
+    if moved:
+        return Event(entry["at"], "move", f"job {entry['job']} moved from cell {moved['cell']} to cell "
+                     f"{entry['cell']} as {entry['submission_id']}, resuming from its newest checkpoint",
+                     pool=entry.get("pool"), reason=entry.get("why", ""))
+    return Event(entry["at"], "place", f"job {entry['job']} placed on cell {entry['cell']} as "
+                 f"{entry['submission_id']}", pool=entry.get("pool"), reason=chosen)

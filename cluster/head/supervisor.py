@@ -308,10 +308,10 @@ def head_in_progress(fleet_dir: Path) -> bool:
     return not head.get("gave_up") and not (head.get("lost_at") and not state.get("fault_tolerant"))
 
 
-def hold_lock(fleet_dir: Path) -> int | None:
-    """Take the fleet's supervisor lock and write this pid into it; None if another supervisor
-    holds it. The lock goes with the process, however it ends."""
-    fd = os.open(fleet_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+def hold_lock(fleet_dir: Path, name: str = LOCK) -> int | None:
+    """Take the fleet's supervisor lock (or another process's lock `name` in the folder) and write
+    this pid into it; None if another process holds it. The lock goes with the process, however it ends."""
+    fd = os.open(fleet_dir / name, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -46,6 +46,7 @@ def _base(spec: FleetSpec) -> dict[str, Any]:
     data = spec.model_dump()
     data.pop("cells")
     data.pop("max_nodes_per_cell")
+    data.pop("federation")  # the federation's, not a cell's
     return data
 
 

@@ -466,6 +466,20 @@ class CellSpec(Strict):
         return HeadSpec._host_port(value)
 
 
+class FederationSpec(Strict):
+    """How the federation of a fleet of cells treats a lost cell (cluster/decide/federation.py's
+    `decide_move`, applied by the federation's mover, rayfleet/cli/mover.py). Unused by one cell."""
+
+    head_lost_wait_s: float = Field(
+        default=60.0, gt=0, le=86400,
+        description="how long a cell's head may stay lost (fault tolerance off) before its jobs move to another "
+                    "cell, resuming from their newest checkpoint")
+    fault_tolerant_wait_s: float = Field(
+        default=240.0, gt=0, le=86400,
+        description="the same wait for a cell whose head has fault tolerance (it may come back with its jobs); "
+                    "twice head.fault_tolerance.reconnect_timeout_s by default")
+
+
 MAX_NAME_LENGTH = 32
 """NAME_PATTERN's limit: a cell's fleet name `<fleet>-<cell>` must keep within it too."""
 
@@ -495,6 +509,14 @@ class FleetSpec(Strict):
         default=None, ge=1,
         description="cut the fleet into cells of at most this many nodes (max_nodes + hot_spares of their "
                     "pools), splitting large pools across cells; with cells: the cap each cell must keep")
+    federation: FederationSpec | None = Field(
+        default=None, description="a fleet of cells: when a lost cell's jobs move to another cell "
+                                  "(empty: the defaults of its fields)")
+
+    @property
+    def federation_policy(self) -> FederationSpec:
+        """The spec's `federation`, or its defaults (a spec without it renders as before)."""
+        return self.federation or FederationSpec()
 
     @field_validator("storage")
     @classmethod

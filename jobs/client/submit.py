@@ -165,7 +165,8 @@ def submit(conn: Connection, spec: JobSpec, path: str | Path) -> str:
     through_failover(conn, lambda client, attempt: launch(client, attempt, spec, run, python, placement, path))
     history.record(storage, spec.name, "submitted", submission_id=submission_id, pool=spec.pool,
                    strategy=spec.parallelism.strategy, steps=spec.steps, spec=spec.model_dump(mode="json"),
-                   run=run.to_json(), placement=placement, user=os.environ.get("USER", ""))
+                   run=run.to_json(), placement=placement, user=os.environ.get("USER", ""),
+                   fleet=conn.fleet.name)  # the cluster that owns it now (resubmit.orphans reads it)
     return submission_id
 
 

@@ -98,8 +98,10 @@ class JobSupervision:
             client = JobSubmissionClient(dashboard)
             ray_jobs = {info.submission_id: str(info.status.value) for info in client.list_jobs()
                         if info.submission_id}
-            for orphan in resubmit.orphans(storage, ray_jobs, resubmit.dead_drivers(gcs.actors(done.client))):
-                submitted = resubmit.resubmit(client, storage, orphan, python_for(done.spec.capabilities))
+            dead = resubmit.dead_drivers(gcs.actors(done.client))
+            for orphan in resubmit.orphans(storage, ray_jobs, dead, fleet=done.spec.name):
+                submitted = resubmit.resubmit(client, storage, orphan, python_for(done.spec.capabilities),
+                                              fleet=done.spec.name)
                 kind, message = ("resubmit", f"job {orphan.job} lost its driver; resubmitted as {submitted}") \
                     if submitted else ("failed", f"job {orphan.job} lost its driver too often; given up")
                 done.record([Event(time.time(), kind, message, reason="driver lost")])

@@ -31,45 +31,51 @@ def job_fleet(fleet_name: Optional[str], ident: str) -> Optional[str]:
     return placement["cell_fleet"]
 
 
-def views(record: FederationRecord, job_pool: str) -> tuple[list[CellView], dict[str, Any]]:
-    """Each cell as placement sees it, and the cell fleets' specs (for workers per node)."""
+def views(record: FederationRecord, job_pool: str | None = None,
+          held: dict[str, dict[str, int]] | None = None) -> tuple[list[CellView], dict[str, Any]]:
+    """Each cell as placement sees it, and the cell fleets' specs (for workers per node).
+    `job_pool`: count only that pool's held nodes; `held`: the nodes held, if already read."""
     from rayfleet.cli.commands.status import cell_status
     from rayfleet.cluster.spec.fleet import load_fleet_spec
 
-    held = _held_nodes(record, job_pool)
+    held = held_nodes(record) if held is None else held
     out, specs = [], {}
     for cell in record.cells:
         doc = cell_status(cell.fleet)
         status = None if "error" in doc else doc
-        out.append(cell_view(cell.name, status, doc.get("head"), {job_pool: held.get(cell.fleet, 0)}
-                             if status is not None else {}))
+        busy = held.get(cell.fleet, {})
+        if job_pool is not None:
+            busy = {job_pool: busy.get(job_pool, 0)}
+        out.append(cell_view(cell.name, status, doc.get("head"), busy if status is not None else {}))
         spec_file = FleetDir(cell.fleet).spec_file
         if spec_file.exists():
             specs[cell.name] = load_fleet_spec(spec_file)
     return out, specs
 
 
-def _held_nodes(record: FederationRecord, pool: str) -> dict[str, int]:
-    """Nodes of the job's pool that each cell's unfinished jobs hold: a placed job's nodes as its
-    placement counted them, one for a job submitted to the cell directly."""
+def held_nodes(record: FederationRecord) -> dict[str, dict[str, int]]:
+    """Nodes that each cell's unfinished jobs hold, per cell fleet and pool: a placed job's nodes as
+    its placement counted them, one for a job submitted to the cell directly. A cell that does not
+    answer holds nothing (placement refuses it anyway)."""
     from rayfleet.cluster.rayio.connection import connect
     from rayfleet.jobs.client.submit import TERMINAL, job_client, rayfleet_jobs
 
     fleet = FleetDir(record.fleet)
     nodes_of = {p.get("submission_id"): p["nodes"] for p in placements(fleet)}
-    held: dict[str, int] = {}
+    held: dict[str, dict[str, int]] = {}
     for cell in record.cells:
         try:
             jobs = rayfleet_jobs(job_client(connect(cell.fleet)))
         except FleetNotRunning:
             continue
         seen = set()
+        pools = held.setdefault(cell.fleet, {})
         for job in jobs:
             if job["job"] in seen:
                 continue
             seen.add(job["job"])
-            if job["status"] not in TERMINAL and job.get("pool") == pool:
-                held[cell.fleet] = held.get(cell.fleet, 0) + nodes_of.get(job["submission_id"], 1)
+            if job["status"] not in TERMINAL and job.get("pool"):
+                pools[job["pool"]] = pools.get(job["pool"], 0) + nodes_of.get(job["submission_id"], 1)
     return held
 
 

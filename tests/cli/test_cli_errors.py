@@ -2,6 +2,7 @@
 traceback, the documented exit code (1 failed, 2 bad input). No Ray is started here."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -76,7 +77,6 @@ def test_version_names_rayfleet_ray_and_torch_as_installed(tmp_path: Path) -> No
 
 def _federation_folder(home: Path) -> None:
     """A fleet of two cells that is down: the federation's record and each cell's folder."""
-    import json
 
     for cell in ("fed-c1", "fed-c2"):
         fleet_folder(home, cell)
@@ -92,11 +92,39 @@ def test_a_fleet_of_cells_that_is_down_names_each_cell(tmp_path: Path, command: 
     assert "no cell answers" in line and "fleet fed-c1 is down" in line and "fleet fed-c2 is down" in line
 
 
-@pytest.mark.parametrize("command", [["events"], ["scale", "h100", "--nodes", "1"]])
+@pytest.mark.parametrize("command", [["scale", "h100", "--nodes", "1"], ["health"]])
 def test_a_command_of_one_cluster_given_a_fleet_of_cells_asks_for_a_cell(tmp_path: Path, command: list[str]) -> None:
     _federation_folder(tmp_path)
     line = one_line_error(rayfleet(*command, home=tmp_path, timeout=60), 2)
     assert "is 2 cells" in line and "fed-c1, fed-c2" in line and "--fleet" in line
+
+
+MOVE = {"job": "first", "cell": "c2", "cell_fleet": "fed-c2", "pool": "h100", "nodes": 1, "grow_by": 0,
+        "submission_id": "first-2", "at": 1000.0,
+        "why": "cell c1's head (without fault tolerance) has been lost for 12 s, over the 10 s the policy waits",
+        "moved_from": {"cell": "c1", "cell_fleet": "fed-c1", "submission_id": "first-1"},
+        "reasons": [{"cell": "c2", "verdict": "chosen", "why": "pool h100: 1 free nodes for 1, fits on free nodes now"}]}
+PLACE = {"job": "first", "cell": "c1", "cell_fleet": "fed-c1", "pool": "h100", "nodes": 1, "grow_by": 0,
+         "submission_id": "first-1", "at": 900.0,
+         "reasons": [{"cell": "c1", "verdict": "chosen", "why": "pool h100: 1 free nodes for 1"},
+                     {"cell": "c2", "verdict": "passed over", "why": "c1 ranks first: name order (a tie)"}]}
+
+
+def test_events_of_a_fleet_of_cells_list_its_placements_and_moves_with_their_reasons(tmp_path: Path) -> None:
+    _federation_folder(tmp_path)
+    (tmp_path / "fleets" / "fed" / "placements.jsonl").write_text(
+        "\n".join(json.dumps(entry) for entry in (PLACE, MOVE)) + "\n")
+    result = rayfleet("events", "-o", "json", home=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = json.loads(result.stdout)
+    assert [(e["kind"], e["pool"]) for e in events] == [("place", "h100"), ("move", "h100")]
+    assert "moved from cell c1 to cell c2 as first-2" in events[1]["message"] and events[1]["reason"] == MOVE["why"]
+    table = rayfleet("events", "--kind", "move", home=tmp_path, timeout=60)
+    words = " ".join(table.stdout.split())  # the table folds long cells
+    assert table.returncode == 0 and "cell c1 does not answer" in words and "lost for 12" in words, words
+    explained = rayfleet("explain", "first", home=tmp_path, timeout=60)  # the cell is down: the record still says why
+    assert explained.returncode == 0, explained.stdout + explained.stderr
+    assert "moved from cell c1 (submission first-1) to cell c2" in explained.stdout and "lost for 12 s" in explained.stdout
 
 
 def test_a_job_no_cell_was_given_is_not_looked_for_in_the_cells(tmp_path: Path) -> None:
@@ -112,3 +140,12 @@ def test_up_of_one_cluster_refuses_the_name_of_a_fleet_of_cells(tmp_path: Path) 
     line = one_line_error(rayfleet("up", "-f", str(spec), home=tmp_path, timeout=60), 2)
     assert "runs as cells" in line and "rayfleet down --fleet fed" in line
     assert not (tmp_path / "fleets" / "fed" / "head.json").exists()
+
+
+def test_a_bad_federation_wait_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    spec = tmp_path / "cells.yaml"
+    spec.write_text("name: fed\nmax_nodes_per_cell: 1\nfederation: {head_lost_wait_s: -5}\n"
+                    "pools: [{name: h100, accelerator: H100, gpus_per_node: 8, nodes: 2, max_nodes: 2}]\n")
+    line = one_line_error(rayfleet("up", "-f", str(spec), home=tmp_path / "home", timeout=60), 2)
+    assert str(spec) in line and "federation.head_lost_wait_s: got -5" in line and "more than 0" in line, line
+    assert not (tmp_path / "home" / "fleets").exists()

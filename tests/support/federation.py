@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
+from rayfleet.cli.mover import mover_process, stop_mover
+from rayfleet.cluster.head.fleetdir import FleetDir
 from tests.support.fleet import Fleet, tear_down, write_spec
 
 
@@ -45,6 +47,10 @@ class Federation:
         """`rayfleet jobs -o json`: cell name -> job name -> its row."""
         return {cell["name"]: {row["job"]: row for row in cell["jobs"]} for cell in self.json("jobs")["cells"]}
 
+    def mover(self) -> Any:
+        """The federation's running mover process (an Owned), or None."""
+        return mover_process(self.home / "fleets" / self.name)
+
     def placements(self) -> list[dict[str, Any]]:
         path = self.home / "fleets" / self.name / "placements.jsonl"
         return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -60,5 +66,6 @@ def running_federation(tmp: Path, name: str, pools: list[dict[str, Any]], **extr
     finally:
         down = federation.cli("down", timeout=300)
         if down.returncode and (federation.home / "fleets" / name / "federation.json").exists():
-            for cell in federation.cells():  # `down` failed: stop what each cell's own records name
+            stop_mover(FleetDir(name, home=federation.home))  # `down` failed: stop what the records name
+            for cell in federation.cells():
                 tear_down(cell)

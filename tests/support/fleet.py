@@ -59,8 +59,11 @@ class Fleet:
         return json.loads((self.dir / "head.json").read_text())
 
     def job_dir(self, job: str) -> Path:
-        """The job's folder in the fleet's storage: its history and a run folder per submission."""
-        return history.job_dir(self.dir / "storage", job)
+        """The job's folder in the fleet's storage (the one its `up` recorded: the cells of a
+        federation share one): its history and a run folder per submission."""
+        runtime = self.dir / "runtime.json"
+        storage = json.loads(runtime.read_text()).get("storage") if runtime.exists() else None
+        return history.job_dir(storage or self.dir / "storage", job)
 
     def wait_ready(self, timeout: float = 180) -> dict[str, Any]:
         def ready() -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ import typer
 from rayfleet.cluster.rayio import gcs
 from rayfleet.cli.completion import complete_fleet
 from rayfleet.cli.app import app
+from rayfleet.cli.mover import stop_mover
 from rayfleet.cli.output import console
 from rayfleet.cluster.rayio.connection import ray_driver, use_token
 from rayfleet.cluster.loop.controller import stop_controller
@@ -28,13 +29,14 @@ def down(fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet n
     if record is None:
         down_fleet(fleet)
         return
+    stop_mover(fleet)  # first: nothing moves while the cells go down
     with fleet.lock():
         for cell in record.cells:
             cell_fleet = FleetDir(cell.fleet)
             if cell_fleet.exists():
                 console.print(f"[bold]cell {cell.name}[/] (fleet {cell.fleet})")
                 down_fleet(cell_fleet)
-        forget_federation(fleet)  # its cells are down; placements.jsonl stays, as a cell's storage does
+        forget_federation(fleet)  # its cells are down; placements.jsonl and the shared storage stay
         if current_fleet_name() == fleet.name:
             set_current_fleet(None)
     console.print(f"fleet {fleet.name} is down: {len(record.cells)} cells")

@@ -1,6 +1,7 @@
 """`rayfleet events`: the controller's decisions, each with its reason."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import re
 from typing import Iterable, Optional
@@ -10,6 +11,10 @@ from rich.table import Table
 
 from rayfleet.cli.completion import complete_fleet, complete_pool
 from rayfleet.cli.app import app
+from rayfleet.cli.cells import federation
+from rayfleet.cluster.head.federation_record import FederationRecord
+from rayfleet.cluster.head.fleetdir import FleetDir
+from rayfleet.errors import FleetNotRunning
 from rayfleet.cli.output import Format, console, emit, short_instance, table
 from rayfleet.cluster.rayio.connection import connect
 from rayfleet.cluster.decide.events import Event
@@ -24,20 +29,47 @@ def events(
     fleet_name: Optional[str] = typer.Option(None, "--fleet", help="fleet name (default: current)",
                                              autocompletion=complete_fleet),
 ) -> None:
-    """List launches, replacements, drains and scaling decisions with the reason for each."""
-    conn = connect(fleet_name)
-    matching = [event for event in conn.store.events()
+    """List launches, replacements, drains and scaling decisions with the reason for each. A fleet
+    of cells lists the federation's placements and moves and every answering cell's events."""
+    record = federation(fleet_name)
+    if record is None:
+        conn = connect(fleet_name)
+        found, name, silent = conn.store.events(), conn.fleet.name, []
+    else:
+        (found, silent), name = federated_events(record), record.fleet
+    matching = [event for event in found
                 if (pool is None or event.pool == pool) and (kind is None or event.kind == kind)]
     chosen = matching[-limit:] if limit > 0 else []
     if emit([event.to_json() for event in chosen], output):
         return
+    for cell, error in silent:
+        console.print(f"cell {cell} does not answer, its own events are not shown: {error}", style="dim")
     if not chosen:
         console.print("no events yet" + (" matching the filters" if pool or kind else ""))
         return
-    console.print(events_table(chosen, conn.fleet.name))
+    console.print(events_table(chosen, name))
     if len(matching) > len(chosen):  # said under the table; -o json stays a plain list
         console.print(f"the newest {len(chosen)} of {len(matching)} events; `--limit {len(matching)}` shows them all",
                       style="dim")
+
+
+def federated_events(record: FederationRecord) -> tuple[list[Event], list[tuple[str, str]]]:
+    """The federation's own decisions (each placement and move, from placements.jsonl) and each
+    answering cell's events, its messages prefixed with the cell, oldest first; and the cells that
+    do not answer, each with its error."""
+    from rayfleet.cluster.decide.federation import placement_event
+    from rayfleet.cluster.head.federation_record import placements
+
+    found = [placement_event(entry) for entry in placements(FleetDir(record.fleet))]
+    silent = []
+    for cell in record.cells:
+        try:
+            cell_events = connect(cell.fleet).store.events()
+        except FleetNotRunning as error:  # a lost cell: the federation's events say what became of its jobs
+            silent.append((cell.name, str(error)))
+            continue
+        found += [dataclasses.replace(e, message=f"cell {cell.name}: {e.message}") for e in cell_events]
+    return sorted(found, key=lambda event: event.time), silent
 
 
 def events_table(chosen: Iterable[Event], fleet: str) -> Table:

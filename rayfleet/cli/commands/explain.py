@@ -107,5 +107,10 @@ def placement_lines(placed: dict[str, Any]) -> list[str]:
     """Why the federation put the job on its cell, and why not on each other cell."""
     lines = [f"{placed['job']} was placed on cell {placed['cell']} (fleet {placed['cell_fleet']}), "
              f"submission {placed['submission_id']}:"]
+    moved = placed.get("moved_from")
+    if moved:
+        lines = [f"{placed['job']} was moved from cell {moved['cell']} (submission {moved['submission_id']}) to "
+                 f"cell {placed['cell']} (fleet {placed['cell_fleet']}), submission {placed['submission_id']}, "
+                 f"resuming from its newest checkpoint, because {placed['why']}; there:"]
     lines += [f"  cell {r['cell']}: {r['verdict']}: {r['why']}" for r in placed["reasons"]]
     return lines

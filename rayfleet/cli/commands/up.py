@@ -1,6 +1,7 @@
 """`rayfleet up -f FLEET.yaml`: start (or re-apply) a fleet and wait until its pools are ready."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -12,6 +13,7 @@ import yaml
 
 from rayfleet.cluster.rayio import gcs
 from rayfleet.cli.app import app
+from rayfleet.cli.mover import start_mover
 from rayfleet.cli.output import console
 from rayfleet.cli.progress import wait_for_pools
 from rayfleet.cluster.rayio.connection import ray_driver, use_token
@@ -76,6 +78,7 @@ def up_cells(spec: FleetSpec, cells: tuple[Cell, ...], file: Path, wait: bool, t
     if federation.read_head() is not None:
         raise BadInput(f"{file}: cells: fleet {spec.name} runs as one Ray cluster; `rayfleet down --fleet {spec.name}` "
                        "first, then `up` starts it as cells")
+    cells = shared_storage(spec, cells, federation)
     with federation.lock():
         record = FederationRecord(spec.name, tuple(CellRecord(c.name, c.spec.name) for c in cells))
         write_federation(federation, record)  # first: a crash halfway leaves what `down` must stop
@@ -87,6 +90,10 @@ def up_cells(spec: FleetSpec, cells: tuple[Cell, ...], file: Path, wait: bool, t
             text = yaml.safe_dump(cell.spec.model_dump(mode="json"), sort_keys=False)
             started.append(up_fleet(cell.spec, file, spec_text=text, current=False))
         set_current_fleet(spec.name)
+        mover = start_mover(federation)
+        console.print(f"federation mover running (pid {mover.pid}): it moves a lost cell's jobs after "
+                      f"{spec.federation_policy.head_lost_wait_s:.0f} s ({spec.federation_policy.fault_tolerant_wait_s:.0f} s "
+                      "with head fault tolerance)")
     if wait:
         begun = time.monotonic()
         for cell, (store, _) in zip(cells, started):
@@ -94,6 +101,17 @@ def up_cells(spec: FleetSpec, cells: tuple[Cell, ...], file: Path, wait: bool, t
             wait_for_pools(store, cell.spec.name, max(1.0, timeout - (time.monotonic() - begun)))
         console.print(f"fleet {spec.name} ready in {time.monotonic() - begun:.1f}s: {len(cells)} cells "
                       f"({', '.join(c.spec.name for c in cells)}); `rayfleet status` shows them")
+
+
+def shared_storage(spec: FleetSpec, cells: tuple[Cell, ...], federation: FleetDir) -> tuple[Cell, ...]:
+    """The cells with one checkpoint storage: the spec's `storage`, else on a provider whose nodes
+    run on this machine the federation's own folder (`fleets/<fleet>/storage`), so a job moved to
+    another cell resumes from its newest checkpoint. Elsewhere a spec without `storage` leaves each
+    cell its own, and a moved job starts again from step 0."""
+    shared = spec.storage or (str(federation.storage_dir) if spec.capabilities.nodes_on_this_machine else None)
+    if shared is None:
+        return cells
+    return tuple(dataclasses.replace(cell, spec=cell.spec.model_copy(update={"storage": shared})) for cell in cells)
 
 
 def up_fleet(spec: FleetSpec, file: Path, spec_text: str | None = None,

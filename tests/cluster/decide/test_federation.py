@@ -6,8 +6,9 @@ import itertools
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rayfleet.cluster.decide.federation import (CellHealth, CellView, FederationPolicy, JobAsk, Placement, PoolCapacity,
-                                                Verdict, cell_view, decide_move, place, place_all)
+from rayfleet.cluster.decide.federation import (STEPPING_S, CellHealth, CellView, FederationPolicy, JobAsk, Placement,
+                                                PoolCapacity, Verdict, WatchedJob, cell_view, decide_move, moves_due,
+                                                note_lost, place, place_all, placement_event)
 from tests.support.cells import cell
 
 JOB = JobAsk("train", "h100", workers=4)
@@ -175,3 +176,58 @@ def test_a_cell_without_status_or_with_a_lost_head_is_refused() -> None:
     assert {r.cell: r.verdict for r in placement.reasons} == {"a": Verdict.REFUSED, "b": Verdict.REFUSED,
                                                               "c": Verdict.CHOSEN}
     assert lost.health.lost_since == 5.0
+
+
+# The mover's round (rayfleet/cli/mover.py): which of the federation's unfinished jobs move now.
+LOST_A = [cell("a", free=0, nodes=2, alive=False, lost_since=100.0), cell("b", free=1, max_nodes=1),
+          cell("c", free=1, max_nodes=1)]
+
+
+def test_the_jobs_of_a_lost_cell_move_after_the_wait_each_to_the_room_the_moves_before_it_left() -> None:
+    jobs = [WatchedJob(JobAsk(name, "h100", 1), "a") for name in ("j1", "j2", "j3")]
+    assert moves_due(jobs, LOST_A, POLICY, now=159.0) == []
+    moves = moves_due(jobs, LOST_A, POLICY, now=160.0)
+    assert [(m.job, m.placement.cell) for m in moves] == [("j1", "b"), ("j2", "c"), ("j3", None)]
+    assert all(m.leaves and "lost for 60 s" in m.why for m in moves)
+    assert {r.verdict for r in moves[2].placement.reasons} == {Verdict.REFUSED}  # it waits, saying why
+
+
+def test_a_lost_cell_whose_view_has_no_pools_waits_out_the_policy_like_any_lost_head() -> None:
+    lost = cell_view("a", None, {"alive": False, "fault_tolerant": False, "lost_at": 100.0}, {})
+    assert lost.pools == {}  # its head does not answer: nothing says which pools it has
+    job = [WatchedJob(JobAsk("j", "h100", 1), "a")]
+    assert moves_due(job, [lost, cell("b", free=1)], POLICY, now=159.0) == []
+    [move] = moves_due(job, [lost, cell("b", free=1)], POLICY, now=160.0)
+    assert "head (without fault tolerance) has been lost for 60 s" in move.why
+
+
+def test_a_job_on_a_cell_that_runs_it_or_still_stepping_does_not_move() -> None:
+    stays = WatchedJob(JobAsk("b-job", "h100", 1), "b")
+    stepping = WatchedJob(JobAsk("fresh", "h100", 1), "a", last_step_at=500.0 - STEPPING_S + 1)
+    quiet = WatchedJob(JobAsk("quiet", "h100", 1), "a", last_step_at=500.0 - STEPPING_S)
+    assert [m.job for m in moves_due([stays, stepping, quiet], LOST_A, POLICY, now=500.0)] == ["quiet"]
+
+
+def test_a_head_lost_without_a_recorded_time_is_timed_from_when_the_watcher_first_saw_it() -> None:
+    silent = [cell("a", free=0, nodes=1, alive=False), cell("b", free=1)]  # no supervisor time
+    views, seen = note_lost(silent, {}, now=10.0)
+    assert seen == {"a": 10.0} and views[0].health.lost_since == 10.0
+    views, seen = note_lost(silent, seen, now=50.0)
+    assert views[0].health.lost_since == 10.0
+    job = [WatchedJob(JobAsk("j", "h100", 1), "a")]
+    assert moves_due(job, views, POLICY, now=69.0) == [] and len(moves_due(job, views, POLICY, now=70.0)) == 1
+    recorded = [cell("a", free=0, nodes=1, alive=False, lost_since=3.0)]
+    assert note_lost(recorded, seen, now=50.0)[0][0].health.lost_since == 3.0  # the supervisor's time wins
+    assert note_lost([cell("a", free=1)], seen, now=60.0)[1] == {}  # back: its clock is forgotten
+
+
+def test_a_move_and_a_placement_read_back_as_events_with_their_reasons() -> None:
+    placed = {"job": "j", "cell": "a", "submission_id": "j-1", "pool": "h100", "at": 5.0,
+              "reasons": [{"cell": "a", "verdict": "chosen", "why": "fits on free nodes now"}]}
+    event = placement_event(placed)
+    assert (event.kind, event.pool, event.reason) == ("place", "h100", "fits on free nodes now")
+    moved = {**placed, "cell": "b", "submission_id": "j-2", "why": "cell a's head ... over the 60 s",
+             "moved_from": {"cell": "a", "cell_fleet": "f-a", "submission_id": "j-1"}}
+    event = placement_event(moved)
+    assert event.kind == "move" and "moved from cell a to cell b as j-2" in event.message
+    assert event.reason == "cell a's head ... over the 60 s"

@@ -149,6 +149,12 @@ BAD: list[tuple[str, dict[str, Any], str, str]] = [
     ("one head address for cells", {"head": {"address": "10.0.0.5:6379"}, "max_nodes_per_cell": 3}, "head.address",
      "head_address"),
     ("a typo in a cell", {"cells": [{"name": "x", "pool": ["h100"]}]}, "cells[0].pool", "did you mean 'pools'"),
+    ("a zero wait for a lost head", {"max_nodes_per_cell": 3, "federation": {"head_lost_wait_s": 0}},
+     "federation.head_lost_wait_s", "must be more than 0"),
+    ("a wait that is not a number", {"max_nodes_per_cell": 3, "federation": {"fault_tolerant_wait_s": "soon"}},
+     "federation.fault_tolerant_wait_s", "number"),
+    ("a typo in the federation", {"federation": {"head_lost_wait": 5}}, "federation.head_lost_wait",
+     "head_lost_wait_s"),
 ]
 
 
@@ -182,6 +188,7 @@ def test_the_schema_describes_cells_and_accepts_a_spec_with_them() -> None:
     schema = FleetSpec.model_json_schema()
     assert "cells" in schema["properties"] and "max_nodes_per_cell" in schema["properties"]
     assert schema["properties"]["max_nodes_per_cell"]["description"]
+    assert all(field.get("description") for field in schema["$defs"]["FederationSpec"]["properties"].values())
     assert all(field.get("description") for name, field in schema["$defs"]["CellSpec"]["properties"].items())
     validator = jsonschema.Draft202012Validator(schema)
     good = {**GOOD, "cells": [{"name": "x", "pools": ["h100"]}, {"name": "y", "pools": ["b"]}]}
@@ -201,3 +208,15 @@ def test_render_refuses_a_spec_of_several_cells_and_writes_nothing(tmp_path: Pat
     assert result.returncode == 2, (result.stdout, result.stderr)
     assert "makes 3 cells (f-c1, f-c2, f-c3)" in result.stderr and "Traceback" not in result.stderr
     assert not (home / "fleets").exists() and ray_daemon_pids(home) == set()
+
+
+def test_the_federation_policy_reaches_no_cell_and_defaults_to_the_decisions_waits() -> None:
+    from rayfleet.cluster.decide.federation import FederationPolicy
+
+    spec = FleetSpec.model_validate({**GOOD, "max_nodes_per_cell": 3, "federation": {"head_lost_wait_s": 5}})
+    assert spec.federation_policy.head_lost_wait_s == 5 and spec.federation_policy.fault_tolerant_wait_s == 240
+    assert all(cell.spec.federation == FleetSpec.model_validate(GOOD).federation for cell in fleet_cells(spec))
+    default = FleetSpec.model_validate(GOOD).federation_policy
+    policy = FederationPolicy()
+    assert (default.head_lost_wait_s, default.fault_tolerant_wait_s) == (policy.head_lost_wait_s,
+                                                                        policy.fault_tolerant_wait_s)

@@ -46,6 +46,18 @@ def test_a_job_that_stepped_moments_ago_is_never_resubmitted(tmp_path: Path) -> 
     assert [o.job for o in orphans(str(tmp_path), {}, frozenset({"a-1"}))] == ["a"]
 
 
+def test_a_cell_resubmits_only_the_jobs_its_own_fleet_runs_now(tmp_path: Path) -> None:
+    # cells of one federation share storage: c2 sees c1's job, and c1 (back) sees the job moved away
+    submitted(tmp_path, "mine", "mine-1", fleet="fed-c2")
+    submitted(tmp_path, "theirs", "theirs-1", fleet="fed-c1")
+    submitted(tmp_path, "moved", "moved-1", fleet="fed-c1")
+    submitted(tmp_path, "moved", "moved-2", fleet="fed-c2")
+    submitted(tmp_path, "old", "old-1")  # recorded before submissions named their fleet: anyone's
+    assert sorted(o.job for o in orphans(str(tmp_path), {}, fleet="fed-c2")) == ["mine", "moved", "old"]
+    assert sorted(o.job for o in orphans(str(tmp_path), {}, fleet="fed-c1")) == ["old", "theirs"]
+    assert len(orphans(str(tmp_path), {})) == 4  # a caller without a fleet: every job
+
+
 def test_resubmissions_are_counted_across_submissions(tmp_path: Path) -> None:
     submitted(tmp_path, "a", "a-1")
     submitted(tmp_path, "a", "a-2", after_lost_driver=True)

@@ -77,7 +77,7 @@ def standby_keeper(spec: Any, run: RunInfo) -> Any:
     from rayfleet.jobs.driver import warm
 
     per_node = min(run.workers_per_node, spec.worker_range[1])
-    return warm.Keeper(spec.name, run.submission_id, spec.pool, per_node, first_env=warm.first_worker_env()).start()
+    return warm.Keeper(spec.name, run.submission_id, spec.pool, per_node).start()
 
 
 def own_node_temp_dir() -> str | None:

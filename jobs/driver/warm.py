@@ -22,15 +22,8 @@ The pieces:
   replaced only once the attempt that used them trains (rank 0 beat after it started): their
   imports would otherwise take CPU from the restart they are meant to speed up.
 
-The first attempt's processes are prestarted too, as soon as the driver is connected: the driver
-derives their runtime environment as Ray Train will build it (`first_worker_env`: the job's, with
-Ray Train's propagated variables and `worker_runtime_env` merged in) and the keeper asks for them at
-once, so their imports run while the driver imports Ray Train and torch and Ray Train starts its
-controller, instead of after (measured on one H100, 2026-12-07, before this: 10.7-13 s from a worker
-process's start to the training function, after 8.4-11.9 s of driver start and 6.5-8.0 s of Ray
-Train start). Should the derived environment differ from the one rank 0 then publishes, the first
-attempt simply starts cold, as before (its `worker` event says `standby: false`), and the keeper
-logs it. Every restart after a node loss, a hang or a notice finds its processes waiting. Each standby costs one idle Python
+The first attempt starts cold (the environment is known once a worker runs); every restart after
+a node loss, a hang or a notice finds its processes waiting. Each standby costs one idle Python
 process with torch imported (about 300 MB of host memory), only while the job runs: Ray ends a
 job's workers with the job. `failure.warm_standby: false` turns it off.
 """
@@ -48,7 +41,6 @@ from rayfleet.cluster.rayio import gcs
 from rayfleet.names import POOL_LABEL, beat_key, warm_env_key as env_key, warm_prefix
 from rayfleet.jobs.contract import WORKER_SETUP_HOOK_ENV
 from rayfleet.jobs.worker.preload import HOOK
-from rayfleet.jobs.worker.standby import env_digest
 
 log = logging.getLogger("rayfleet.job")
 STALE_S = 8.0     # a standby whose key is older than this is gone (it refreshes it every standby.BEAT_S)
@@ -62,22 +54,6 @@ KEEP_ALIVE_S = 3600  # Ray does not reap an idle prestarted worker before this
 def worker_runtime_env() -> dict[str, Any]:
     """The training workers' runtime environment addition: run `preload` when a process starts."""
     return {"env_vars": {WORKER_SETUP_HOOK_ENV: HOOK}}
-
-
-def first_worker_env() -> str:
-    """The driver's prediction of its training workers' serialized runtime environment, as Ray
-    Train 2.60 builds it (WorkerGroup._get_worker_runtime_env, inside a controller that inherits
-    the job's environment): the job's, merged with Ray Train's propagated variables and
-    `worker_runtime_env`. It relies on Ray Train internals; a mismatch costs only the head start."""
-    import ray
-    from ray.runtime_env import RuntimeEnv
-    from ray.runtime_env.runtime_env import _merge_runtime_env
-    from ray.train.v2._internal.constants import get_env_vars_to_propagate
-
-    ours = worker_runtime_env()
-    child = {**ours, "env_vars": {**get_env_vars_to_propagate(), **ours["env_vars"]}}
-    merged = _merge_runtime_env(ray.get_runtime_context().runtime_env, child, override=True)
-    return RuntimeEnv(**merged).serialize()
 
 
 @dataclass(frozen=True)
@@ -130,42 +106,33 @@ def training(published: Mapping[str, Any], beat: Mapping[str, Any] | None) -> bo
             and float(beat.get("time", 0)) > float(published.get("time", 0)))
 
 
-def standing(entries: Mapping[str, bytes], submission_id: str, now: float, env: str | None = None
-             ) -> dict[str, set[str]]:
+def standing(entries: Mapping[str, bytes], submission_id: str, now: float) -> dict[str, set[str]]:
     """Node id -> keys of the live standbys of this submission, from the KV entries under
-    `job/NAME/warm/` (an entry not refreshed within STALE_S is a standby gone); with `env`, only
-    those whose runtime environment it is (another one can never serve this attempt's actors)."""
+    `job/NAME/warm/` (an entry not refreshed within STALE_S is a standby gone)."""
     out: dict[str, set[str]] = {}
-    digest = env_digest(env) if env is not None else None
     for key, raw in entries.items():
         try:
             value = json.loads(raw)
         except ValueError:
             continue
-        if value.get("submission_id") != submission_id or now - float(value.get("time", 0)) >= STALE_S:
-            continue
-        if digest is None or value.get("env") == digest:
+        if value.get("submission_id") == submission_id and now - float(value.get("time", 0)) < STALE_S:
             out.setdefault(key.split("/")[-2], set()).add(key)
     return out
 
 
-def live_standbys(client: Any, job: str, submission_id: str, now: float, env: str | None = None
-                  ) -> dict[str, set[str]]:
+def live_standbys(client: Any, job: str, submission_id: str, now: float) -> dict[str, set[str]]:
     """Node id -> keys of the submission's standbys waiting now, read from the GCS KV."""
     entries = gcs.kv_multi_get(client, gcs.kv_keys(client, warm_prefix(job)))
-    return standing(entries, submission_id, now, env)
+    return standing(entries, submission_id, now)
 
 
 class Keeper:
     """The driver's thread that keeps standbys on the pool's nodes while the job runs."""
 
-    def __init__(self, job: str, submission_id: str, pool: str, per_node: int, interval_s: float = 1.0,
-                 first_env: str | None = None) -> None:
-        """`per_node`: standbys wanted on each node of `pool` (the job's workers one node holds);
-        `first_env`: the first attempt's predicted worker environment, to prestart it at once."""
+    def __init__(self, job: str, submission_id: str, pool: str, per_node: int, interval_s: float = 1.0) -> None:
+        """`per_node`: standbys wanted on each node of `pool` (the job's workers one node holds)."""
         self.job, self.submission_id, self.pool = job, submission_id, pool
-        self.per_node, self.interval_s, self.first_env = per_node, interval_s, first_env
-        self._told_mismatch = False
+        self.per_node, self.interval_s = per_node, interval_s
         self.asks = Asks()
         self.attempt: float | None = None  # when the attempt the asks are for published its environment
         self._gcs: Any = None
@@ -173,11 +140,6 @@ class Keeper:
         self._thread = threading.Thread(target=self._run, name="rayfleet-keeper", daemon=True)
 
     def start(self) -> Keeper:
-        if self.first_env is not None:
-            try:  # now, not a tick later: the head start is the point
-                self.tick(time.time())
-            except Exception as error:
-                log.warning("standby keeper: %s", error, exc_info=True)
         self._thread.start()
         return self
 
@@ -200,13 +162,7 @@ class Keeper:
         raw = gcs.kv_get(self._gcs, env_key(self.job))
         published = json.loads(raw) if raw else {}
         if published.get("submission_id") != self.submission_id:
-            if self.first_env is None:
-                return {}  # no worker of this submission ran yet: its environment is unknown
-            return self._top_up(self.first_env, now)  # the first attempt, from the predicted environment
-        if self.first_env is not None and published.get("env") != self.first_env and not self._told_mismatch:
-            self._told_mismatch = True
-            log.warning("the first attempt's workers run another runtime environment than predicted: they "
-                        "started cold (jobs/driver/warm.py first_worker_env)")
+            return {}  # no worker of this submission ran yet: its environment is unknown
         if published.get("time") != self.attempt:
             # A new attempt started (rank 0 publishes at each): the standbys asked for before it
             # served it or will show up as standing. An ask stays open only until then, since a
@@ -215,21 +171,15 @@ class Keeper:
         beat = gcs.kv_get(self._gcs, beat_key(self.job, 0))
         if not training(published, json.loads(beat) if beat else None):
             return {}  # the attempt is starting: its start-up comes first, standbys after its first step
-        return self._top_up(published["env"], now)
-
-    def _top_up(self, env: str, now: float) -> dict[str, int]:
-        """Ask each pool node short of standbys for the rest, in runtime environment `env`."""
-        import ray
-
         nodes = [PoolNode(n["NodeID"], f"{n['NodeManagerAddress']}:{n['NodeManagerPort']}", self.per_node)
                  for n in ray.nodes() if n.get("Alive") and (n.get("Labels") or {}).get(POOL_LABEL) == self.pool]
-        standbys = live_standbys(self._gcs, self.job, self.submission_id, now, env)
+        standbys = live_standbys(self._gcs, self.job, self.submission_id, now)
         coming = self.asks.coming(standbys, now)
         todo = plan(nodes, {node_id: len(up) for node_id, up in standbys.items()}, coming)
         by_id = {node.node_id: node for node in nodes}
         job_id = ray.get_runtime_context().get_job_id()
         for node_id, count in todo.items():
-            prestart(by_id[node_id].address, job_id, env, count)
+            prestart(by_id[node_id].address, job_id, published["env"], count)
             self.asks.ask(node_id, count, now, standbys.get(node_id, ()))
             log.info("asked node %s for %d standby worker(s)", node_id[:12], count)
         return todo

@@ -8,7 +8,6 @@ prestarts standbys with.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -28,11 +27,6 @@ _standby = False  # this process idled as a standby before an actor took it
 def was_standby() -> bool:
     """Whether this worker process waited as a warm standby (rather than starting cold)."""
     return _standby
-
-
-def env_digest(runtime_env: str) -> str:
-    """A short digest of a serialized runtime environment: what a standby's key says it runs."""
-    return hashlib.sha256(runtime_env.encode()).hexdigest()[:16]
 
 
 def announce(job: str, submission_id: str | None) -> None:
@@ -59,8 +53,7 @@ def _heartbeat(job: str, submission_id: str | None) -> None:
     try:
         while context.get_actor_id() is None:  # still idle: no actor took this process yet
             if time.monotonic() - last >= BEAT_S:
-                _internal_kv_put(key, json.dumps({"time": time.time(), "submission_id": submission_id,
-                                                  "env": env_digest(context.get_runtime_env_string())}),
+                _internal_kv_put(key, json.dumps({"time": time.time(), "submission_id": submission_id}),
                                  overwrite=True, namespace=NAMESPACE)
                 last = time.monotonic()
             time.sleep(0.2)

@@ -121,11 +121,9 @@ def test_a_sigstopped_worker_is_found_hung_its_stacks_saved_and_the_job_resumes(
     assert doc["state"] == "SUCCEEDED" and doc["final_step"] == 200
     started = started_events(fleet, "hung")
     assert len(started) >= 2 and started[-1]["from_step"] >= 10  # resumed from its checkpoint
-    # the first attempt's processes were prestarted as soon as the driver connected, before Ray Train
-    # started (jobs/driver/warm.py first_worker_env); the restart found warm standbys waiting
+    # the first attempt started cold; the restart found warm standby processes waiting (jobs/driver/warm.py)
     ran = [e for e in history(fleet, "hung") if e["event"] == "worker"]
-    fit = next(e for e in history(fleet, "hung") if e["event"] == "fit")
-    assert ran[0]["process_started"] < fit["time"] and ran[-1]["standby"], (ran, fit)
+    assert not ran[0]["standby"] and ran[-1]["standby"], ran
     # goodput: the parts add up to the wall time; the hang shows as detection, redone steps as rollback
     figures = doc["goodput"]
     assert abs(sum(figures["parts"].values()) - figures["wall_s"]) < 0.01 * figures["wall_s"]

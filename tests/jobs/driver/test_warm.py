@@ -37,23 +37,6 @@ def test_standbys_of_this_submission_count_until_their_heartbeat_goes_stale() ->
     assert standing(entries, "s2", now) == {"n1": {"job/j/warm/n1/11"}, "n2": {"job/j/warm/n2/14"}}
 
 
-def test_a_standby_of_another_runtime_environment_does_not_count_for_this_one() -> None:
-    """The first attempt's standbys are prestarted in a predicted environment: should the real one
-    differ, they can serve none of its actors and must not keep the keeper from asking for more."""
-    now = 1000.0
-    ours, other = '{"env_vars": {"A": "1"}}', '{"env_vars": {"A": "2"}}'
-
-    def entry_in(env: str) -> bytes:
-        return json.dumps({"submission_id": "s1", "time": now, "env": warm.env_digest(env)}).encode()
-
-    entries = {"job/j/warm/n1/11": entry_in(ours), "job/j/warm/n1/12": entry_in(other),
-               "job/j/warm/n2/13": entry_in(other)}
-    assert standing(entries, "s1", now, ours) == {"n1": {"job/j/warm/n1/11"}}
-    assert plan([node("n1"), node("n2")], {k: len(v) for k, v in standing(entries, "s1", now, ours).items()}, {}) \
-        == {"n2": 1}
-    assert sum(map(len, standing(entries, "s1", now).values())) == 3  # `rayfleet job` counts every standby
-
-
 def test_an_ask_counts_as_coming_until_its_standbys_come_up_even_once_an_actor_took_them() -> None:
     asks = Asks()
     asks.ask("n1", 2, now=0.0, present={"old"})

@@ -108,7 +108,10 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, storag
     dist.init_process_group("gloo", rank=rank, world_size=world)
     result: dict[str, Any] = {}
     for mode in ("sync", "async"):
-        made = make_trainer(spec_for(args.preset, mode, world), Path(storage), rank, world, mode)
+        # a job folder per mode: the asynchronous run's first commit would otherwise prune the
+        # synchronous run's checkpoints (earlier runs' are rank 0's to delete, loop.py), 5.4 s of
+        # rmtree in its second save (bench/results/checkpoint_stall_shared_job_folder.json)
+        made = make_trainer(spec_for(args.preset, mode, world), Path(storage) / mode, rank, world, mode)
         # the first save, like the others, `between` steps after the one before (training's start):
         # a job's first checkpoint comes `checkpoint.every` steps in
         steps = timed_steps(made, args.between)
@@ -126,8 +129,8 @@ def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, storag
                         "step_s": steps + during, "staging_s": [b["copy_to_host"] for b in breakdown],
                         "parts_s": breakdown}
         dist.barrier()
-    latest = checkpoint.latest_checkpoint(Path(storage) / "jobs" / "stall")
-    made = make_trainer(spec_for(args.preset, "sync", world), Path(storage), rank, world, "restore")
+    latest = checkpoint.latest_checkpoint(Path(storage) / "async" / "jobs" / "stall")
+    made = make_trainer(spec_for(args.preset, "sync", world), Path(storage) / "async", rank, world, "restore")
     dist.barrier()
     started = time.perf_counter()
     made.checkpointer.load(latest)
@@ -160,7 +163,7 @@ def main() -> None:
         latest = Path(ranks["checkpoint"])
         size = sum(f.stat().st_size for f in latest.iterdir())
         torch.set_num_threads(1)
-        restore_1 = restore_on_one_process(args.preset, Path(storage), latest)
+        restore_1 = restore_on_one_process(args.preset, Path(storage) / "async", latest)
     sync = statistics.mean(ranks["sync"]["stall_s"])
     later = statistics.mean(ranks["async"]["stall_s"][1:])
     rows = [

@@ -5,7 +5,11 @@ Two gloo ranks on CPU (torch.multiprocessing, no Ray) train `--preset` (moe_8x: 
 expert-parallel over both ranks) through the job's own Trainer and save `--saves` checkpoints
 `--between` steps apart in each mode. A synchronous save's stall is the whole save; an
 asynchronous one's is the save call (state copied to host memory, the writer started) plus any
-wait for it at the next save. The job's last wait (the end of training waits for the last write)
+wait for it at the next save; the first save comes `--between` steps into training, as the
+others come `--between` steps after the one before (the host copy is prepared after the first
+step, beside training: jobs/worker/sharded_state.py). Each save's stall is split into its parts
+(the wait for the previous write, the barrier, the RNG file, get_state_dict, the copy to host
+memory, the rest of DCP's save call). The job's last wait (the end of training waits for the last write)
 is reported apart. Then the newest checkpoint is restored on the same 2 ranks and on 1 process
 without a process group (2 -> 1, the evaluation and shrink path). Figures are ratios against the
 synchronous save of the same run. Target (issue 27): asynchronous stall <= 10% of synchronous.
@@ -22,6 +26,7 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -72,29 +77,60 @@ def timing(record: list[float], fn: Any) -> Any:
     return timed
 
 
+# where a save's stall goes: each part's time on the training thread (the background writer's and
+# rank 0's committing calls are not stalls), summed per save
+PARTS = {"wait_for_previous": (checkpoint.Checkpointer, "finish"), "barrier": (checkpoint.Checkpointer, "_barrier"),
+         "rng_file": (checkpoint, "_write_durably"), "get_state_dict": (checkpoint, "get_state_dict"),
+         "copy_to_host": (StagingWriter, "stage"), "async_save_call": (checkpoint.dcp, "async_save"),
+         "sync_save_call": (checkpoint.dcp, "save")}
+
+
+def probe_parts() -> dict[str, list[float]]:
+    """Wrap every part of PARTS; the lists fill with each call's duration on the main thread."""
+    record: dict[str, list[float]] = {name: [] for name in PARTS}
+    for name, (owner, attribute) in PARTS.items():
+        setattr(owner, attribute, on_main_thread(record[name], getattr(owner, attribute)))
+    return record
+
+
+def on_main_thread(record: list[float], fn: Any) -> Any:
+    timed = timing(record, fn)
+
+    def either(*args: Any, **kwargs: Any) -> Any:
+        return (timed if threading.current_thread() is threading.main_thread() else fn)(*args, **kwargs)
+    return either
+
+
 def rank_main(rank: int, world: int, port: int, args: argparse.Namespace, storage: str, out: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), GLOO_SOCKET_IFNAME="lo")
-    staging: list[float] = []  # the asynchronous save's copy into host memory
-    StagingWriter.stage = timing(staging, StagingWriter.stage)  # type: ignore[method-assign]
+    parts = probe_parts()
     torch.set_num_threads(1)  # two ranks on a shared 2-core machine
     dist.init_process_group("gloo", rank=rank, world_size=world)
     result: dict[str, Any] = {}
     for mode in ("sync", "async"):
-        made = make_trainer(spec_for(args.preset, mode, world), Path(storage), rank, world, mode)
-        steps = timed_steps(made, 1)  # warm-up: allocator, optimizer state
-        stalls, during = [], []
+        # a job folder per mode: the asynchronous run's first commit would otherwise prune the
+        # synchronous run's checkpoints (earlier runs' are rank 0's to delete, loop.py), 5.4 s of
+        # rmtree in its second save (bench/results/checkpoint_stall_shared_job_folder.json)
+        made = make_trainer(spec_for(args.preset, mode, world), Path(storage) / mode, rank, world, mode)
+        # the first save, like the others, `between` steps after the one before (training's start):
+        # a job's first checkpoint comes `checkpoint.every` steps in
+        steps = timed_steps(made, args.between)
+        stalls, during, breakdown = [], [], []
         for _ in range(args.saves):
+            before = {name: len(calls) for name, calls in parts.items()}
             started = time.perf_counter()
             made.save()  # asynchronous: waits for the previous write, copies, starts the writer
             stalls.append(time.perf_counter() - started)
+            breakdown.append({name: sum(calls[before[name]:]) for name, calls in parts.items()})
             during += timed_steps(made, args.between)
         started = time.perf_counter()
         made.finish_checkpoint()
         result[mode] = {"stall_s": stalls, "final_wait_s": time.perf_counter() - started,
-                        "step_s": steps + during, "staging_s": list(staging)}
+                        "step_s": steps + during, "staging_s": [b["copy_to_host"] for b in breakdown],
+                        "parts_s": breakdown}
         dist.barrier()
-    latest = checkpoint.latest_checkpoint(Path(storage) / "jobs" / "stall")
-    made = make_trainer(spec_for(args.preset, "sync", world), Path(storage), rank, world, "restore")
+    latest = checkpoint.latest_checkpoint(Path(storage) / "async" / "jobs" / "stall")
+    made = make_trainer(spec_for(args.preset, "sync", world), Path(storage) / "async", rank, world, "restore")
     dist.barrier()
     started = time.perf_counter()
     made.checkpointer.load(latest)
@@ -127,7 +163,7 @@ def main() -> None:
         latest = Path(ranks["checkpoint"])
         size = sum(f.stat().st_size for f in latest.iterdir())
         torch.set_num_threads(1)
-        restore_1 = restore_on_one_process(args.preset, Path(storage), latest)
+        restore_1 = restore_on_one_process(args.preset, Path(storage) / "async", latest)
     sync = statistics.mean(ranks["sync"]["stall_s"])
     later = statistics.mean(ranks["async"]["stall_s"][1:])
     rows = [
@@ -146,6 +182,11 @@ def main() -> None:
     print(f"{'what':<40} {'seconds':>9} {'x sync':>8}")
     for name, seconds, ratio in rows:
         print(f"{name:<40} {seconds:>9.3f} {ratio:>8.3f}")
+    print("where each save's stall goes (seconds, rank 0; async_save_call includes copy_to_host):")
+    print(f"{'mode':<6} {'save':>4} {'stall':>7} " + " ".join(f"{name:>17}" for name in PARTS))
+    for mode in ("sync", "async"):
+        for index, (stall, parts) in enumerate(zip(ranks[mode]["stall_s"], ranks[mode]["parts_s"])):
+            print(f"{mode:<6} {index + 1:>4} {stall:>7.3f} " + " ".join(f"{parts[name]:>17.3f}" for name in PARTS))
     step_sync = statistics.median(ranks["sync"]["step_s"][1:])
     step_async = statistics.median(ranks["async"]["step_s"][1:])
     print(f"median training step: {step_sync:.3f} s between synchronous saves, {step_async:.3f} s while "
@@ -157,6 +198,7 @@ def main() -> None:
         "async_final_wait_s": ranks["async"]["final_wait_s"],
         "async_stall_ratio": statistics.mean(ranks["async"]["stall_s"]) / sync,
         "async_staging_s": ranks["async"]["staging_s"], "async_later_stall_ratio": later / sync,
+        "stall_parts_s": {"sync": ranks["sync"]["parts_s"], "async": ranks["async"]["parts_s"]},
         "restore_2_to_2_s": ranks["restore_same_world_s"], "restore_2_to_1_s": restore_1,
         "restore_2_to_1_ratio_to_sync_save": restore_1 / sync,
         "step_s": {"sync": ranks["sync"]["step_s"], "async": ranks["async"]["step_s"]},

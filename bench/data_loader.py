@@ -1,15 +1,22 @@
 """Loader throughput: tokens/s one rank's batches come out of `WindowBatches` (jobs/worker/data.py:
 the epoch permutation, the reads, the int64 tensors a step trains on), from local shards through
-memory maps and from S3 (`moto_server` on 127.0.0.1) through concurrent ranged GETs, against the
-536k tokens/s one H200 consumes training dense_124m (bench/results/gpu_throughput_h200_bf16_vs_hf.json,
-530.8k measured; issue 27 rounds it to 536k). Target: >= 10x per rank.
+memory maps and from S3 (`moto_server` on 127.0.0.1), in both orders of `data.shuffle`: "windows"
+(S3: one ranged GET per window, concurrent within a batch) and "blocks" (S3: whole ~1M-token
+blocks, one GET each, the coming ones fetched in the background). Figures against the 536k
+tokens/s one H200 consumes training dense_124m (bench/results/gpu_throughput_h200_bf16_vs_hf.json,
+530.8k measured; issue 27 rounds it to 536k; target >= 10x per rank), and against S3 "windows"
+(the loader's S3 path before "blocks") measured in the same run at the same world size.
 
 The corpus is random uint16 tokens written as `rayfleet data prepare` writes them; the local
 shards were just written, so they read from the page cache (a corpus larger than memory reads at
 the disk's random-read rate instead). Batches are seq_len 1024 x 32 windows per rank (dense_124m's
-shape); each configuration reads `--steps` steps after one warm-up step.
+shape), rank 0 of `world` measured. Each configuration reads after one warm-up step: local ones
+`--steps` steps; S3 "windows" `--steps / 5`; S3 "blocks" 1.5 groups of 16 blocks of samples
+(768 steps at world 1, 96 at world 8), so the fetch of a group behind the one being read is in
+the figure.
 
-    .venv/bin/python bench/data_loader.py [--tokens 33554432] [--steps 30] [--out bench/results/data_loader.json]
+    .venv/bin/python bench/data_loader.py [--tokens 33554432] [--s3-tokens 50331648] [--steps 30] \
+        [--out bench/results/data_loader.json]
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from rayfleet.jobs.data.manifest import FILE, Manifest, Shard
+from rayfleet.jobs.data.order import SPAN_BLOCKS, block_windows_for
 from rayfleet.jobs.data.shards import TokenShards
 from rayfleet.jobs.worker.data import WindowBatches
 
@@ -45,9 +53,9 @@ def write_corpus(folder: Path, tokens: int, shards: int) -> None:
     (folder / FILE).write_text(Manifest("uint16", 50_257, "random", "random", tuple(listed)).to_json())
 
 
-def measure(source: TokenShards, steps: int, world: int) -> float:
+def measure(source: TokenShards, steps: int, world: int, shuffle: str) -> float:
     """tokens/s of rank 0 of `world`, reading its slice of a global batch of PER_RANK x world windows."""
-    batches = WindowBatches(source, SEQ_LEN, PER_RANK * world, seed=0)
+    batches = WindowBatches(source, SEQ_LEN, PER_RANK * world, seed=0, shuffle=shuffle)
     batches.batch(0, 0, world)
     started = time.perf_counter()
     for step in range(1, steps + 1):
@@ -79,7 +87,7 @@ def start_moto() -> tuple[subprocess.Popen[bytes], str]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--tokens", type=int, default=32 << 20)
-    parser.add_argument("--s3-tokens", type=int, default=8 << 20)
+    parser.add_argument("--s3-tokens", type=int, default=48 << 20, help="3 groups of 16 blocks of 1M tokens")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "data_loader.json"))
     args = parser.parse_args()
@@ -91,9 +99,11 @@ def main() -> None:
         local = Path(tmp) / "local"
         local.mkdir()
         write_corpus(local, args.tokens, 8)
-        for world in (1, 8):
-            rows.append({"source": "local memmap", "corpus_tokens": args.tokens, "world": world,
-                         "tok_s": measure(TokenShards.open(str(local)), args.steps, world)})
+        for shuffle in ("windows", "blocks"):
+            for world in (1, 8):
+                rows.append({"source": "local memmap", "shuffle": shuffle, "corpus_tokens": args.tokens,
+                             "world": world, "tok_s": measure(TokenShards.open(str(local)), args.steps, world,
+                                                              shuffle)})
         remote = Path(tmp) / "remote"
         remote.mkdir()
         write_corpus(remote, args.s3_tokens, 4)
@@ -105,20 +115,33 @@ def main() -> None:
             client.create_bucket(Bucket="corpus")
             for path in remote.iterdir():
                 client.upload_file(str(path), "corpus", f"bench/{path.name}")
+            group = SPAN_BLOCKS * block_windows_for(SEQ_LEN)
             for world in (1, 8):
-                rows.append({"source": "S3 ranged GETs (moto_server, loopback)", "corpus_tokens": args.s3_tokens,
-                             "world": world, "tok_s": measure(TokenShards.open("s3://corpus/bench", endpoint),
-                                                              max(3, args.steps // 5), world)})
+                rows.append({"source": "S3 (moto_server, loopback)", "shuffle": "windows",
+                             "corpus_tokens": args.s3_tokens, "world": world,
+                             "tok_s": measure(TokenShards.open("s3://corpus/bench", endpoint),
+                                              max(3, args.steps // 5), world, "windows")})
+            for world in (1, 8):
+                rows.append({"source": "S3 (moto_server, loopback)", "shuffle": "blocks",
+                             "corpus_tokens": args.s3_tokens, "world": world,
+                             "tok_s": measure(TokenShards.open("s3://corpus/bench", endpoint),
+                                              3 * group // (2 * PER_RANK * world), world, "blocks")})
         finally:
             process.terminate()
             process.wait(timeout=10)
-    print(f"{'source':<40} {'world':>5} {'tok/s per rank':>15} {'x H200 dense_124m':>18}")
+    today = {row["world"]: row["tok_s"] for row in rows if row["source"].startswith("S3") and row["shuffle"] == "windows"}
+    print(f"{'source':<28} {'shuffle':<8} {'world':>5} {'tok/s per rank':>15} {'x H200 dense_124m':>18} "
+          f"{'x S3 windows':>13}")
     for row in rows:
         row["vs_h200_dense_124m"] = row["tok_s"] / H200_DENSE_124M_TOK_S
-        print(f"{row['source']:<40} {row['world']:>5} {row['tok_s']:>15,.0f} {row['vs_h200_dense_124m']:>17.1f}x")
+        row["vs_s3_windows_same_world"] = row["tok_s"] / today[row["world"]]
+        print(f"{row['source']:<28} {row['shuffle']:<8} {row['world']:>5} {row['tok_s']:>15,.0f} "
+              f"{row['vs_h200_dense_124m']:>17.2f}x {row['vs_s3_windows_same_world']:>12.1f}x")
     out = {"benchmark": "data_loader", "date": time.strftime("%Y-%m-%d"), "machine": platform.node(),
            "cpus": os.cpu_count(), "seq_len": SEQ_LEN, "windows_per_rank": PER_RANK, "steps": args.steps,
-           "reference_tok_s": H200_DENSE_124M_TOK_S, "rows": rows}
+           "block_tokens": block_windows_for(SEQ_LEN) * SEQ_LEN, "span_blocks": SPAN_BLOCKS,
+           "reference_tok_s": H200_DENSE_124M_TOK_S, "command": "bench/data_loader.py " + " ".join(sys.argv[1:]),
+           "rows": rows}
     Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {args.out}")
 

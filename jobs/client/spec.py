@@ -83,6 +83,11 @@ class DataSection(Strict):
         default=None, description="S3 endpoint for s3:// corpora (default: AWS_ENDPOINT_URL or AWS's own)")
     seq_len: int = Field(default=128, ge=8, le=131072)
     global_batch: int = Field(default=8, ge=1, description="sequences per step across all workers")
+    shuffle: Literal["windows", "blocks"] = Field(
+        default="windows", description="the order an epoch of `tokens` or `text` reads its windows in: windows, a "
+                                       "permutation of all of them; blocks, blocks of ~1M tokens in a permuted order "
+                                       "with windows permuted within each group of 16 blocks, read a block per GET "
+                                       "(fast from s3://)")
     validation: ValidationSection | None = Field(
         default=None, description="validation loss and perplexity every eval_every steps")
 

@@ -3,8 +3,11 @@
 
 A corpus is addressed as one stream of tokens, its shards end to end in manifest order;
 `TokenShards.read(start, count)` returns any slice of it. S3 reads of one batch run concurrently
-(`read_many`): each window is one ranged GET, and a GET's latency, not its bandwidth, bounds a
-single stream. The endpoint is the job's `data.endpoint_url`, else botocore's own resolution
+(`read_many`). Without `BlockReads` each window is one ranged GET, and a GET's latency, not its
+bandwidth, bounds a single stream. With them (the "blocks" order of jobs/data/order.py, which
+visits the corpus a group of blocks at a time) a window is cut from its block, fetched whole by one
+GET per shard it spans and kept in a small LRU cache; `prefetch` fetches the blocks of the coming
+windows in the background, so a GET's latency is paid once per block, off the step. The endpoint is the job's `data.endpoint_url`, else botocore's own resolution
 (`AWS_ENDPOINT_URL`, the profile), with the standard credential chain.
 """
 from __future__ import annotations
@@ -12,7 +15,9 @@ from __future__ import annotations
 import bisect
 import functools
 import os
-from concurrent.futures import ThreadPoolExecutor
+from collections import OrderedDict
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, Sequence
 
@@ -106,6 +111,61 @@ def read_manifest(store: Store) -> Manifest:
     return Manifest.from_json(store.read_text(FILE))
 
 
+@dataclass(frozen=True)
+class BlockReads:
+    """Read windows out of whole blocks: block b holds tokens [b x block_tokens, (b + 1) x
+    block_tokens + count - 1) of the stream, so every window of `count` tokens starting in it lies
+    in it whole. At most `capacity` blocks are held (the least recently used goes first)."""
+
+    block_tokens: int
+    capacity: int
+
+    def __post_init__(self) -> None:
+        if self.block_tokens < 1 or self.capacity < 1:
+            raise ValueError(f"blocks of {self.block_tokens} tokens, {self.capacity} held: both must be positive")
+
+
+class BlockCache:
+    """The blocks of one `BlockReads` geometry and window length, fetched on a thread pool. Used
+    from one thread (the loader's); only the fetches run on the pool."""
+
+    def __init__(self, shards: TokenShards, reads: BlockReads, count: int, pool: ThreadPoolExecutor) -> None:
+        self.shards, self.reads, self.count, self.pool = shards, reads, count, pool
+        self.blocks: OrderedDict[int, Future] = OrderedDict()
+
+    def block(self, index: int) -> Future:
+        """Block `index`'s tokens (native dtype), fetched now if not held."""
+        found = self.blocks.get(index)
+        if found is not None:
+            self.blocks.move_to_end(index)
+            return found
+        first = index * self.reads.block_tokens
+        length = min(self.reads.block_tokens + self.count - 1, len(self.shards) - first)
+        found = self.blocks[index] = self.pool.submit(self.shards.raw, first, length)
+        while len(self.blocks) > self.reads.capacity:
+            self.blocks.popitem(last=False)
+        return found
+
+    def read_many(self, starts: Sequence[int], count: int) -> np.ndarray:
+        size = self.reads.block_tokens
+        fetched = {index: self.block(index) for index in dict.fromkeys(int(s) // size for s in starts)}
+        out = np.empty((len(starts), count), dtype=np.int64)
+        for row, start in enumerate(starts):
+            if start < 0 or start + count > len(self.shards):
+                raise IndexError(f"tokens [{start}, {start + count}) outside a corpus of {len(self.shards)}")
+            index, offset = divmod(int(start), size)
+            try:
+                out[row] = fetched[index].result()[offset:offset + count]
+            except Exception:
+                self.blocks.pop(index, None)  # fetched again next time, not failed for good
+                raise
+        return out
+
+    def prefetch(self, starts: Sequence[int]) -> None:
+        for index in dict.fromkeys(int(s) // self.reads.block_tokens for s in starts):
+            self.block(index)
+
+
 class TokenShards:
     """A corpus's shards as one stream of token ids, read on demand."""
 
@@ -117,6 +177,7 @@ class TokenShards:
         for shard in manifest.shards:
             self.starts.append(self.starts[-1] + shard.tokens)
         self._pool: ThreadPoolExecutor | None = None
+        self._caches: dict[tuple[BlockReads, int], BlockCache] = {}
 
     @classmethod
     def open(cls, where: str, endpoint_url: str | None = None) -> TokenShards:
@@ -140,8 +201,8 @@ class TokenShards:
             start, count, index = start + take, count - take, index + 1
         return out
 
-    def read(self, start: int, count: int) -> np.ndarray:
-        """Tokens [start, start+count) of the stream as int64."""
+    def raw(self, start: int, count: int) -> np.ndarray:
+        """Tokens [start, start+count) of the stream in the corpus's dtype (one GET per shard spanned)."""
         parts = []
         for name, first, end in self.pieces(start, count):
             if isinstance(self.store, LocalStore):
@@ -149,15 +210,37 @@ class TokenShards:
             else:
                 data = self.store.read_range(name, first * self.itemsize, end * self.itemsize)
                 parts.append(np.frombuffer(data, dtype=self.dtype))
-        return np.concatenate(parts).astype(np.int64) if len(parts) != 1 else parts[0].astype(np.int64)
+        return np.concatenate(parts) if len(parts) != 1 else parts[0]
 
-    def read_many(self, starts: Sequence[int], count: int) -> np.ndarray:
-        """len(starts) x count tokens; remote reads run concurrently."""
-        if isinstance(self.store, LocalStore) or len(starts) < 2:
+    def read(self, start: int, count: int) -> np.ndarray:
+        """Tokens [start, start+count) of the stream as int64."""
+        return self.raw(start, count).astype(np.int64)
+
+    def read_many(self, starts: Sequence[int], count: int, blocks: BlockReads | None = None) -> np.ndarray:
+        """len(starts) x count tokens; remote reads run concurrently, out of whole blocks if `blocks`
+        (local shards are memory-mapped: they read in place either way)."""
+        if isinstance(self.store, LocalStore) or (len(starts) < 2 and blocks is None):
             return np.stack([self.read(int(s), count) for s in starts])
+        if blocks is not None:
+            return self._cache(blocks, count).read_many(starts, count)
+        return np.stack(list(self.pool.map(lambda s: self.read(int(s), count), starts)))
+
+    def prefetch(self, starts: Sequence[int], count: int, blocks: BlockReads) -> None:
+        """Start fetching, in the background, the blocks that windows at `starts` will be read from."""
+        if not isinstance(self.store, LocalStore):
+            self._cache(blocks, count).prefetch(starts)
+
+    @property
+    def pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
             self._pool = ThreadPoolExecutor(max_workers=min(32, (os.cpu_count() or 1) * 8))
-        return np.stack(list(self._pool.map(lambda s: self.read(int(s), count), starts)))
+        return self._pool
+
+    def _cache(self, blocks: BlockReads, count: int) -> BlockCache:
+        key = (blocks, count)
+        if key not in self._caches:
+            self._caches[key] = BlockCache(self, blocks, count, self.pool)
+        return self._caches[key]
 
 
 class ArrayTokens:
@@ -172,8 +255,11 @@ class ArrayTokens:
     def read(self, start: int, count: int) -> np.ndarray:
         return self.tokens[start:start + count].astype(np.int64)
 
-    def read_many(self, starts: Sequence[int], count: int) -> np.ndarray:
+    def read_many(self, starts: Sequence[int], count: int, blocks: BlockReads | None = None) -> np.ndarray:
         return np.stack([self.read(int(s), count) for s in starts])
+
+    def prefetch(self, starts: Sequence[int], count: int, blocks: BlockReads) -> None:
+        """Nothing to fetch: the tokens are in memory."""
 
 
 class TokenView:
@@ -188,5 +274,8 @@ class TokenView:
     def read(self, start: int, count: int) -> np.ndarray:
         return self.source.read(self.first + start, count)
 
-    def read_many(self, starts: Sequence[int], count: int) -> np.ndarray:
-        return self.source.read_many([self.first + int(s) for s in starts], count)
+    def read_many(self, starts: Sequence[int], count: int, blocks: BlockReads | None = None) -> np.ndarray:
+        return self.source.read_many([self.first + int(s) for s in starts], count, blocks)
+
+    def prefetch(self, starts: Sequence[int], count: int, blocks: BlockReads) -> None:
+        self.source.prefetch([self.first + int(s) for s in starts], count, blocks)

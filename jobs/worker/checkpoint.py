@@ -155,8 +155,8 @@ class Checkpointer:
         self.group = dist.new_group(backend="gloo") if dist.is_initialized() else None
         self._pending: _Pending | None = None
         # background: one writer for every save, which keeps its host-memory copy of the state
-        # between saves (sharded_state.StagingWriter)
-        self._writer: StagingWriter | None = None
+        # between saves, prepared after the first step (sharded_state.StagingWriter)
+        self._writer: StagingWriter | None = StagingWriter.preparing(par, optimizer) if background else None
         self._uploader: ThreadPoolExecutor | None = None  # S3: uploads after a background write
 
     def save(self, folder: Location, step: int, meta: dict[str, Any]) -> None:

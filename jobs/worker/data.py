@@ -6,7 +6,9 @@ Two samplers:
 - `StepBatches`, the built-in corpus's (jobs/data/builtin.py): step s draws the global batch's
   window offsets at random, with replacement, from a generator seeded with (seed, s);
 - `WindowBatches`, every other corpus's (prepared shards, text): windows without replacement
-  within an epoch, in a seeded permutation per epoch (jobs/data/order.py).
+  within an epoch, in a seeded permutation per epoch (jobs/data/order.py), of every window
+  (`data.shuffle: windows`) or block by block (`blocks`: read out of whole blocks, the coming
+  ones fetched ahead).
 Each rank takes its contiguous slice of the global batch. `ValidationBatches` are a fixed set of
 windows, the same at every evaluation.
 """
@@ -22,8 +24,8 @@ from torch import Tensor
 
 from rayfleet.jobs.client.spec import DataSection
 from rayfleet.jobs.data.builtin import CORPORA, corpus_bytes
-from rayfleet.jobs.data.order import EpochOrder, held_out, rank_slice, window_count
-from rayfleet.jobs.data.shards import ArrayTokens, TokenShards, TokenView
+from rayfleet.jobs.data.order import SPAN_BLOCKS, EpochOrder, block_windows_for, held_out, rank_slice, window_count
+from rayfleet.jobs.data.shards import ArrayTokens, BlockReads, TokenShards, TokenView
 
 __all__ = ["CORPORA", "StepBatches", "WindowBatches", "ValidationBatches", "corpus_tokens", "build_data"]
 
@@ -70,18 +72,45 @@ class StepBatches:
 
 
 class WindowBatches:
-    """Windows of `source` without replacement within an epoch (jobs/data/order.py)."""
+    """Windows of `source` without replacement within an epoch (jobs/data/order.py). With
+    `shuffle="blocks"` they are read out of whole blocks (jobs/data/shards.py), and each batch
+    asks for the blocks this rank's slices of the batches to come lie in, up to a group of blocks
+    (`span x block_windows` samples) ahead."""
 
-    def __init__(self, source: Any, seq_len: int, global_batch: int, seed: int) -> None:
+    def __init__(self, source: Any, seq_len: int, global_batch: int, seed: int, shuffle: str = "windows",
+                 block_windows: int | None = None, span: int = SPAN_BLOCKS) -> None:
         windows = window_count(len(source), seq_len)
         if windows < 1:
             raise ValueError(f"corpus of {len(source)} tokens is shorter than seq_len {seq_len} + 1")
         self.source, self.seq_len, self.global_batch = source, seq_len, global_batch
-        self.order = EpochOrder(windows, global_batch, seed)
+        self.reads: BlockReads | None = None
+        if shuffle == "blocks":
+            block_windows = block_windows or block_windows_for(seq_len)
+            self.order = EpochOrder(windows, global_batch, seed, block_windows, span)
+            # a group of blocks being read and the next being fetched: span + 1 blocks each (order.py)
+            self.reads = BlockReads(block_windows * seq_len, 2 * (span + 1) + 2)
+            self.ahead = -(-span * block_windows // global_batch)  # steps
+        else:
+            self.order = EpochOrder(windows, global_batch, seed)
+        self._asked: tuple[int, int, int] = (-1, 0, 1)  # (last step asked for, rank, world)
+
+    def mine(self, step: int, rank: int, world: int) -> np.ndarray:
+        """Token offsets of this rank's windows at `step`."""
+        return self.order.windows_at(step)[rank_slice(self.global_batch, rank, world)] * self.seq_len
 
     def batch(self, step: int, rank: int = 0, world: int = 1) -> tuple[Tensor, Tensor]:
-        mine = self.order.windows_at(step)[rank_slice(self.global_batch, rank, world)]
-        return split(self.source.read_many(mine * self.seq_len, self.seq_len + 1))
+        if self.reads is None:
+            return split(self.source.read_many(self.mine(step, rank, world), self.seq_len + 1))
+        self.fetch_ahead(step, rank, world)
+        return split(self.source.read_many(self.mine(step, rank, world), self.seq_len + 1, self.reads))
+
+    def fetch_ahead(self, step: int, rank: int, world: int) -> None:
+        """Ask for the blocks of this rank's windows from `step` to `step + ahead` not asked for yet."""
+        last, *placed = self._asked
+        first = last + 1 if placed == [rank, world] and step <= last + 1 else step
+        for coming in range(max(first, step), step + self.ahead + 1):
+            self.source.prefetch(self.mine(coming, rank, world), self.seq_len + 1, self.reads)
+        self._asked = (step + self.ahead, rank, world)
 
     def position(self, step: int) -> dict[str, int]:
         epoch, position = self.order.position(step)
@@ -135,7 +164,7 @@ def build_data(data: DataSection, seed: int) -> Data:
     elif validation is not None and validation.tokens:
         held = TokenShards.open(validation.tokens, data.endpoint_url)
     if data.tokens or data.text:
-        train: Batches = WindowBatches(train_source, data.seq_len, data.global_batch, seed)
+        train: Batches = WindowBatches(train_source, data.seq_len, data.global_batch, seed, data.shuffle)
     else:  # the built-in corpus keeps its sampler: the demo's and the tests' loss curves stay as they were
         whole = corpus_tokens(data.corpus)
         train = StepBatches(whole[:len(train_source)], data.seq_len, data.global_batch, seed)

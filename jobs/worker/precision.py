@@ -124,6 +124,10 @@ class WorkingCopy:
                          [(g["betas"][0], g["betas"][1], g["eps"], g["weight_decay"]) for g in groups])
         for _, working in pairs:
             working.grad = None
+        # what `optimizer.step()` would run after stepping (e.g. the checkpoint writer preparing
+        # its host copy once the moments exist: sharded_state.StagingWriter.preparing)
+        for hook in list(optimizer._optimizer_step_post_hooks.values()):
+            hook(optimizer, (), {})
         return norm
 
     @staticmethod

@@ -44,3 +44,32 @@ def test_rank_slices_tile_the_global_batch() -> None:
 def test_window_count_and_held_out_tail() -> None:
     assert window_count(129, 128) == 1 and window_count(128, 128) == 0 and window_count(1000, 10) == 99
     assert held_out(1000, 0.1) == (900, 100)
+
+
+def test_the_windows_order_of_existing_jobs_is_unchanged() -> None:
+    # EpochOrder(1000, 8, 7) before the "blocks" order existed (commit 54439db)
+    order = EpochOrder(1000, 8, 7)
+    assert order.windows_at(3).tolist() == [88, 908, 426, 776, 722, 331, 957, 793]
+    assert order.windows_at(130).tolist() == [164, 825, 575, 460, 503, 235, 707, 404]
+
+
+@settings(max_examples=60, deadline=None)
+@given(windows=st.integers(1, 400), batch=st.integers(1, 17), seed=st.integers(0, 2**31),
+       block=st.integers(1, 40), span=st.integers(1, 5))
+def test_the_blocks_order_reads_every_window_once_per_epoch_a_group_of_blocks_at_a_time(
+        windows: int, batch: int, seed: int, block: int, span: int) -> None:
+    order = EpochOrder(windows, batch, seed, block_windows=block, span=span)
+    for epoch in range(2):
+        read = order.samples(epoch * windows, windows)
+        assert sorted(read.tolist()) == list(range(windows))
+        for first in range(0, windows, span * block):  # a group touches at most span + 1 blocks
+            assert len(set((read[first:first + span * block] // block).tolist())) <= span + 1
+    assert np.array_equal(order.windows_at(5), EpochOrder(windows, batch, seed, block, span).windows_at(5))
+
+
+def test_the_blocks_order_mixes_blocks_and_differs_per_epoch() -> None:
+    order = EpochOrder(4096, 64, seed=1, block_windows=64, span=4)
+    first = order.windows_at(0)
+    assert len(set((first // 64).tolist())) == 4  # one batch draws from every block of its group
+    assert not np.array_equal(order.samples(0, 4096), order.samples(4096, 4096))
+    assert not np.array_equal(first, EpochOrder(4096, 64, seed=2, block_windows=64, span=4).windows_at(0))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from rayfleet.jobs.data.manifest import FILE, Manifest, Shard
-from rayfleet.jobs.data.shards import LocalStore, TokenShards
+from rayfleet.jobs.data.shards import BlockCache, BlockReads, LocalStore, TokenShards
 from tests.support.corpus import upload, write_corpus
 from tests.support.moto_ec2 import CREDENTIALS, start_moto, stop_process
 
@@ -80,3 +80,38 @@ def test_an_s3_corpus_is_checked_from_one_listing(tmp_path: Path, s3: str) -> No
         load_checked(open_store("s3://checked/c", s3))
     with pytest.raises(CorpusError, match="s3://nobucket/x/manifest.json: cannot be read"):
         load_checked(open_store("s3://nobucket/x", s3))
+
+
+def random_windows(total: int, count: int, windows: int, seed: int) -> list[int]:
+    return np.random.default_rng(seed).integers(0, total - count + 1, windows).tolist()
+
+
+def test_windows_cut_from_whole_blocks_are_the_windows_read_one_by_one(tmp_path: Path) -> None:
+    tokens = write_corpus(tmp_path, sizes=[700, 3, 1200, 400, 97], vocab=50_000)
+    shards = TokenShards.open(str(tmp_path))
+    # blocks of 50 tokens, 3 held: windows of 33 cross block and shard boundaries, blocks are evicted
+    cache = BlockCache(shards, BlockReads(block_tokens=50, capacity=3), 33, shards.pool)
+    for seed in range(20):
+        starts = random_windows(len(tokens), 33, 16, seed)
+        assert np.array_equal(cache.read_many(starts, 33), shards.read_many(starts, 33))
+        assert np.array_equal(cache.read_many(starts, 33), np.stack([tokens[s:s + 33] for s in starts]))
+        assert len(cache.blocks) <= 3
+    last = len(tokens) - 33  # the corpus's last window: its block is cut short
+    assert np.array_equal(cache.read_many([last], 33)[0], tokens[last:])
+    with pytest.raises(IndexError):
+        cache.read_many([last + 1], 33)
+
+
+def test_s3_block_reads_return_the_tokens_of_ranged_gets(tmp_path: Path, s3: str) -> None:
+    tokens = write_corpus(tmp_path, sizes=[900, 1, 1300, 600], vocab=1000)
+    upload(tmp_path, s3, "blocks", "c")
+    shards = TokenShards.open("s3://blocks/c", endpoint_url=s3)
+    reads = BlockReads(block_tokens=128, capacity=4)
+    for seed in range(6):
+        starts = random_windows(len(tokens), 65, 24, seed)
+        shards.prefetch(random_windows(len(tokens), 65, 24, seed + 100), 65, reads)
+        got = shards.read_many(starts, 65, reads)
+        assert np.array_equal(got, shards.read_many(starts, 65))  # one ranged GET per window
+        assert np.array_equal(got, np.stack([tokens[s:s + 65] for s in starts]))
+    cache = shards._caches[(reads, 65)]
+    assert len(cache.blocks) <= 4 and all(len(f.result()) <= 128 + 64 for f in cache.blocks.values())

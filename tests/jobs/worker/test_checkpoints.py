@@ -201,6 +201,64 @@ def test_an_async_save_lets_training_go_on_and_writes_what_a_sync_save_writes(tm
     assert_same_state(states[1], states[0])
 
 
+def host_storages(state: dict[str, Any]) -> list[int]:
+    """Where each tensor of a host copy keeps its values (a DTensor's: its local tensor's)."""
+    found: list[int] = []
+
+    def visit(value: Any) -> None:
+        if isinstance(value, dict):
+            for item in value.values():
+                visit(item)
+        elif isinstance(value, DTensor):
+            found.append(value.to_local().untyped_storage().data_ptr())
+        elif torch.is_tensor(value):
+            found.append(value.untyped_storage().data_ptr())
+
+    visit(state)
+    return found
+
+
+def prepare_then_save(rank: int, world: int, spec: JobSpec, storage: str) -> dict[str, Any]:
+    """Two steps, then an asynchronous save; what the host copy was prepared as after the first
+    step, and where the save staged the state."""
+    made = trainer(spec, Path(storage), rank, world)
+    writer = made.checkpointer._writer
+    assert writer is not None and writer._preparing is None and writer.state_dict_cache is None
+    made.train_step()
+    made.step += 1
+    assert writer._preparing is not None  # started by the optimizer's first step
+    prepared = writer._preparing.result()
+    where = host_storages(prepared)
+    made.train_step()
+    made.step += 1
+    made.save()
+    reused = writer.state_dict_cache is prepared and host_storages(writer.state_dict_cache) == where
+    made.finish_checkpoint()
+    return {"reused": reused, "tensors": len(where), "state": gathered_state(made)}
+
+
+def train_two_steps(rank: int, world: int, spec: JobSpec, storage: str) -> dict[str, Any]:
+    made = trainer(spec, Path(storage), rank, world)
+    for _ in range(2):
+        made.train_step()
+        made.step += 1
+    return gathered_state(made)
+
+
+@pytest.mark.parametrize("strategy,preset,ep", STRATEGIES)
+def test_the_host_copy_is_prepared_beside_training_and_the_first_save_copies_into_it(
+        tmp_path: Path, strategy: str, preset: str, ep: int) -> None:
+    spec = job(strategy, 2, ep, preset, mode="async")
+    seen = on_ranks(2, prepare_then_save, spec, str(tmp_path / "async"))
+    assert seen["reused"] and seen["tensors"] > 0  # no allocation in the first save: the prepared storage
+    latest = checkpoint.latest_checkpoint(tmp_path / "async" / "jobs" / "t")
+    made = trainer(single(spec), tmp_path / "async", submission="eval")
+    made.checkpointer.load(latest)
+    assert_same_state(full_state(made), seen["state"])  # what was staged into it is what was written
+    # preparing reads the optimizer's state after its first step, and changes no step
+    assert_same_state(seen["state"], on_ranks(2, train_two_steps, job(strategy, 2, ep, preset), str(tmp_path / "sync")))
+
+
 def train_and_record_reports(rank: int, world: int, spec: JobSpec, storage: str) -> list[tuple[int, bool]]:
     made = trainer(spec, Path(storage), rank, world)
     reports: list[tuple[int, bool]] = []

@@ -61,6 +61,32 @@ def test_window_batches_read_the_same_tokens_at_any_world_size_and_after_resume(
                                                    "samples": (windows // 8 + 1) * 8}
 
 
+def test_the_blocks_order_reads_the_same_tokens_at_any_world_size_and_after_resume(tmp_path) -> None:
+    import numpy as np
+
+    from rayfleet.jobs.data.shards import TokenShards
+    from rayfleet.jobs.worker.data import WindowBatches
+    from tests.support.corpus import write_corpus
+
+    tokens = write_corpus(tmp_path, sizes=[500, 300, 1225], vocab=1000)
+    windows = (len(tokens) - 1) // 16
+
+    def blocks() -> WindowBatches:  # blocks of 7 windows, groups of 3: a short last block
+        return WindowBatches(TokenShards.open(str(tmp_path)), 16, 8, 5, "blocks", block_windows=7, span=3)
+
+    batches, seen = blocks(), []
+    for step in range(2 * windows // 8):
+        x, y = batches.batch(step)
+        assert torch.equal(x[:, 1:], y[:, :-1])
+        order = batches.order.windows_at(step)
+        assert torch.equal(x, torch.as_tensor(np.stack([tokens[w * 16:w * 16 + 16] for w in order])))
+        for world in (2, 4):
+            assert torch.equal(torch.cat([blocks().batch(step, rank, world)[0] for rank in range(world)]), x)
+        seen += [tuple(row.tolist()) for row in x]
+    every = [tuple(tokens[i * 16:i * 16 + 16].tolist()) for i in range(windows)]
+    assert sorted(seen[:windows]) == sorted(every)  # epoch 0: every window once
+
+
 def test_a_held_out_fraction_validates_on_the_tail_the_training_windows_never_read(tmp_path) -> None:
     from rayfleet.jobs.client.spec import DataSection
     from rayfleet.jobs.worker.data import build_data

@@ -38,12 +38,23 @@ demo: install
 demo-data: install
 	$(BIN)/rayfleet demo --own-data
 
+# `make test` runs the tests on TEST_WORKERS pytest-xdist workers, a whole module per worker
+# (--dist loadfile: a module's tests share its real fleet), the longest modules first
+# (tests/conftest.py MODULE_SECONDS), then the `serial` ones alone (they load every core).
+# The fleet tests mostly wait on Ray and on deadlines, so the 2 cores are not the limit.
+TEST_WORKERS ?= 3
+PYTEST := $(BIN)/python -m pytest -q -p no:cacheprovider
+
 test: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=30 $(PYTEST_ARGS) tests
+	@status=0; \
+	$(PYTEST) -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30 -m "not serial" $(PYTEST_ARGS) tests || status=$$?; \
+	$(PYTEST) --durations=5 -m serial $(PYTEST_ARGS) tests; serial=$$?; \
+	[ $$serial = 0 ] || [ $$serial = 5 ] || status=$$serial; \
+	exit $$status
 
 # On a machine with a CUDA GPU: the kernels and the compiled model against float64 references.
 test-gpu: install
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS) tests_gpu
+	$(PYTEST) $(PYTEST_ARGS) tests_gpu
 
 bench: install
 	$(BIN)/python bench/fleet_up.py

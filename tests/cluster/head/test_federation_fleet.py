@@ -20,6 +20,8 @@ from tests.support.fleet_jobs import job_curve
 from tests.support.fleet_processes import kill_tree
 from tests.support.specs import h100_pool, job_spec
 
+pytestmark = pytest.mark.ray
+
 POOLS = [h100_pool(cpus_per_node=1, memory="8Gi", min_nodes=2, max_nodes=2, nodes=2)]
 TRAINING = {"workers": 1, "steps": 120, "data": {"seq_len": 64, "global_batch": 4}}
 # Long enough to still train when the second job has started on the other cell (a step takes about

@@ -38,7 +38,7 @@ from typing import Any
 
 import psutil
 
-from rayfleet.cluster.head.processes import Owned, process_of, write_json_atomic
+from rayfleet.cluster.head.processes import Owned, process_of, stop_tree, write_json_atomic
 from rayfleet.cluster.providers.local import inherited_environment
 from rayfleet.names import FLEET_LABEL
 
@@ -83,8 +83,9 @@ class Child:
 
 
 class Supervisor:
-    def __init__(self, fleet_dir: Path) -> None:
+    def __init__(self, fleet_dir: Path, lock_fd: int | None = None) -> None:
         self.fleet_dir = fleet_dir
+        self.lock_fd = lock_fd  # the held supervisor.lock (main()); None where a test drives step()
         config = json.loads((fleet_dir / CONFIG).read_text())
         self.config = config
         self.fault_tolerant: bool = config["fault_tolerant"]
@@ -111,12 +112,35 @@ class Supervisor:
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
         while not self.stopping:
+            if self.folder_gone():
+                self.stop_what_it_started()
+                return
             try:
                 self.step()
             except Exception:  # keep supervising whatever one step hit
                 log.exception("supervisor step failed")
             time.sleep(POLL_S)
         self.write_state()
+
+    def folder_gone(self) -> bool:
+        """Whether the fleet's folder was removed (or replaced) under this supervisor: the lock file
+        it holds has no name any more. Its head is then out of every command's reach (the auth
+        token, head.json and the node records went with the folder)."""
+        if self.lock_fd is None:
+            return False
+        try:
+            return os.fstat(self.lock_fd).st_ino != os.stat(self.fleet_dir / LOCK).st_ino
+        except FileNotFoundError:
+            return True
+
+    def stop_what_it_started(self) -> None:
+        """Stop the head and Redis this supervisor started, by their recorded pids, and write
+        nothing more: an orphaned head would otherwise run until the machine stops."""
+        log.warning("%s no longer holds this supervisor's lock file (the fleet's folder was removed): "
+                    "stopping the head and Redis it started, then exiting", self.fleet_dir)
+        for child in (self.head, self.redis):
+            if child is not None and child.owned is not None:
+                stop_tree(child.owned, grace_s=5.0)
 
     def _stop(self, *_: Any) -> None:
         self.stopping = True
@@ -333,7 +357,7 @@ def main() -> None:
         log.error("another supervisor (pid %s) runs for %s; this one exits", (fleet_dir / LOCK).read_text().strip(),
                   fleet_dir)
         sys.exit(ALREADY_RUNNING)
-    Supervisor(fleet_dir).run()
+    Supervisor(fleet_dir, lock).run()
 
 
 if __name__ == "__main__":

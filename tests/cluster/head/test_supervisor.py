@@ -84,3 +84,31 @@ def test_a_second_supervisor_for_the_same_fleet_exits_at_once_and_the_first_keep
         if head is not None:
             stop_tree(head, grace_s=2.0)
     assert supervisor_process(tmp_path) is None  # a dead supervisor's lock file names no one
+
+
+def test_a_supervisor_whose_fleet_folder_is_removed_stops_its_head_and_exits(tmp_path: Path) -> None:
+    """Seen when a fleet's folder went while its head ran (a test's temp folder cleaned by another
+    pytest session): the supervisor kept the head running with no record, token or command left
+    to reach it. Now it stops what it started and exits."""
+    import shutil
+
+    fleet_dir = tmp_path / "fleet"
+    waiting = [sys.executable, "-c", "import time; time.sleep(600)"]  # a head that never registers
+    write_config(fleet_dir, waiting)
+    command = [sys.executable, "-m", "rayfleet.cluster.head.supervisor", str(fleet_dir)]
+    supervisor = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL)
+    head: Owned | None = None
+    try:
+        state = wait_until(lambda: json.loads((fleet_dir / "supervisor.json").read_text()), 30, "the supervisor's state")
+        head = Owned.from_json(state["head"]["owned"])
+        assert head.alive()
+        shutil.rmtree(fleet_dir)
+        assert supervisor.wait(timeout=60) == 0
+        wait_until(lambda: not head.alive(), 30, "the head to be stopped")
+        assert not fleet_dir.exists()  # it wrote nothing more: no folder made again for a state file
+    finally:
+        if supervisor.poll() is None:
+            supervisor.terminate()
+            supervisor.wait(timeout=30)
+        if head is not None and head.alive():
+            stop_tree(head, grace_s=2.0)

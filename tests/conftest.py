@@ -14,37 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 RAYFLEET = str(Path(sys.executable).with_name("rayfleet"))
 T = TypeVar("T")
 
-# Seconds each long module took in a serial run on the 2-core machine (2026-12-07, fleet start
-# included). `make test` hands whole modules to its xdist workers in collection order, so the
-# longest go first and no long module is left as the tail (longest-processing-time-first). Only
-# the order depends on these figures: a stale one costs minutes, never a test. A module with real
-# Ray processes not listed here counts as MODULE_RAY_DEFAULT_S, every other module as 0.
-MODULE_SECONDS = {
-    "tests/cluster/head/test_head_fault_tolerance.py": 560,
-    "tests/jobs/test_jobs_on_fleet.py": 500,
-    "tests/jobs/test_resilience_fleet.py": 500,
-    "tests/jobs/test_resume_on_fleet.py": 370,
-    "tests/jobs/test_s3_jobs_on_fleet.py": 340,
-    "tests/cluster/head/test_federation_fleet.py": 250,
-    "tests/cluster/health/test_health_fleet.py": 250,
-    "tests/cluster/loop/test_autoscale_fleet.py": 200,
-    "tests/cluster/head/test_head_without_fault_tolerance.py": 150,
-    "tests/cluster/loop/test_local_fleet.py": 120,
-    "tests/e2e/test_dashboard.py": 120,
-    "tests/cluster/loop/test_monitoring_on_fleet.py": 80,
-    "tests/cluster/head/test_fleet_folder_upgrade.py": 80,
-}
-MODULE_RAY_DEFAULT_S = 60
-
-
-def pytest_collection_modifyitems(config: object, items: list) -> None:
-    """The longest modules first (a stable sort: each module keeps its own order)."""
-    def seconds(item: object) -> float:
-        module = item.nodeid.split("::", 1)[0]  # type: ignore[attr-defined]
-        ray = item.get_closest_marker("ray") is not None  # type: ignore[attr-defined]
-        return MODULE_SECONDS.get(module, MODULE_RAY_DEFAULT_S if ray else 0)
-    items.sort(key=lambda item: -seconds(item))
-
 
 def rayfleet(*args: str, home: Path | None = None, timeout: float = 600, env: dict | None = None,
              ) -> subprocess.CompletedProcess[str]:

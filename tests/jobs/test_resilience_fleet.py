@@ -195,7 +195,6 @@ def load() -> Iterator[None]:
         process.wait(timeout=30)
 
 
-@pytest.mark.serial  # stress-ng loads every core: `make test` runs it after the others, alone
 def test_under_full_load_pauses_cost_no_node_and_a_kill_is_caught_within_a_second(fleet: Fleet, load: None) -> None:
     fleet.wait_ready(timeout=240)
     before = {e["time"] for e in fleet.events() if e["kind"] in ("lost", "replace", "launch")}

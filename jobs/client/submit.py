@@ -200,7 +200,8 @@ def rayfleet_jobs(client: Any, storage: str,
     whose history records its end is in that state (see `settled`). `events_of(name)`: a job's
     history events, when the caller has them already."""
     read = events_of or (lambda name: history.events(storage, name))
-    out, histories = [], {}
+    out: list[dict[str, Any]] = []
+    histories: dict[str, list[dict[str, Any]]] = {}
     for info in client.list_jobs():
         metadata = info.metadata or {}
         if JOB_LABEL not in metadata:

@@ -11,6 +11,7 @@ COPY --chown=ray:users rayfleet /opt/rayfleet/rayfleet
 COPY --chown=ray:users cluster /opt/rayfleet/cluster
 COPY --chown=ray:users jobs /opt/rayfleet/jobs
 COPY --chown=ray:users model /opt/rayfleet/model
+COPY --chown=ray:users manifests/examples /opt/rayfleet/manifests/examples
 # torch from PyPI's CUDA build; the [gpu] extra adds NVML telemetry, [kubernetes] the API client
 # the controller on the head pod uses.
 RUN pip install --no-cache-dir "/opt/rayfleet[gpu,kubernetes]" && rayfleet --version

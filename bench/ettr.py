@@ -10,9 +10,12 @@ The job (issue 15's schedule): 2 gloo workers of the tiny model, 80 steps padded
              Ray alone cannot see notices, so its node simply dies: the kill above)
 Ray alone gets an idealised autoscaler: a new node starts the moment one is killed.
 Both runs use the project's entrypoint, so both write the job history that jobs/supervision/goodput.py
-accounts: ETTR = kept training time / wall time, and per fault the time to detection, to the
-first step after it, and the steps redone. Ray alone has no detection events: its detection is
-the whole gap until its workers restarted.
+accounts: ETTR = kept training time / wall time, and per fault the time from the last step to
+detection (`detection_s`) and to the first step after it (`first_step_after_s`), the first step
+after detection (`first_step_after_detection_s`: the SIGSTOP fault's is the hang bench's "first
+step after detection" through the product: the culprit killed, Ray Train's restart, the resume),
+and the steps redone. Ray alone has no detection events: its detection is the whole gap until its
+workers restarted.
 
     python bench/ettr.py [--skip-alone] [--checkpoint-mode sync]     -> a table, and bench/results/ettr.json
 """
@@ -92,7 +95,10 @@ def finished(storage: Path, name: str) -> dict[str, Any]:
     figures = goodput.of_job(storage, name, time.time())
     assert figures is not None
     done = [e for e in history.events(storage, name) if e["event"] == "finished"][-1]
-    return {"state": done.get("state"), "final_step": done.get("step"), **figures.to_json()}
+    out = {"state": done.get("state"), "final_step": done.get("step"), **figures.to_json()}
+    for fault in out["faults"]:  # goodput times both from the last step before the fault
+        fault["first_step_after_detection_s"] = round(fault["first_step_after_s"] - fault["detection_s"], 3)
+    return out
 
 
 def run_rayfleet(tmp: Path, notice: bool) -> dict[str, Any]:
@@ -173,11 +179,13 @@ def main() -> None:
     for run, figures in results.items():
         print(f"{run:16} {figures['state']:10} {figures['wall_s']:7.1f} {figures['ettr']:6.3f} "
               f"{figures['steps_redone']:6d}  " + " ".join(f"{figures['parts'][p]:8.1f}" for p in goodput.PARTS))
-    print(f"\n{'run':16} {'fault':>5} {'after':>5} {'resumed':>7} {'redone':>6} {'detect s':>8} {'1st step s':>10}  cause")
+    print(f"\n{'run':16} {'fault':>5} {'after':>5} {'resumed':>7} {'redone':>6} {'detect s':>8} {'1st step s':>10} "
+          f"{'after detect s':>14}  cause")
     for run, figures in results.items():
         for index, fault in enumerate(figures["faults"], 1):
             print(f"{run:16} {index:5d} {fault['after_step']:5d} {fault['resumed_from']:7d} {fault['steps_redone']:6d} "
-                  f"{fault['detection_s']:8.1f} {fault['first_step_after_s']:10.1f}  {fault['reason'][:50]}")
+                  f"{fault['detection_s']:8.1f} {fault['first_step_after_s']:10.1f} "
+                  f"{fault['first_step_after_detection_s']:14.1f}  {fault['reason'][:50]}")
     if "ray_alone" in results:
         for run in ("rayfleet", "rayfleet_notice"):
             print(f"ETTR {run} / Ray alone: {results[run]['ettr'] / results['ray_alone']['ettr']:.1f}x")

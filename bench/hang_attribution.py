@@ -22,6 +22,12 @@ Verdicts: right (the hung rank named alone), candidates (undecided, the hung ran
 candidates named: allowed), wrong (another rank named). Prints a table, writes JSON.
 The controller's own path (Ray, the agents, the kill) is tested in tests/jobs/test_resilience_fleet.py.
 
+The first step after detection is not measured here: these ranks are local processes, not a Ray
+Train group, so a restart here (fork, a new gloo group, no checkpoint) would time none of what a
+job's restart costs. bench/ettr.py measures it through the product: its SIGSTOP fault's
+`first_step_after_detection_s` (the culprit killed by the controller, Ray Train's restart on warm
+standbys, the resume from the newest checkpoint).
+
     .venv/bin/python bench/hang_attribution.py [--trials 20] [--parallel 6] [--out bench/results/hang_attribution.json]
 """
 from __future__ import annotations

@@ -62,3 +62,25 @@ def test_the_licence_every_package_and_the_command_are_inside(wheel: zipfile.Zip
     # the example specs `rayfleet demo` runs travel with the package
     examples = {p.name for p in (ROOT / "manifests" / "examples").glob("*.yaml")}
     assert {f"rayfleet/examples/{name}" for name in examples} <= names, sorted(names)
+
+
+def test_what_the_dockerfile_copies_builds_the_package(tmp_path: Path) -> None:
+    """The image's `pip install /opt/rayfleet[...]` sees only what the Dockerfile's COPY lines put
+    there: that must be a buildable package (the example specs `rayfleet demo` runs are part of it)."""
+    context = tmp_path / "opt-rayfleet"
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if not line.startswith("COPY "):
+            continue
+        *sources, destination = [word for word in line.split()[1:] if not word.startswith("--")]
+        for source in sources:
+            target = context / destination.removeprefix("/opt/rayfleet").strip("/")
+            if destination.endswith("/"):
+                target = target / Path(source).name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            (shutil.copytree if (ROOT / source).is_dir() else shutil.copy2)(ROOT / source, target)
+    result = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                             "-w", str(tmp_path / "out"), str(context)], capture_output=True, text=True, timeout=300,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    [built] = (tmp_path / "out").glob("rayfleet-*.whl")
+    assert any(n.startswith("rayfleet/examples/") for n in zipfile.ZipFile(built).namelist())

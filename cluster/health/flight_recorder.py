@@ -37,9 +37,20 @@ def answer_path(pid: int) -> Path:
 
 
 def _dump() -> dict[str, Any]:
-    from torch._C._distributed_c10d import _dump_fr_trace_json
+    """This process's recorded collectives: NCCL's recorder when it holds any (a job on CUDA, whose
+    default group is NCCL), else the generic one (gloo's). They are two recorders: PyTorch's
+    `_dump_fr_trace_json` reads FlightRecorder<c10::Event>, which gloo writes, and NCCL writes its
+    own FlightRecorder<CUDAEvent>, read by `_dump_nccl_trace_json`, which only CUDA builds have
+    (torch/csrc/distributed/c10d/FlightRecorder*.cpp). On CUDA the generic one holds only the
+    job's gloo side groups (notices, checkpoints), never its gradients' collectives."""
+    import torch._C._distributed_c10d as c10d
 
-    return json.loads(_dump_fr_trace_json(True, False))  # collectives, no C++ stack traces
+    nccl = getattr(c10d, "_dump_nccl_trace_json", None)
+    if nccl is not None:
+        document = json.loads(nccl(True, False))  # (include collectives, not only the active ones)
+        if document.get("entries"):
+            return dict(document)
+    return dict(json.loads(c10d._dump_fr_trace_json(True, False)))
 
 
 class Responder:

@@ -74,12 +74,12 @@ def parse_bytes(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         raise ValueError("expected a size such as 64Gi, 512Mi, 1e9 or a number of bytes")
     if isinstance(value, str) and not re.fullmatch(_QUANTITY_PATTERN, value.strip()):
-        raise ValueError(f"expected a size such as 64Gi, 512Mi, 1e9 or a number of bytes (a Kubernetes "
-                         f"quantity), got {value!r}")
+        # (the spec reader puts the value before the message: "memory: got 'lots': expected ...")
+        raise ValueError("expected a size such as 64Gi, 512Mi, 1e9 or a number of bytes (a Kubernetes quantity)")
     try:
         number = _parse_quantity()(value.strip() if isinstance(value, str) else value)
     except (ValueError, ArithmeticError):
-        raise ValueError(f"expected a size such as 64Gi, 512Mi, 1e9 or a number of bytes, got {value!r}") from None
+        raise ValueError("expected a size such as 64Gi, 512Mi, 1e9 or a number of bytes") from None
     if number < 0:
         raise ValueError("a size cannot be negative")
     return int(number.to_integral_value(rounding=ROUND_CEILING))

@@ -177,7 +177,8 @@ def launch(client: Any, attempt: int, spec: JobSpec, run: RunInfo, python: str, 
     assert run.submission_id is not None
     if attempt and landed(client, run.submission_id):
         return
-    running = [job for job in rayfleet_jobs(client) if job["job"] == spec.name and job["status"] not in TERMINAL]
+    running = [job for job in rayfleet_jobs(client, run.storage)
+               if job["job"] == spec.name and job["status"] not in TERMINAL]
     if running:
         raise BadInput(f"{path}: name: job {spec.name} is already running as {running[0]['submission_id']}; "
                        f"`rayfleet stop {spec.name}` first, or give this job another name")
@@ -193,14 +194,23 @@ def landed(client: Any, submission_id: str) -> bool:
     return True
 
 
-def rayfleet_jobs(client: Any) -> list[dict[str, Any]]:
-    """Ray's jobs that rayfleet submitted, newest first."""
-    out = []
+def rayfleet_jobs(client: Any, storage: str,
+                  events_of: Callable[[str], list[dict[str, Any]]] | None = None) -> list[dict[str, Any]]:
+    """Ray's jobs that rayfleet submitted, newest first, each settled from its history: a submission
+    whose history records its end is in that state (see `settled`). `events_of(name)`: a job's
+    history events, when the caller has them already."""
+    read = events_of or (lambda name: history.events(storage, name))
+    out: list[dict[str, Any]] = []
+    histories: dict[str, list[dict[str, Any]]] = {}
     for info in client.list_jobs():
         metadata = info.metadata or {}
         if JOB_LABEL not in metadata:
             continue
-        out.append({"job": metadata[JOB_LABEL], "submission_id": info.submission_id, "status": str(info.status.value),
+        name = metadata[JOB_LABEL]
+        if name not in histories:
+            histories[name] = read(name)
+        out.append({"job": name, "submission_id": info.submission_id,
+                    "status": settled(info.submission_id, str(info.status.value), histories[name]),
                     "pool": metadata.get("pool"), "strategy": metadata.get("strategy"),
                     "workers": metadata.get("workers"), "steps": int(metadata.get("steps", 0) or 0),
                     "start_time": (info.start_time or 0) / 1000, "end_time": (info.end_time or 0) / 1000 or None,
@@ -208,13 +218,16 @@ def rayfleet_jobs(client: Any) -> list[dict[str, Any]]:
     return sorted(out, key=lambda job: job["start_time"], reverse=True)
 
 
-def settled_status(job: dict[str, Any], summary: dict[str, Any]) -> str:
-    """A submission's state: the end its history records (the driver writes it as its last act),
-    else Ray's status. Ray's job API reports the end only once the driver's process has exited,
-    seconds later."""
-    if summary.get("submission_id") == job["submission_id"] and summary.get("state") in TERMINAL:
-        return str(summary["state"])
-    return str(job["status"])
+def settled(submission_id: str, ray_status: str, events: list[dict[str, Any]]) -> str:
+    """A submission's state: the first end its history records (the driver writes it as its last
+    act; `stop` and a given-up resubmission write theirs), else Ray's status. Ray's job API reports
+    the end only once the driver's process has exited, seconds later: read alone, it would let
+    `stop` record STOPPED after SUCCEEDED and refuse to submit a name that has just finished."""
+    for event in events:
+        if event["event"] == "finished" and event.get("submission_id") == submission_id \
+                and event.get("state") in TERMINAL:
+            return str(event["state"])
+    return ray_status
 
 
 def progress(conn: Connection, name: str) -> dict[str, Any] | None:
@@ -223,9 +236,11 @@ def progress(conn: Connection, name: str) -> dict[str, Any] | None:
     return json.loads(raw) if raw else None
 
 
-def resolve_submission(client: Any, ident: str) -> dict[str, Any]:
-    """A job name (its newest submission) or a submission id -> that submission."""
-    jobs = rayfleet_jobs(client)
+def resolve_submission(client: Any, storage: str, ident: str,
+                       events_of: Callable[[str], list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+    """A job name (its newest submission) or a submission id -> that submission, settled from its
+    history (`rayfleet_jobs`)."""
+    jobs = rayfleet_jobs(client, storage, events_of)
     for job in jobs:
         if job["submission_id"] == ident:
             return job
@@ -238,11 +253,8 @@ def resolve_submission(client: Any, ident: str) -> dict[str, Any]:
 
 def stop(conn: Connection, ident: str) -> dict[str, Any]:
     client = job_client(conn)
-    job = resolve_submission(client, ident)
     storage = storage_of(conn)
-    # the history's end first: right after the last step Ray's job API still says RUNNING, and
-    # stopping then would record STOPPED after the SUCCEEDED the driver already wrote
-    job["status"] = settled_status(job, history.summary(storage, job["job"]))
+    job = resolve_submission(client, storage, ident)  # settled: an ended job is not stopped again
     if job["status"] in TERMINAL:
         return {**job, "ended": True}
     client.stop_job(job["submission_id"])

@@ -58,14 +58,15 @@ def held_nodes(record: FederationRecord) -> dict[str, dict[str, int]]:
     its placement counted them, one for a job submitted to the cell directly. A cell that does not
     answer holds nothing (placement refuses it anyway)."""
     from rayfleet.cluster.rayio.connection import connect
-    from rayfleet.jobs.client.submit import TERMINAL, job_client, rayfleet_jobs
+    from rayfleet.jobs.client.submit import TERMINAL, job_client, rayfleet_jobs, storage_of
 
     fleet = FleetDir(record.fleet)
     nodes_of = {p.get("submission_id"): p["nodes"] for p in placements(fleet)}
     held: dict[str, dict[str, int]] = {}
     for cell in record.cells:
         try:
-            jobs = rayfleet_jobs(job_client(connect(cell.fleet)))
+            conn = connect(cell.fleet)
+            jobs = rayfleet_jobs(job_client(conn), storage_of(conn))
         except FleetNotRunning:
             continue
         seen = set()

@@ -189,7 +189,7 @@ class Mover:
         from rayfleet.cluster.rayio.connection import connect
         from rayfleet.jobs.client.spec import JobSpec
         from rayfleet.errors import BadInput
-        from rayfleet.jobs.client.submit import TERMINAL, job_client, rayfleet_jobs, submit
+        from rayfleet.jobs.client.submit import TERMINAL, job_client, rayfleet_jobs, storage_of, submit
         from rayfleet.jobs.supervision import history
 
         placement = move.placement
@@ -214,7 +214,8 @@ class Mover:
             try:
                 submission_id = submit(conn, spec, f"{self.fleet.path / PLACEMENTS} (job {move.job})")
             except BadInput:  # it already runs there: submitted before a crash, not yet in its history
-                running = [j for j in rayfleet_jobs(job_client(conn)) if j["job"] == move.job and j["status"] not in TERMINAL]
+                running = [j for j in rayfleet_jobs(job_client(conn), storage_of(conn))
+                           if j["job"] == move.job and j["status"] not in TERMINAL]
                 if not running:
                     raise
                 submission_id = running[0]["submission_id"]

@@ -45,13 +45,20 @@ def job_rows(conn: Any, all_jobs: bool) -> list[dict[str, Any]]:
     from rayfleet.jobs.client.submit import job_client, progress, rayfleet_jobs, storage_of
 
     storage = storage_of(conn)
+    histories: dict[str, list[dict[str, Any]]] = {}
+
+    def events_of(name: str) -> list[dict[str, Any]]:  # each job's history read once
+        if name not in histories:
+            histories[name] = history.events(storage, name)
+        return histories[name]
+
     rows: list[dict[str, Any]] = []
     seen = set()
-    for job in rayfleet_jobs(job_client(conn)):
+    for job in rayfleet_jobs(job_client(conn), storage, events_of):
         if job["job"] in seen:
             continue  # the newest submission of each name
         seen.add(job["job"])
-        read = history.events(storage, job["job"])
+        read = events_of(job["job"])
         rows.append(_row(job, progress(conn, job["job"]), history.summary(storage, job["job"], read),
                          goodput.account(read, time.time())))
     if all_jobs:
@@ -119,10 +126,8 @@ def jobs_table(rows: list[dict[str, Any]], now: float) -> Table:
 
 
 def _row(job: dict[str, Any], live: dict[str, Any] | None, summary: dict[str, Any], figures: Any) -> dict[str, Any]:
-    from rayfleet.jobs.client.submit import settled_status
-
     live = live if live and live.get("submission_id") == job["submission_id"] else None
-    return {**job, "status": settled_status(job, summary), "step": (live or {}).get("step", summary.get("final_step")),
+    return {**job, "step": (live or {}).get("step", summary.get("final_step")),
             "ettr": figures.ettr if figures is not None else None,
             "goodput": figures.to_json() if figures is not None else None,
             "loss": (live or {}).get("loss", summary.get("loss")),

@@ -26,13 +26,14 @@ def logs(
                                              autocompletion=complete_fleet),
 ) -> None:
     """Print a job's logs."""
-    from rayfleet.jobs.client.submit import job_client, resolve_submission
+    from rayfleet.jobs.client.submit import job_client, resolve_submission, storage_of
 
     if follow and output is not Format.table:
         raise BadInput(f"logs --follow -o {output.value}: a followed log is printed as it comes; "
                        f"drop --follow to get the whole log as {output.value}")
-    client = job_client(connect(job_fleet(fleet_name, ident)))
-    job = resolve_submission(client, ident)
+    conn = connect(job_fleet(fleet_name, ident))
+    client = job_client(conn)
+    job = resolve_submission(client, storage_of(conn), ident)
     if not follow:
         text = client.get_job_logs(job["submission_id"])
         if not emit({"job": job["job"], "submission_id": job["submission_id"], "status": job["status"],

@@ -67,17 +67,19 @@ def submit_to_cell(record: FederationRecord, spec: Any, file: Path) -> tuple[Con
 
 def follow_job(conn: Connection, name: str, submission_id: str) -> dict[str, Any]:
     """Live progress (step, loss, tokens/s) until the submission ends; Failed if it did not succeed."""
-    from rayfleet.jobs.client.submit import TERMINAL, job_client, progress, resolve_submission, settled_status, storage_of
+    from rayfleet.jobs.client.submit import TERMINAL, job_client, progress, resolve_submission, storage_of
     from rayfleet.jobs.supervision import history
 
     client = job_client(conn)
-    tail = history.Tail(history.job_dir(storage_of(conn), name) / history.FILE)  # read incrementally
+    storage = storage_of(conn)
+    tail = history.Tail(history.job_dir(storage, name) / history.FILE)  # read incrementally
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.fields[detail]}"), TimeElapsedColumn(), console=console) as bar:
         task = bar.add_task(name, total=None, detail="waiting for workers")
         while True:
-            job = resolve_submission(client, submission_id)
-            job["status"] = settled_status(job, history.summary("", name, tail.read()))
+            # settled from this job's history, read incrementally (only its row is looked at)
+            job = resolve_submission(client, storage, submission_id,
+                                     lambda job_name: tail.read() if job_name == name else [])
             state = progress(conn, name)
             if state and state.get("submission_id") == submission_id:
                 detail = f"loss {state['loss']:.4f}  {state['tokens_per_s']:,.0f} tok/s"

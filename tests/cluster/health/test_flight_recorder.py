@@ -82,3 +82,24 @@ def test_the_rank_that_never_entered_the_awaited_collective_is_named(ranks: tupl
     os.kill(pids[1], signal.SIGKILL)
     wait_until(lambda: flight_recorder.sweep() and not flight_recorder.request_path(pids[1]).exists(), 30,
                "the killed rank's request swept")
+
+
+def test_a_cuda_builds_nccl_recorder_is_read_before_the_generic_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """NCCL records into a recorder of its own (read by `_dump_nccl_trace_json`, CUDA builds only);
+    the generic one then holds only the job's gloo side groups. No GPU here: both are stand-ins."""
+    import json
+
+    import torch._C._distributed_c10d as c10d
+
+    def recorder(*ops: str) -> Any:
+        return lambda collectives, only_active: json.dumps(
+            {"entries": [{"pg_id": 0, "collective_seq_id": seq, "profiling_name": op, "retired": True}
+                         for seq, op in enumerate(ops, 1)]}).encode()
+
+    monkeypatch.setattr(c10d, "_dump_fr_trace_json", recorder("gloo:all_reduce"))
+    monkeypatch.delattr(c10d, "_dump_nccl_trace_json", raising=False)  # a CPU build
+    assert [e["profiling_name"] for e in flight_recorder._dump()["entries"]] == ["gloo:all_reduce"]
+    monkeypatch.setattr(c10d, "_dump_nccl_trace_json", recorder("nccl:all_reduce", "nccl:broadcast"), raising=False)
+    assert [e["profiling_name"] for e in flight_recorder._dump()["entries"]] == ["nccl:all_reduce", "nccl:broadcast"]
+    monkeypatch.setattr(c10d, "_dump_nccl_trace_json", recorder(), raising=False)  # a CUDA build, a gloo job
+    assert [e["profiling_name"] for e in flight_recorder._dump()["entries"]] == ["gloo:all_reduce"]

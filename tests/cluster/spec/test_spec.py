@@ -88,6 +88,15 @@ def test_sizes_parse_like_kubernetes_quantities(value: object, expected: int) ->
     assert parse_bytes(value) == expected
 
 
+def test_a_bad_size_is_named_once_in_the_documented_form(tmp_path: Path) -> None:
+    path = tmp_path / "fleet.yaml"
+    path.write_text(GOOD.replace("64Gi", "lots"))
+    with pytest.raises(BadInput) as caught:
+        load_fleet_spec(path)
+    assert str(caught.value) == (f"{path}: pools[0].memory: got 'lots': expected a size such as 64Gi, 512Mi, 1e9 "
+                                 "or a number of bytes (a Kubernetes quantity)")
+
+
 @pytest.mark.parametrize("value", ["64GiB", "64 Gi", "ten", "1Zi", "-1Gi", "", "64gi", True])
 def test_sizes_kubernetes_refuses_are_refused(value: object) -> None:
     with pytest.raises(ValueError, match="64Gi"):

@@ -115,6 +115,25 @@ def test_the_job_schema_states_each_precision_and_bf16s_risk(tmp_path: Path) -> 
     assert "auto: on cuda, not on cpu" in fields["compile"]["description"]
 
 
+def test_every_job_example_validates_against_the_exported_job_schema(tmp_path: Path) -> None:
+    """`rayfleet schema --job` is what an editor validates a job file with: every shipped job example
+    passes it, and so does every job spec the product loads."""
+    import json
+
+    import jsonschema
+
+    from tests.conftest import rayfleet
+
+    result = rayfleet("schema", "--job", home=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    validator = jsonschema.Draft202012Validator(json.loads(result.stdout))
+    examples = sorted((ROOT / "manifests" / "examples").glob("*job*.yaml"))
+    assert len(examples) >= 3
+    for path in examples:
+        load_job_spec(path)  # the product accepts it ...
+        assert [e.message for e in validator.iter_errors(yaml.safe_load(path.read_text()))] == [], path  # ... and the schema
+
+
 @pytest.mark.parametrize("precision", ["auto", "fp32", "bf16-mixed", "bf16"])
 @pytest.mark.parametrize("compile_setting", [True, False, "auto"])
 def test_job_files_written_before_compile_auto_still_load(tmp_path: Path, precision: str,

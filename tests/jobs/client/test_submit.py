@@ -119,3 +119,64 @@ def test_a_dropped_connection_with_no_head_coming_back_fails_at_once(monkeypatch
     api = DroppingJobApi(take_first=True)
     with pytest.raises(requests.exceptions.ConnectionError):
         failover(monkeypatch, api, coming=False)
+
+
+class ListingJobApi(JobApi):
+    """A job API that lists jobs in the states Ray gives them, and records stops."""
+
+    def __init__(self, statuses: dict[str, str]) -> None:
+        super().__init__()
+        self.statuses = statuses
+        self.stopped: list[str] = []
+
+    def list_jobs(self) -> list[Any]:
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(submission_id=sid, status=SimpleNamespace(value=status), message="",
+                                metadata={"rayfleet.io/job": "j", "pool": "p"}, start_time=index, end_time=None)
+                for index, (sid, status) in enumerate(self.statuses.items())]
+
+    def stop_job(self, submission_id: str) -> None:
+        self.stopped.append(submission_id)
+
+
+def test_every_reader_takes_a_jobs_end_from_its_history_before_ray_reports_it(monkeypatch: Any, tmp_path: Any) -> None:
+    """Right after the driver records SUCCEEDED, Ray's job API still says RUNNING for seconds: the
+    job list, `stop` and a new submission of the name go by the history's end."""
+    import dataclasses
+
+    from rayfleet.jobs.client import submit as module
+    from rayfleet.jobs.supervision import history
+
+    storage = str(tmp_path)
+    history.record(storage, "j", "submitted", submission_id="j-0")
+    history.record(storage, "j", "finished", submission_id="j-0", state="FAILED")
+    history.record(storage, "j", "submitted", submission_id="j-1")
+    history.record(storage, "j", "finished", submission_id="j-1", state="SUCCEEDED")
+    history.record(storage, "j", "finished", submission_id="j-1", state="STOPPED")  # a late stop: the first end counts
+    api = ListingJobApi({"j-0": "RUNNING", "j-1": "RUNNING"})  # Ray has not caught up with either
+    assert [(job["submission_id"], job["status"]) for job in module.rayfleet_jobs(api, storage)] == \
+        [("j-1", "SUCCEEDED"), ("j-0", "FAILED")]
+
+    monkeypatch.setattr(module, "job_client", lambda conn: api)
+    monkeypatch.setattr(module, "storage_of", lambda conn: storage)
+    before = history.events(storage, "j")
+    assert module.stop(object(), "j")["ended"] is True  # type: ignore[arg-type]
+    assert api.stopped == [] and history.events(storage, "j") == before  # no STOPPED after SUCCEEDED
+
+    module.launch(api, 0, SPEC, dataclasses.replace(RUN, storage=storage, submission_id="j-2"), "python", {}, "j.yaml")
+    assert [call["submission_id"] for call in api.calls] == ["j-2"]  # the name is free again
+
+
+def test_a_job_without_an_end_in_its_history_keeps_rays_status(tmp_path: Any) -> None:
+    import pytest
+
+    from rayfleet.errors import BadInput
+    from rayfleet.jobs.client import submit as module
+    from rayfleet.jobs.supervision import history
+
+    history.record(tmp_path, "j", "submitted", submission_id="j-1")
+    api = ListingJobApi({"j-1": "RUNNING"})
+    assert module.resolve_submission(api, str(tmp_path), "j")["status"] == "RUNNING"
+    with pytest.raises(BadInput, match="already running as j-1"):
+        module.launch(api, 0, SPEC, RUN, "python", {}, "j.yaml")

@@ -72,3 +72,44 @@ def test_a_finished_job_on_the_noticed_node_does_not_hold_its_acknowledgement(tm
     assert acknowledged(notices, beats, acks) == frozenset()  # the old job never acknowledges
     assert acknowledged(notices, running(beats, str(tmp_path)), acks) == {"n1"}
     assert set(running(beats, str(tmp_path))) == {"j"}
+
+
+def two_nodes_stopped_at(t: float) -> dict[str, dict[int, Beat]]:
+    """Rank r on node n<r>."""
+    return {"j": {r: Beat(rank=r, step=20, time=t, median_step_s=0.3, pid=1000 + r, node_id=f"n{r}",
+                          submission_id="s1") for r in range(2)}}
+
+
+def hang_record(found: list) -> dict:  # type: ignore[type-arg]
+    import json
+
+    [(_, _, folder)] = found
+    return json.loads((folder / "hang.json").read_text())
+
+
+def test_only_the_culprits_node_is_blamed_and_a_rank_killed_to_unblock_the_job_is_collateral(
+        tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Decided: the stopped rank alone is killed and only its node is named (what the controller's
+    `hang` event and anything built on it count against). Undecided (no evidence names a rank):
+    every candidate is killed to unblock the job, recorded as collateral, and no node is named."""
+    import ray
+
+    monkeypatch.setattr(ray, "get", lambda value, timeout=None: value)
+    history.record(tmp_path, "j", "submitted", submission_id="s1", spec=SPEC.model_dump(mode="json"))
+    agent = Agent()  # rank 1's process (pid 1001) is stopped
+    found = HangWatch().check(two_nodes_stopped_at(100.0), str(tmp_path), lambda node: agent, 120.0)
+    [(_, hang, _)] = found
+    assert hang.culprit_nodes == ["n1"] and agent.killed == [STOPPED_PID]
+    record = hang_record(found)
+    assert (record["culprits"], record["killed"], record["collateral"], record["node_id"]) == ([1], [1], [], "n1")
+
+    monkeypatch.setattr(Agent, "__getattr__", lambda self, name: Agent._Call(
+        {"inspect": lambda pid: {"state": "sleeping", "marks": None}, "dump_stacks": lambda pid: None,
+         "kill": self.killed.append}[name]))
+    undecided = Agent()  # nothing tells the ranks apart
+    found = HangWatch().check(two_nodes_stopped_at(200.0), str(tmp_path), lambda node: undecided, 220.0)
+    [(_, hang, _)] = found
+    assert hang.culprit_nodes == [] and hang.rank is None and sorted(undecided.killed) == [1000, 1001]
+    record = hang_record(found)
+    assert (record["culprits"], record["candidates"], record["collateral"], record["node_id"]) == \
+        ([], [0, 1], [0, 1], None)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from rayfleet.cluster.head.fleetdir import FleetDir
 from rayfleet.cluster.head.processes import write_json_atomic
@@ -79,3 +79,31 @@ def placements(fleet: FleetDir) -> list[dict[str, Any]]:
 def placement_of(fleet: FleetDir, ident: str) -> dict[str, Any] | None:
     """The newest placement of a job name or a submission id."""
     return next((p for p in reversed(placements(fleet)) if ident in (p["job"], p.get("submission_id"))), None)
+
+
+METRICS_TARGETS = "prometheus_targets.json"
+"""Every cell's Prometheus endpoints in one `file_sd_configs` file, each cell's group labelled
+`federation` and `cell`: Prometheus adds both labels to every series it scrapes there (the
+controllers' metrics and the jobs' alike), so one query reads the whole fleet or one cell. The
+federation's mover keeps it current; Prometheus rereads a changed file on its own."""
+
+
+def metrics_targets_document(fleet: str, cells: Sequence[tuple[str, Sequence[str]]]) -> list[dict[str, Any]]:
+    """The `file_sd_configs` document: one group per cell that has endpoints ((cell, targets) pairs,
+    a target being `host:port`), in the cells' order."""
+    return [{"targets": list(targets), "labels": {"federation": fleet, "cell": cell}}
+            for cell, targets in cells if targets]
+
+
+def write_metrics_targets(fleet: FleetDir, document: list[dict[str, Any]]) -> bool:
+    """Replace the federation's targets file when its content changed; whether it did."""
+    path = fleet.path / METRICS_TARGETS
+    try:
+        if json.loads(path.read_text()) == document:
+            return False
+    except (FileNotFoundError, json.JSONDecodeError):
+        pass
+    fleet.ensure()
+    write_json_atomic(path, document)
+    path.chmod(0o644)  # endpoints only, no secret: a Prometheus running as another user reads it
+    return True

@@ -7,15 +7,24 @@ why (`placements.jsonl`, one line per submission). Everything else is read from 
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import time
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from rayfleet.cluster.head.fleetdir import FleetDir
 from rayfleet.cluster.head.processes import write_json_atomic
+from rayfleet.errors import Failed
 
 FEDERATION = "federation.json"
 PLACEMENTS = "placements.jsonl"
+PLACEMENT_LOCK = "placement.lock"
+PLACEMENT_WAIT_S = 300.0
+"""How long a placer waits for another's placement: one holds the lock through a job submission,
+which may itself wait up to 120 s for a cell's head that its supervisor is bringing back
+(cluster/rayio/connection.py HEAD_RESTART_WAIT_S); more than twice that means something is stuck."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +60,31 @@ def write_federation(fleet: FleetDir, record: FederationRecord) -> None:
 def forget_federation(fleet: FleetDir) -> None:
     """The fleet no longer runs as cells (after `down` stopped each): its name is free for either."""
     (fleet.path / FEDERATION).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def placing(fleet: FleetDir, wait_s: float = PLACEMENT_WAIT_S) -> Iterator[None]:
+    """Hold the federation's placement lock from reading the cells' free nodes until the placement
+    is recorded (by then the job is in its cell's job list, where the next placer counts it).
+
+    `rayfleet submit` and the mover each count a cell's free nodes as its ready nodes less those
+    its unfinished jobs hold; two placers counting at once would both see the same free nodes and
+    oversubscribe the cell. The lock file names the holder's pid; the lock goes with the process,
+    however it ends. Failed if another placer holds it past `wait_s`."""
+    from rayfleet.cluster.head.supervisor import hold_lock
+
+    fleet.ensure()
+    deadline = time.monotonic() + wait_s
+    while (fd := hold_lock(fleet.path, PLACEMENT_LOCK)) is None:
+        if time.monotonic() > deadline:
+            holder = (fleet.path / PLACEMENT_LOCK).read_text().strip()
+            raise Failed(f"fleet {fleet.name}: another placement (pid {holder}) has held {fleet.path / PLACEMENT_LOCK} "
+                         f"for over {wait_s:.0f} s; try again once it is done")
+        time.sleep(0.05)
+    try:
+        yield
+    finally:
+        os.close(fd)  # closing the only descriptor releases the flock
 
 
 def record_placement(fleet: FleetDir, entry: dict[str, Any]) -> None:

@@ -18,7 +18,9 @@ Stateless beyond what it rebuilds each round (sync, then decide, then act):
   and head (cli/cells.py `views`);
 - decide: cluster/decide/federation.py's `moves_due` (pure): a job whose cell lost its pool, or
   whose head stayed lost past the spec's `federation` wait, and whose old copy stopped stepping;
-- act: submit the job's recorded spec to the chosen cell through today's submit path
+- act, holding the federation's placement lock from reading the cells' free nodes to recording the
+  move (cluster/head/federation_record.py `placing`; `rayfleet submit` takes it too, so the two
+  never count the same free nodes): submit the job's recorded spec to the chosen cell through today's submit path
   (jobs/client/submit.py; with the shared storage it resumes from the newest committed
   checkpoint), then append the move and its reason to `placements.jsonl`, which `explain`, `job`,
   `logs`, `stop` and `events` follow.
@@ -153,6 +155,7 @@ class Mover:
         """Sync, decide and act on the moves due (see the module's docstring)."""
         from rayfleet.cli.cells import held_nodes, views
         from rayfleet.cluster.decide.federation import FederationPolicy, moves_due, note_lost
+        from rayfleet.cluster.head.federation_record import placing
         from rayfleet.cluster.spec.fleet import load_fleet_spec
 
         placed, watched = self.watched(record)
@@ -166,10 +169,11 @@ class Mover:
         cells, self.lost_seen = note_lost(cells, self.lost_seen, now)
         self.note_leaving(watched, cells, policy, now)
         if moves_due(watched, cells, policy, now):  # where it goes does: read that only when needed
-            cells, _ = views(record, held=held_nodes(record))
-            cells, self.lost_seen = note_lost(cells, self.lost_seen, now)
-            for move in moves_due(watched, cells, policy, now):
-                self.apply(record, move, placed[move.job], now)
+            with placing(self.fleet):  # a `rayfleet submit` placing meanwhile would count the same free nodes
+                cells, _ = views(record, held=held_nodes(record))
+                cells, self.lost_seen = note_lost(cells, self.lost_seen, now)
+                for move in moves_due(watched, cells, policy, now):
+                    self.apply(record, move, placed[move.job], now)
         alive = {cell.name for cell in cells if cell.health.head_alive}
         for entry in moved:
             if entry["moved_from"]["cell"] in alive:

@@ -26,13 +26,26 @@ from tests.support.fleet_folder import fleet_folder
 POOL = "pools: [{name: h100, accelerator: H100, gpus_per_node: 8, min_nodes: %d, max_nodes: %d, nodes: %d}]\n"
 
 
+TOKEN: dict[str, str] = {}
+"""The fleet whose token this process holds: a connection authenticates with the token of the
+newest `connect` (Ray's token loader is process-wide), as on real cells."""
+
+
 @dataclass
 class Store:
-    """A cell's GCS store as the commands read it."""
+    """A cell's GCS store as the commands read it; a call made while another cell's token is held
+    fails as Ray's InvalidAuthToken does."""
 
+    fleet: str
     spec_text: str
     nodes: list[str] = field(default_factory=list)
     targets_now: dict[str, int] = field(default_factory=dict)
+
+    def __getattribute__(self, name: str) -> Any:
+        fleet = object.__getattribute__(self, "fleet")
+        if name in ("spec", "targets", "put_targets", "status", "health") and TOKEN.get("fleet") != fleet:
+            raise RuntimeError(f"InvalidAuthToken: {name} of {fleet} with the token of {TOKEN.get('fleet')}")
+        return object.__getattribute__(self, name)
 
     def spec(self) -> Any:
         import yaml
@@ -68,7 +81,7 @@ def fed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Store]:
     for fleet, spec in specs.items():
         fleet_folder(tmp_path, fleet, spec)
         cell = fleet.split("-")[1]
-        stores[fleet] = Store(f"name: {fleet}\n{spec}", [f"{fleet}-{'cpu' if cell == 'c3' else 'h100'}-0001"])
+        stores[fleet] = Store(fleet, f"name: {fleet}\n{spec}", [f"{fleet}-{'cpu' if cell == 'c3' else 'h100'}-0001"])
     fleet_folder(tmp_path, "fed")
     (tmp_path / "fleets" / "fed" / "federation.json").write_text(json.dumps(
         {"fleet": "fed", "cells": [{"name": c, "fleet": f"fed-{c}"} for c in ("c1", "c2", "c3")]}))
@@ -76,6 +89,7 @@ def fed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Store]:
     def connect(fleet_name: str | None = None) -> Any:
         if fleet_name not in stores:
             raise FleetNotRunning(f"fleet {fleet_name} is down")
+        TOKEN["fleet"] = fleet_name
         return SimpleNamespace(fleet=FleetDir(fleet_name), store=stores[fleet_name])
 
     for module in (connection, health_command, scale_command):

@@ -5,7 +5,7 @@ share as its own manual target (cluster/decide/cell_targets.py says how N is sha
 from __future__ import annotations
 
 import time
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -66,22 +66,15 @@ def scale_cells(record: FederationRecord, pool: str, nodes: int, wait: bool, tim
         raise NotFound(f"scale: pool {pool!r} is in no cell of fleet {record.fleet}; pools: "
                        f"{', '.join(federation_pools(record))}")
     reached = []
-    for cell in cells:
-        try:
-            conn = connect(cell.fleet)
-        except FleetNotRunning as error:
-            others = [c.fleet for c in cells if c is not cell]
-            hint = (f"; `rayfleet scale {pool} --nodes N --fleet CELL` sets one answering cell's part "
-                    f"({', '.join(others)})" if others else "")
-            raise FleetNotRunning(f"scale {pool}: cell {cell.name}, which runs part of pool {pool}, does not "
-                                  f"answer ({error}); nothing was changed{hint}") from None
+    for cell in cells:  # read every cell before changing any
+        conn = _connect_cell(cell, cells, pool)
         spec = conn.store.spec()
         if spec is None:
             raise FleetNotRunning(f"scale {pool}: cell {cell.name} (fleet {cell.fleet}) has no spec stored yet")
         pool_spec = spec.pool(pool)
         targets = conn.store.targets()
-        reached.append((cell, conn, targets, CellPool(cell.name, pool_spec.min_nodes, pool_spec.max_nodes,
-                                                      desired_nodes(pool_spec, targets))))
+        reached.append((cell, spec.capabilities.nodes_on_this_machine, CellPool(
+            cell.name, pool_spec.min_nodes, pool_spec.max_nodes, desired_nodes(pool_spec, targets))))
     pieces = [piece for *_, piece in reached]
     low, high = bounds(pieces)
     where = f"cell {cells[0].name}" if len(cells) == 1 else f"cells {', '.join(c.name for c in cells)}"
@@ -91,13 +84,33 @@ def scale_cells(record: FederationRecord, pool: str, nodes: int, wait: bool, tim
                        "`rayfleet up` again to go beyond them")
     shares = share_target(nodes, pieces)
     growth = sum(max(0, t.nodes - t.before) for t in shares)
-    if growth and any(conn.store.spec().capabilities.nodes_on_this_machine for _, conn, _, _ in reached):
+    if growth and any(local for _, local, _ in reached):
         check_local_capacity(growth, f"scale {pool} --nodes {nodes}")
-    for (cell, conn, targets, _), target in zip(reached, shares):
-        conn.store.put_targets({**targets, pool: target.nodes})
+    for done, (cell, target) in enumerate(zip(cells, shares)):
+        # connected again, one cell at a time: a connection authenticates with its cell's token,
+        # and a process holds one Ray token at a time (cluster/rayio/connection.py use_token)
+        try:
+            store = connect(cell.fleet).store
+        except FleetNotRunning as error:
+            changed = ", ".join(f"{t.cell} -> {t.nodes}" for t in shares[:done])
+            raise FleetNotRunning(f"scale {pool}: cell {cell.name} stopped answering ({error}) after these cells "
+                                  f"took their part: {changed}; run the same scale again once it answers") from None
+        store.put_targets({**store.targets(), pool: target.nodes})
     parts = ", ".join(f"{t.cell} {t.before} -> {t.nodes}" for t in shares)
     console.print(f"pool {pool}: desired {sum(t.before for t in shares)} -> {nodes} in {where} ({parts})")
     if wait:
         deadline = time.monotonic() + timeout
-        for cell, conn, _, _ in reached:
-            wait_for_pools(conn.store, cell.fleet, max(1.0, deadline - time.monotonic()))
+        for cell in cells:
+            wait_for_pools(_connect_cell(cell, cells, pool).store, cell.fleet, max(1.0, deadline - time.monotonic()))
+
+
+def _connect_cell(cell: Any, cells: list[Any], pool: str) -> Any:
+    """The cell's connection; FleetNotRunning naming the other cells of the pool if it does not answer."""
+    try:
+        return connect(cell.fleet)
+    except FleetNotRunning as error:
+        others = [c.fleet for c in cells if c is not cell]
+        hint = (f"; `rayfleet scale {pool} --nodes N --fleet CELL` sets one answering cell's part "
+                f"({', '.join(others)})" if others else "")
+        raise FleetNotRunning(f"scale {pool}: cell {cell.name}, which runs part of pool {pool}, does not "
+                              f"answer ({error}); nothing was changed{hint}") from None

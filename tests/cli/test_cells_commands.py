@@ -186,5 +186,6 @@ def test_a_fleet_of_cells_that_is_down_says_which_cells_do_not_answer(tmp_path: 
         assert result.returncode == 1 and "no cell answers" in result.stderr, result.stdout + result.stderr
     scale = rayfleet("scale", "h100", "--nodes", "2", home=tmp_path, timeout=60)
     assert scale.returncode == 1 and "cell c1, which runs part of pool h100, does not answer" in scale.stderr
-    chaos = rayfleet("chaos", "inject", "fed-c1-h100-0001", "--fault", "clear", home=tmp_path, timeout=60)
-    assert chaos.returncode == 2 and "cells that do not answer: c1, c2" in chaos.stderr, chaos.stderr
+    for command in (["chaos", "inject", "fed-c1-h100-0001", "--fault", "clear"], ["quarantine", "show", "fed-c1-h100-0001"]):
+        result = rayfleet(*command, home=tmp_path, timeout=60)
+        assert result.returncode == 2 and "cells that do not answer: c1, c2" in result.stderr, result.stderr

@@ -139,5 +139,4 @@ def write_metrics_targets(fleet: FleetDir, document: list[dict[str, Any]]) -> bo
         pass
     fleet.ensure()
     write_json_atomic(path, document)
-    path.chmod(0o644)  # endpoints only, no secret: a Prometheus running as another user reads it
     return True

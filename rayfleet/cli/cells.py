@@ -87,3 +87,50 @@ def place_job(record: FederationRecord, spec: Any) -> Placement:
     cell_views, specs = views(record, spec.pool)
     per_node = next((workers_per_node(spec, s) for s in specs.values() if spec.pool in s.pool_names), 1)
     return place(JobAsk(spec.name, spec.pool, spec.worker_range[0], max(1, per_node)), cell_views)
+
+
+def cells_with_pool(record: FederationRecord, pool: str) -> list[Any]:
+    """The federation's cells that run `pool` (a pool `max_nodes_per_cell` split runs in several),
+    read from each cell's own spec in its folder: a cell whose head is down still says it has it."""
+    from rayfleet.cluster.spec.fleet import load_fleet_spec
+
+    out = []
+    for cell in record.cells:
+        spec_file = FleetDir(cell.fleet).spec_file
+        if spec_file.exists() and pool in load_fleet_spec(spec_file).pool_names:
+            out.append(cell)
+    return out
+
+
+def federation_pools(record: FederationRecord) -> list[str]:
+    """Every pool any cell runs, in the cells' order (for messages)."""
+    from rayfleet.cluster.spec.fleet import load_fleet_spec
+
+    names: list[str] = []
+    for cell in record.cells:
+        spec_file = FleetDir(cell.fleet).spec_file
+        if spec_file.exists():
+            names += [p for p in load_fleet_spec(spec_file).pool_names if p not in names]
+    return names
+
+
+def node_fleet(fleet_name: Optional[str], node: str, command: str) -> Optional[str]:
+    """The fleet a command about node `node` (an instance name) talks to: on a fleet of cells, the
+    cell whose controller lists the node; otherwise the fleet itself."""
+    from rayfleet.cluster.rayio.connection import connect
+
+    record = federation(fleet_name)
+    if record is None:
+        return fleet_name
+    silent = []
+    for cell in record.cells:
+        try:
+            status = connect(cell.fleet).store.status() or {"nodes": []}
+        except FleetNotRunning:
+            silent.append(cell.name)
+            continue
+        if any(n["instance"] == node for n in status["nodes"]):
+            return cell.fleet
+    unanswered = f" (cells that do not answer: {', '.join(silent)})" if silent else ""
+    raise NotFound(f"{command}: no node {node!r} in any cell of fleet {record.fleet}{unanswered}; "
+                   f"`rayfleet status` lists each cell's nodes")

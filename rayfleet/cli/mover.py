@@ -18,7 +18,9 @@ Stateless beyond what it rebuilds each round (sync, then decide, then act):
   and head (cli/cells.py `views`);
 - decide: cluster/decide/federation.py's `moves_due` (pure): a job whose cell lost its pool, or
   whose head stayed lost past the spec's `federation` wait, and whose old copy stopped stepping;
-- act: submit the job's recorded spec to the chosen cell through today's submit path
+- act, holding the federation's placement lock from reading the cells' free nodes to recording the
+  move (cluster/head/federation_record.py `placing`; `rayfleet submit` takes it too, so the two
+  never count the same free nodes): submit the job's recorded spec to the chosen cell through today's submit path
   (jobs/client/submit.py; with the shared storage it resumes from the newest committed
   checkpoint), then append the move and its reason to `placements.jsonl`, which `explain`, `job`,
   `logs`, `stop` and `events` follow.
@@ -29,6 +31,9 @@ A job never runs twice:
   jobs (jobs/supervision/resubmit.py): once moved, the old cell, should it come back, never
   starts the job again;
 - when the old cell answers again and Ray there still runs the old submission, the mover stops it.
+Each round also writes every answering cell's Prometheus endpoints, labelled `federation` and
+`cell`, to the federation's `prometheus_targets.json` (a `file_sd_configs` file).
+
 A crash between the submission and its record is repaired on the next round: a job whose newest
 submission already names the chosen cell is recorded, not submitted again (and Ray's job API
 refuses a second running copy of a name on one cell anyway).
@@ -92,7 +97,8 @@ def stop_mover(federation: Any) -> None:
 
 
 class Mover:
-    """One federation's mover (see the module's docstring); `round` is one sync-decide-act pass."""
+    """One federation's mover (see the module's docstring); `round` is one pass: the metrics'
+    targets, then sync-decide-act on the moves."""
 
     def __init__(self, federation_dir: Path, clock: Callable[[], float] = time.time) -> None:
         from rayfleet.cluster.head.fleetdir import FleetDir
@@ -116,14 +122,42 @@ class Mover:
         log.info("mover of %s exits (%s)", self.fleet.name, "stopped" if stopping() else "the federation is down")
 
     def round(self) -> None:
-        from rayfleet.cli.cells import held_nodes, views
-        from rayfleet.cluster.decide.federation import FederationPolicy, moves_due, note_lost
         from rayfleet.cluster.head.federation_record import read_federation
-        from rayfleet.cluster.spec.fleet import load_fleet_spec
 
         record = read_federation(self.fleet)
         if record is None:
             return
+        try:
+            self.publish_targets(record)
+        except Exception:  # the metrics' addresses must never keep a job from moving
+            log.exception("the cells' Prometheus targets were not refreshed this round")
+        self.move(record)
+
+    def publish_targets(self, record: Any) -> None:
+        """Every answering cell's Prometheus endpoints, labelled with its cell, in the federation's
+        `file_sd_configs` file (cluster/head/federation_record.py METRICS_TARGETS)."""
+        from rayfleet.cluster.head.federation_record import metrics_targets_document, write_metrics_targets
+        from rayfleet.cluster.rayio import gcs
+        from rayfleet.cluster.rayio.connection import connect
+        from rayfleet.errors import FleetNotRunning
+
+        cells = []
+        for cell in record.cells:
+            try:
+                endpoints = gcs.metrics_endpoints(connect(cell.fleet).client)
+            except FleetNotRunning:
+                continue  # a lost cell's endpoints leave the file: Prometheus stops scraping them
+            cells.append((cell.name, [endpoint.target for endpoint in endpoints]))
+        if write_metrics_targets(self.fleet, metrics_targets_document(record.fleet, cells)):
+            log.info("Prometheus targets: %s", "; ".join(f"{name} {len(targets)}" for name, targets in cells))
+
+    def move(self, record: Any) -> None:
+        """Sync, decide and act on the moves due (see the module's docstring)."""
+        from rayfleet.cli.cells import held_nodes, views
+        from rayfleet.cluster.decide.federation import FederationPolicy, moves_due, note_lost
+        from rayfleet.cluster.head.federation_record import placing
+        from rayfleet.cluster.spec.fleet import load_fleet_spec
+
         placed, watched = self.watched(record)
         moved = [p for p in placed.values() if p.get("moved_from") and p["submission_id"] not in self.retired]
         if not watched and not moved:
@@ -135,10 +169,11 @@ class Mover:
         cells, self.lost_seen = note_lost(cells, self.lost_seen, now)
         self.note_leaving(watched, cells, policy, now)
         if moves_due(watched, cells, policy, now):  # where it goes does: read that only when needed
-            cells, _ = views(record, held=held_nodes(record))
-            cells, self.lost_seen = note_lost(cells, self.lost_seen, now)
-            for move in moves_due(watched, cells, policy, now):
-                self.apply(record, move, placed[move.job], now)
+            with placing(self.fleet):  # a `rayfleet submit` placing meanwhile would count the same free nodes
+                cells, _ = views(record, held=held_nodes(record))
+                cells, self.lost_seen = note_lost(cells, self.lost_seen, now)
+                for move in moves_due(watched, cells, policy, now):
+                    self.apply(record, move, placed[move.job], now)
         alive = {cell.name for cell in cells if cell.health.head_alive}
         for entry in moved:
             if entry["moved_from"]["cell"] in alive:

@@ -1,5 +1,8 @@
 """`rayfleet chaos kill-node|inject|preempt NODE`: fault injection.
 
+On a fleet of cells, NODE is looked for in every cell (an instance name belongs to one cell:
+`<fleet>-<cell>-<pool>-NNNN`) and the command goes to that cell.
+
 kill-node SIGKILLs every process of a local node (raylet, agents, workers) at once. inject writes
 the node's simulated GPU telemetry only: it never touches a real GPU's state. preempt gives the
 node's agent a simulated notice that the node goes away.
@@ -12,6 +15,7 @@ from typing import Any, Optional
 import typer
 
 from rayfleet.cli.app import app
+from rayfleet.cli.cells import node_fleet
 from rayfleet.cli.output import Format, console, emit
 from rayfleet.cluster.rayio.connection import connect, ray_driver
 from rayfleet.errors import BadInput, NotFound
@@ -48,7 +52,7 @@ def kill_node(node: str = typer.Argument(..., help="instance name (see `rayfleet
     from rayfleet.cluster.providers import make_provider
     from rayfleet.cluster.spec.fleet import load_fleet_spec
 
-    conn = connect(fleet_name)
+    conn = connect(node_fleet(fleet_name, node, "chaos kill-node"))
     _known_node(conn, node)
     spec = load_fleet_spec(conn.fleet.spec_file)
     if not spec.capabilities.nodes_on_this_machine:
@@ -70,7 +74,7 @@ def inject(node: str = typer.Argument(..., help="instance name (see `rayfleet st
 
     if fault not in (*FAULTS, "clear"):
         raise BadInput(f"chaos inject --fault: got {fault!r}; one of {', '.join(FAULTS)} or clear")
-    conn = connect(fleet_name)
+    conn = connect(node_fleet(fleet_name, node, "chaos inject"))
     _known_node(conn, node)
     with ray_driver(conn.gcs_address):
         try:
@@ -93,7 +97,7 @@ def preempt(node: str = typer.Argument(..., help="instance name (see `rayfleet s
 
     if seconds <= 0:
         raise BadInput(f"chaos preempt --in: got {seconds:g}; give the seconds until the node goes, e.g. 30")
-    conn = connect(fleet_name)
+    conn = connect(node_fleet(fleet_name, node, "chaos preempt"))
     _known_node(conn, node)
     with ray_driver(conn.gcs_address):
         ray.get(_agent("preempt", node).preempt.remote(seconds), timeout=60)

@@ -1,4 +1,6 @@
-"""`rayfleet quarantine list|show|release|terminate`: nodes kept aside after a hardware failure."""
+"""`rayfleet quarantine list|show|release|terminate`: nodes kept aside after a hardware failure.
+
+On a fleet of cells, show, release and terminate go to the node's cell; list takes a cell's fleet."""
 from __future__ import annotations
 
 import time
@@ -8,6 +10,7 @@ import typer
 from rich.table import Table
 
 from rayfleet.cli.app import app
+from rayfleet.cli.cells import node_fleet
 from rayfleet.cli.output import Format, console, emit
 from rayfleet.cluster.rayio.connection import Connection, connect
 from rayfleet.errors import BadInput, NotFound
@@ -51,7 +54,7 @@ def list_(output: Format = typer.Option(Format.table, "-o", "--output"),
 def show(node: str = typer.Argument(...), output: Format = typer.Option(Format.table, "-o", "--output"),
          fleet_name: Optional[str] = typer.Option(None, "--fleet")) -> None:
     """One quarantined node: its checks now and its history of decisions."""
-    conn = connect(fleet_name)
+    conn = connect(node_fleet(fleet_name, node, "quarantine show"))
     record = _one(conn, node)
     checks = next((n["checks"] for n in (conn.store.health() or {"nodes": []})["nodes"] if n["instance"] == node), [])
     events = [e.to_json() for e in conn.store.events() if e.instance == node]
@@ -69,7 +72,7 @@ def show(node: str = typer.Argument(...), output: Format = typer.Option(Format.t
 @quarantine.command("release")
 def release(node: str = typer.Argument(...), fleet_name: Optional[str] = typer.Option(None, "--fleet")) -> None:
     """Put the node back in its pool once its checks pass again (they are run at once)."""
-    conn = connect(fleet_name)
+    conn = connect(node_fleet(fleet_name, node, "quarantine release"))
     _one(conn, node)
     requests = conn.store.quarantine_requests()
     requests.setdefault("release", {})[node] = time.time()
@@ -81,7 +84,7 @@ def release(node: str = typer.Argument(...), fleet_name: Optional[str] = typer.O
 @quarantine.command("terminate")
 def terminate(node: str = typer.Argument(...), fleet_name: Optional[str] = typer.Option(None, "--fleet")) -> None:
     """Terminate a quarantined node (its replacement already runs)."""
-    conn = connect(fleet_name)
+    conn = connect(node_fleet(fleet_name, node, "quarantine terminate"))
     _one(conn, node)
     requests = conn.store.quarantine_requests()
     requests["terminate"] = sorted({*requests.get("terminate", []), node})

@@ -12,7 +12,7 @@ from rayfleet.cli.completion import complete_fleet
 from rayfleet.cli.app import app
 from rayfleet.cli.output import console
 from rayfleet.cli.cells import federation, place_job
-from rayfleet.cluster.head.federation_record import FederationRecord, record_placement
+from rayfleet.cluster.head.federation_record import FederationRecord, placing, record_placement
 from rayfleet.cluster.head.fleetdir import FleetDir
 from rayfleet.cluster.rayio.connection import Connection, connect
 from rayfleet.errors import Failed
@@ -50,17 +50,19 @@ def submit_to_cell(record: FederationRecord, spec: Any, file: Path) -> tuple[Con
     from rayfleet.cluster.decide.federation import placement_json
     from rayfleet.jobs.client.submit import submit as submit_job
 
-    placement = place_job(record, spec)
-    reasons = "; ".join(f"{r.cell}: {r.verdict.value}, {r.why}" for r in placement.reasons)
-    if placement.cell is None:
-        raise Failed(f"job {spec.name}: no cell of fleet {record.fleet} can run it now ({reasons})")
-    cell = record.cell(placement.cell)
-    assert cell is not None
-    conn = connect(cell.fleet)
-    submission_id = submit_job(conn, spec, file)
-    entry = {**placement_json(placement), "cell_fleet": cell.fleet, "pool": spec.pool,
-             "submission_id": submission_id, "at": time.time()}
-    record_placement(FleetDir(record.fleet), entry)
+    federation_dir = FleetDir(record.fleet)
+    with placing(federation_dir):  # no other submit, nor the mover, counts the same free nodes meanwhile
+        placement = place_job(record, spec)
+        reasons = "; ".join(f"{r.cell}: {r.verdict.value}, {r.why}" for r in placement.reasons)
+        if placement.cell is None:
+            raise Failed(f"job {spec.name}: no cell of fleet {record.fleet} can run it now ({reasons})")
+        cell = record.cell(placement.cell)
+        assert cell is not None
+        conn = connect(cell.fleet)
+        submission_id = submit_job(conn, spec, file)
+        entry = {**placement_json(placement), "cell_fleet": cell.fleet, "pool": spec.pool,
+                 "submission_id": submission_id, "at": time.time()}
+        record_placement(federation_dir, entry)
     console.print(f"placed {spec.name} on cell {cell.name} (fleet {cell.fleet}): {placement.reasons[0].why}")
     return conn, submission_id
 

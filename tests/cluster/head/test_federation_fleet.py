@@ -3,9 +3,11 @@
 jobs on different cells, `status` and `jobs` show both cells, and a cell whose head is SIGKILLed
 (fault tolerance off) costs the other cell's job nothing: it keeps training and finishes. The lost
 cell's job, once the policy's wait is over and the surviving cell has room, is moved there by the
-mover, resumes from its newest checkpoint and finishes; `explain` and `events` say why it moved."""
+mover, resumes from its newest checkpoint and finishes; `explain` and `events` say why it moved.
+`health`, `scale`, `chaos` and `dashboard` given the federation reach every cell (or the node's)."""
 from __future__ import annotations
 
+import json
 import time
 from typing import Iterator
 
@@ -55,6 +57,27 @@ def test_up_starts_each_cell_as_its_own_fleet_and_status_shows_both(fed: Federat
     assert again.returncode == 0 and again.stdout.count("is already up") == 2, again.stdout + again.stderr
     assert [cell.head_record()["pid"] for cell in fed.cells()] == [h["pid"] for h in heads]
     assert fed.mover() == mover
+
+
+def test_health_scale_chaos_and_metrics_reach_every_cell(fed: Federation) -> None:
+    health = wait_until(lambda: (doc := fed.json("health")) and all("nodes" in c for c in doc["cells"]) and doc,
+                        60, "both cells' health documents")
+    nodes = {c["name"]: [n["instance"] for n in c["nodes"]] for c in health["cells"]}
+    assert nodes == {"c1": ["fed-c1-h100-0001"], "c2": ["fed-c2-h100-0001"]}, nodes
+    scaled = fed.cli("scale", "h100", "--nodes", "2", timeout=120)  # the pool's 2 nodes: one per cell, as now
+    assert scaled.returncode == 0, scaled.stdout + scaled.stderr
+    assert "desired 2 -> 2 in cells c1, c2 (c1 1 -> 1, c2 1 -> 1)" in " ".join(scaled.stdout.split())
+    beyond = fed.cli("scale", "h100", "--nodes", "3", timeout=120)
+    assert beyond.returncode == 2 and "min_nodes..max_nodes 2..2 in all" in beyond.stderr, beyond.stderr
+    injected = fed.json("chaos", "inject", "fed-c2-h100-0001", "--fault", "clear")  # reaches c2's agent
+    assert injected["node"] == "fed-c2-h100-0001" and injected["checks"] == []
+    dashboard = fed.json("dashboard")
+    assert [(c["name"], c["fleet"]) for c in dashboard["cells"]] == [("c1", "fed-c1"), ("c2", "fed-c2")]
+    targets_file = dashboard["metrics"]["service_discovery_file"]
+    expected = [{"targets": [t["target"] for t in c["metrics"]["targets"]], "labels": {"federation": "fed", "cell": c["name"]}}
+                for c in dashboard["cells"]]
+    wait_until(lambda: json.loads(open(targets_file).read()) == expected, 30,
+               "the mover to write both cells' Prometheus targets")
 
 
 def test_jobs_land_on_different_cells_and_a_lost_cell_costs_the_other_nothing(fed: Federation) -> None:

@@ -240,11 +240,76 @@ def test_iam_policies_grant_least_privilege() -> None:
     assert passing["Resource"] == "arn:aws:iam::*:role/rayfleet-aws-demo-node"
 
 
+# --- a fleet of cells -----------------------------------------------------------------------------
+def test_each_kubernetes_cell_is_a_valid_raycluster_named_for_its_cell_in_its_own_namespace() -> None:
+    from rayfleet.cluster.render import cells
+
+    spec = load_fleet_spec(EXAMPLES / "k8s-cells.yaml")
+    rendered = cells.k8s_cell_objects(spec)
+    assert [(cell.name, cell.spec.name) for cell, _ in rendered] == [("east", "k8s-cells-east"), ("west", "k8s-cells-west")]
+    for (cell, objects), namespace in zip(rendered, ("rayfleet", "rayfleet-west")):
+        for obj in objects:
+            validate_object(obj)
+        [cluster] = [o for o in objects if o["kind"] == "RayCluster"]
+        assert cluster["metadata"]["name"] == cell.spec.name and cluster["metadata"]["namespace"] == namespace
+        assert [g["groupName"] for g in cluster["spec"]["workerGroupSpecs"]] == list(cell.pools)
+        [config] = [o for o in objects if o["kind"] == "ConfigMap"]
+        on_head = FleetSpec.model_validate(yaml.safe_load(config["data"]["fleet.yaml"]))
+        assert on_head.name == cell.spec.name and on_head.cells is None and on_head.pool_names == list(cell.pools)
+        assert {o["metadata"]["namespace"] for o in objects if "namespace" in o["metadata"]} == {namespace}
+    assert [cells.apply_command(cell, "DIR") for cell, _ in rendered] == [
+        "kubectl --context gke-east apply -k DIR/k8s-cells-east", "kubectl --context gke-west apply -k DIR/k8s-cells-west"]
+    files = cells.k8s_cells_files(spec)
+    assert {name.split("/")[0] for name in files} == {"operator", "k8s-cells-east", "k8s-cells-west"}
+    stream = list(yaml.safe_load_all(cells.k8s_cells_yaml(spec)))
+    assert [o["metadata"]["name"] for o in stream if o["kind"] == "RayCluster"] == ["k8s-cells-east", "k8s-cells-west"]
+
+
+def test_a_pool_split_by_max_nodes_per_cell_renders_its_share_in_each_cell() -> None:
+    from rayfleet.cluster.render import cells
+
+    spec = fleet_spec({"name": "h100", "accelerator": "H100", "gpus_per_node": 8, "max_nodes": 5, "nodes": 3},
+                      name="big", provider="kubernetes", max_nodes_per_cell=3)
+    groups = [[g for o in objects if o["kind"] == "RayCluster" for g in o["spec"]["workerGroupSpecs"]]
+              for _, objects in cells.k8s_cell_objects(spec)]
+    assert [(g["groupName"], g["replicas"], g["maxReplicas"]) for [g] in groups] == [("h100", 2, 3), ("h100", 1, 2)]
+
+
+def test_each_aws_cell_runs_in_its_region_on_its_subnets_with_policies_for_its_own_fleet() -> None:
+    from rayfleet.cluster.render import cells
+
+    document = cells.aws_cells_document(load_fleet_spec(EXAMPLES / "aws-cells.yaml"))
+    assert [(c["cell"], c["fleet"], c["region"]) for c in document["cells"]] == [
+        ("east", "aws-cells-east", "us-east-1"), ("west", "aws-cells-west", "us-west-2")]
+    model = ec2_model()
+    for cell, subnet in zip(document["cells"], ("subnet-0a1b2c3d4e5f60718", "subnet-0f1e2d3c4b5a69788")):
+        for template in cell["launch_templates"]:
+            report = ParamValidator().validate({**template, "ClientToken": "x"},
+                                               model.operation_model("CreateLaunchTemplate").input_shape)
+            assert not report.has_errors(), report.generate_report()
+            assert template["LaunchTemplateName"].startswith(f"rayfleet-{cell['fleet']}-")
+            assert [n["SubnetId"] for n in template["LaunchTemplateData"]["NetworkInterfaces"]] == [subnet]
+        statements = cell["iam"]["controller"]["policy"]["Statement"]
+        [terminate] = [s for s in statements if s["Sid"] == "TerminateOnlyFleetInstances"]
+        assert terminate["Resource"] == f"arn:aws:ec2:{cell['region']}:*:instance/*"
+        assert terminate["Condition"] == {"StringEquals": {"aws:ResourceTag/rayfleet.io/fleet": cell["fleet"]}}
+    files = cells.aws_cells_files(document)
+    assert json.loads(files["aws.json"]) == document and "aws-cells-west/user-data/a100.sh" in files
+
+
+def test_a_job_on_a_fleet_of_cells_is_refused_as_a_rayjob(tmp_path: Path) -> None:
+    result = rayfleet("render", "k8s", "-f", str(EXAMPLES / "k8s-job.yaml"), "--fleet-file",
+                      str(EXAMPLES / "k8s-cells.yaml"), home=tmp_path, timeout=120)
+    assert result.returncode == 2 and "2 cells" in result.stderr and "rayfleet submit" in result.stderr, result.stderr
+
+
 # --- through the CLI ----------------------------------------------------------------------------------
 RENDERINGS = {  # committed folder under manifests/rendered -> the render command that makes it
     "aws-fleet": ("aws", "aws-fleet.yaml"),
     "k8s-fleet": ("k8s", "k8s-fleet.yaml"),
     "k8s-job": ("k8s", "k8s-job.yaml", "--fleet-file", str(EXAMPLES / "k8s-fleet.yaml")),
+    "k8s-cells": ("k8s", "k8s-cells.yaml"),
+    "aws-cells": ("aws", "aws-cells.yaml"),
 }
 
 

@@ -196,20 +196,6 @@ def test_the_schema_describes_cells_and_accepts_a_spec_with_them() -> None:
     assert list(validator.iter_errors({**GOOD, "max_nodes_per_cell": 0}))
 
 
-def test_render_refuses_a_spec_of_several_cells_and_writes_nothing(tmp_path: Path) -> None:
-    """Rendering a fleet of cells is not done yet (each cell would be its own manifests): refusing
-    it beats rendering it as one cluster. (`up` starts each cell: tests/cluster/head/test_cells_fleet.py.)"""
-    from tests.conftest import ray_daemon_pids, rayfleet
-
-    home = tmp_path / "home"
-    path = tmp_path / "fleet.yaml"
-    path.write_text(yaml.safe_dump({**GOOD, "max_nodes_per_cell": 3}))
-    result = rayfleet("render", "k8s", "-f", str(path), home=home, timeout=60)
-    assert result.returncode == 2, (result.stdout, result.stderr)
-    assert "makes 3 cells (f-c1, f-c2, f-c3)" in result.stderr and "Traceback" not in result.stderr
-    assert not (home / "fleets").exists() and ray_daemon_pids(home) == set()
-
-
 def test_the_federation_policy_reaches_no_cell_and_defaults_to_the_decisions_waits() -> None:
     from rayfleet.cluster.decide.federation import FederationPolicy
 

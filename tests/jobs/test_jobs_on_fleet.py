@@ -4,30 +4,20 @@ resumption: test_resume_on_fleet.py; checkpoints on S3: test_s3_jobs_on_fleet.py
 has its own fleet so that `make test` runs them side by side.)"""
 from __future__ import annotations
 
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 
 from tests.support.fleet import Fleet, running_fleet
-from tests.support.fleet_jobs import (jobs, job_file, run_curve, started_events, wait_for_job)
-from tests.support.specs import h100_pool, job_spec
+from tests.support.fleet_jobs import JOBS_POOLS, job_file, jobs, run_curve, small_job, started_events, wait_for_job
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.ray
 
-POOLS = [h100_pool(cpus_per_node=2, memory="8Gi", min_nodes=1, max_nodes=5, nodes=4)]
-SMALL = {"workers": 1, "resources": {"cpus": 1}, "data": {"seq_len": 64, "global_batch": 4},
-         "optimizer": {"warmup_steps": 2}, "steps": 6, "checkpoint": {"every": 6}}
-
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    yield from running_fleet(tmp_path_factory.mktemp("jobs"), "t-jobs", POOLS)
-
-
-def small_job(name: str, **changes: Any) -> dict[str, Any]:
-    """A six-step job of one worker; `changes` replace its parts."""
-    return job_spec(name, **{**SMALL, **changes})
+    yield from running_fleet(tmp_path_factory.mktemp("jobs"), "t-jobs", JOBS_POOLS)
 
 
 def test_parallel_strategies_agree_with_one_worker_through_ray_train(fleet: Fleet) -> None:

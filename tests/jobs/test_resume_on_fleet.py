@@ -7,33 +7,23 @@ import json
 import math
 import signal
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import pytest
 import yaml
 
 from tests.support.fleet import Fleet, running_fleet
-from tests.support.fleet_jobs import (history, job_curve, job_file, jobs, run_curve, started_events, train_workers,
-                                      wait_for_job)
+from tests.support.fleet_jobs import (JOBS_POOLS, history, job_curve, job_file, jobs, run_curve, small_job,
+                                      started_events, train_workers, wait_for_job)
 from tests.support.fleet_processes import instance_of, node_raylet
-from tests.support.specs import h100_pool, job_spec
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.ray
 
-POOLS = [h100_pool(cpus_per_node=2, memory="8Gi", min_nodes=1, max_nodes=5, nodes=4)]
-SMALL = {"workers": 1, "resources": {"cpus": 1}, "data": {"seq_len": 64, "global_batch": 4},
-         "optimizer": {"warmup_steps": 2}, "steps": 6, "checkpoint": {"every": 6}}
-
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    yield from running_fleet(tmp_path_factory.mktemp("resume"), "t-resume", POOLS)
-
-
-def small_job(name: str, **changes: Any) -> dict[str, Any]:
-    """A six-step job of one worker; `changes` replace its parts."""
-    return job_spec(name, **{**SMALL, **changes})
+    yield from running_fleet(tmp_path_factory.mktemp("resume"), "t-resume", JOBS_POOLS)
 
 
 def test_node_killed_mid_run_resumes_from_its_checkpoint_and_finishes(fleet: Fleet) -> None:

@@ -9,16 +9,12 @@ from typing import Any, Iterator
 import pytest
 
 from tests.support.fleet import Fleet, running_fleet
-from tests.support.fleet_jobs import (history, job_file, jobs, started_events, train_workers, wait_for_job)
+from tests.support.fleet_jobs import (JOBS_POOLS, history, job_file, jobs, small_job, started_events, train_workers,
+                                      wait_for_job)
 from tests.support.moto_s3 import S3Proxy, create_bucket, keys, proxy_for, s3_server
-from tests.support.specs import h100_pool, job_spec
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.ray
-
-POOLS = [h100_pool(cpus_per_node=2, memory="8Gi", min_nodes=1, max_nodes=5, nodes=4)]
-SMALL = {"workers": 1, "resources": {"cpus": 1}, "data": {"seq_len": 64, "global_batch": 4},
-         "optimizer": {"warmup_steps": 2}, "steps": 6, "checkpoint": {"every": 6}}
 
 
 @pytest.fixture(scope="module")
@@ -29,17 +25,12 @@ def moto() -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, moto: str) -> Iterator[Fleet]:
-    yield from running_fleet(tmp_path_factory.mktemp("s3jobs"), "t-s3jobs", POOLS)
+    yield from running_fleet(tmp_path_factory.mktemp("s3jobs"), "t-s3jobs", JOBS_POOLS)
 
 
 @pytest.fixture
 def proxy(moto: str) -> Iterator[S3Proxy]:
     yield from proxy_for(moto)
-
-
-def small_job(name: str, **changes: Any) -> dict[str, Any]:
-    """A six-step job of one worker; `changes` replace its parts."""
-    return job_spec(name, **{**SMALL, **changes})
 
 
 def s3_job(name: str, proxy: S3Proxy, mode: str, **extra: Any) -> dict[str, Any]:

@@ -13,9 +13,22 @@ import yaml
 from rayfleet.jobs.supervision import history as job_history
 from tests.conftest import processes_of, wait_until
 from tests.support.fleet import Fleet
+from tests.support.specs import h100_pool, job_spec
 
 ENDED = ("SUCCEEDED", "FAILED", "STOPPED")
 """The states a job does not leave by itself."""
+
+
+JOBS_POOLS = [h100_pool(cpus_per_node=2, memory="8Gi", min_nodes=1, max_nodes=5, nodes=4)]
+"""The fleet of the job modules (test_jobs_on_fleet, test_resume_on_fleet, test_s3_jobs_on_fleet):
+4 nodes of 2 CPUs, one pool that may grow to 5."""
+SMALL = {"workers": 1, "resources": {"cpus": 1}, "data": {"seq_len": 64, "global_batch": 4},
+         "optimizer": {"warmup_steps": 2}, "steps": 6, "checkpoint": {"every": 6}}
+
+
+def small_job(name: str, **changes: Any) -> dict[str, Any]:
+    """A six-step job of one worker; `changes` replace its parts."""
+    return job_spec(name, **{**SMALL, **changes})
 
 
 def job_file(fleet: Fleet, spec: dict[str, Any]) -> Path:

@@ -25,6 +25,21 @@ def write_config(fleet_dir: Path, head_command: list[str]) -> None:
         "head_temp_dir": str(fleet_dir / "ray"), "head_command": head_command, "head_env_set": {}}))
 
 
+WAITING_HEAD = [sys.executable, "-c", "import time; time.sleep(600)"]  # a head that never registers
+
+
+def supervisor_command(fleet_dir: Path) -> list[str]:
+    """The supervisor as `up` starts it, for a folder whose head is WAITING_HEAD."""
+    write_config(fleet_dir, WAITING_HEAD)
+    return [sys.executable, "-m", "rayfleet.cluster.head.supervisor", str(fleet_dir)]
+
+
+def head_of(fleet_dir: Path) -> Owned:
+    """The head the running supervisor started, once its state names it."""
+    state = wait_until(lambda: json.loads((fleet_dir / "supervisor.json").read_text()), 30, "the supervisor's state")
+    return Owned.from_json(state["head"]["owned"])
+
+
 def supervisor_for(tmp_path: Path, head_command: list[str]) -> Supervisor:
     write_config(tmp_path, head_command)
     return Supervisor(tmp_path)
@@ -62,14 +77,11 @@ def test_up_reports_a_head_the_supervisor_gave_up_on(tmp_path: Path, monkeypatch
 def test_a_second_supervisor_for_the_same_fleet_exits_at_once_and_the_first_keeps_its_head(tmp_path: Path) -> None:
     """Two `up`s, or an `up` after one that was killed, must never leave two supervisors, each with a
     head of its own, of which `down` would stop one."""
-    waiting = [sys.executable, "-c", "import time; time.sleep(600)"]  # a head that never registers
-    write_config(tmp_path, waiting)
-    command = [sys.executable, "-m", "rayfleet.cluster.head.supervisor", str(tmp_path)]
+    command = supervisor_command(tmp_path)
     first = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL)
     head: Owned | None = None
     try:
-        state = wait_until(lambda: json.loads((tmp_path / "supervisor.json").read_text()), 30, "the first's state")
-        head = Owned.from_json(state["head"]["owned"])
+        head = head_of(tmp_path)
         second = subprocess.run(command, cwd=ROOT, stdin=subprocess.DEVNULL, timeout=60, check=False)
         assert second.returncode == ALREADY_RUNNING
         assert "another supervisor (pid %d)" % first.pid in (tmp_path / "logs" / "supervisor.log").read_text()
@@ -93,14 +105,10 @@ def test_a_supervisor_whose_fleet_folder_is_removed_stops_its_head_and_exits(tmp
     import shutil
 
     fleet_dir = tmp_path / "fleet"
-    waiting = [sys.executable, "-c", "import time; time.sleep(600)"]  # a head that never registers
-    write_config(fleet_dir, waiting)
-    command = [sys.executable, "-m", "rayfleet.cluster.head.supervisor", str(fleet_dir)]
-    supervisor = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.DEVNULL)
+    supervisor = subprocess.Popen(supervisor_command(fleet_dir), cwd=ROOT, stdin=subprocess.DEVNULL)
     head: Owned | None = None
     try:
-        state = wait_until(lambda: json.loads((fleet_dir / "supervisor.json").read_text()), 30, "the supervisor's state")
-        head = Owned.from_json(state["head"]["owned"])
+        head = head_of(fleet_dir)
         assert head.alive()
         shutil.rmtree(fleet_dir)
         assert supervisor.wait(timeout=60) == 0
